@@ -1,0 +1,3 @@
+from offline_agent.cli import main
+
+main()

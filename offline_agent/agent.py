@@ -1,0 +1,255 @@
+"""The Auto-GPT cycle: prompt → model → validated reply → command → history and memory.
+
+`run()` repeats `step()` until the model finishes or a limit stops it. The loop does no I/O
+of its own: printing goes through `Events`, the person at the keyboard through an `approve`
+callback, and every step is handed to the run record in a `finally:`, so a crash still
+leaves a record of what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from offline_agent.errors import AgentError, Finished, FormatError, TruncatedReplyError
+from offline_agent.llm.base import ChatModel
+from offline_agent.prompt import Profile, PromptBuilder, render
+from offline_agent.records import (
+    CommandCall,
+    Message,
+    Reply,
+    RunResult,
+    RunStatus,
+    Step,
+    ToolResult,
+)
+from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.tools.base import MemoryLike, ToolContext, ToolRegistry
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Limits and budgets of one run."""
+
+    max_steps: int = 50
+    max_format_errors: int = 3
+    reply_tokens: int = 512
+    result_tokens: int = 1000
+    memory_k: int = 10
+    max_repeats: int = 3
+
+
+@dataclass(frozen=True)
+class Approval:
+    """The user's answer before a command runs."""
+
+    decision: Literal["yes", "stop", "feedback"]
+    count: int = 1
+    feedback: str = ""
+
+
+class Events(Protocol):
+    """What the loop reports while it runs; the CLI prints, tests collect."""
+
+    def thinking(self, index: int) -> None:
+        """The model is about to be called for step `index`."""
+
+    def replied(self, step: Step) -> None:
+        """The model answered (valid or not)."""
+
+    def executed(self, step: Step) -> None:
+        """A command ran; `step.result` holds what it returned."""
+
+
+class SilentEvents:
+    """Events that report nothing."""
+
+    def thinking(self, index: int) -> None:
+        """Report nothing."""
+
+    def replied(self, step: Step) -> None:
+        """Report nothing."""
+
+    def executed(self, step: Step) -> None:
+        """Report nothing."""
+
+
+class StepSink(Protocol):
+    """Where finished steps go (the run record)."""
+
+    def write_step(self, step: Step) -> None:
+        """Persist one step."""
+
+
+class RunEnded(Exception):
+    """Leaves the loop with a status other than finished."""
+
+    def __init__(self, status: RunStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status: RunStatus = status
+        self.reason = reason
+
+
+class Agent:
+    """One autonomous agent: its model, commands, history and limits."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        model: ChatModel,
+        tools: ToolRegistry,
+        ctx: ToolContext,
+        config: AgentConfig = AgentConfig(),
+        *,
+        memory: MemoryLike | None = None,
+        record: StepSink | None = None,
+        events: Events | None = None,
+        approve: Callable[[Step], Approval] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.model = model
+        self.tools = tools
+        self.ctx = ctx
+        self.config = config
+        self.memory = memory
+        self.record = record
+        self.events: Events = events or SilentEvents()
+        self.approve = approve
+        self.schema = reply_schema(tools)
+        self.prompt = PromptBuilder(profile, tools, model, config.reply_tokens)
+        self.history: list[Message] = []
+        self.steps_taken = 0
+        self._format_errors = 0
+        self._preapproved = 0
+        self._last_call: tuple[str, int] = ("", 0)  # (command as JSON, times in a row)
+        self._notes: list[str] = []  # said once, in the next prompt's last message
+
+    def run(self) -> RunResult:
+        """Step until the model finishes or a limit, the user or an error ends the run."""
+        while self.steps_taken < self.config.max_steps:
+            try:
+                self.step()
+            except Finished as done:
+                return RunResult("finished", self.steps_taken, done.reason)
+            except RunEnded as ended:
+                return RunResult(ended.status, self.steps_taken, ended.reason)
+        return RunResult("step_limit", self.steps_taken, f"{self.steps_taken} steps taken")
+
+    def step(self) -> Step:
+        """One cycle: prompt, reply, approval, command, history; always recorded."""
+        step = Step(index=self.steps_taken + 1)
+        start = time.perf_counter()
+        try:
+            self._step(step)
+        finally:
+            step.seconds = time.perf_counter() - start
+            self.steps_taken += 1
+            if self.record is not None:
+                self.record.write_step(step)
+        return step
+
+    def _step(self, step: Step) -> None:
+        notes, self._notes = self._notes, []
+        step.messages = self.prompt.build(self.history, self._recall(), notes)
+        self.events.thinking(step.index)
+        step.completion = self.model.complete(
+            step.messages, schema=self.schema, max_tokens=self.config.reply_tokens
+        )
+        raw = step.completion.text.strip()
+        try:
+            step.reply = parse_reply(step.completion, self.tools, self.schema)
+        except FormatError as err:
+            step.status = "truncated" if isinstance(err, TruncatedReplyError) else "format_error"
+            step.error = str(err)
+            self.events.replied(step)
+            self._add_exchange(raw, render("result.j2", feedback=None, error=step.error))
+            self._format_errors += 1
+            if self._format_errors >= self.config.max_format_errors:
+                raise RunEnded(
+                    "format_errors", f"{self._format_errors} invalid replies in a row: {err}"
+                ) from None
+            return
+        self._format_errors = 0
+        self.events.replied(step)
+        approval = self._ask(step)
+        if approval.decision == "stop":
+            raise RunEnded("stopped_by_user", "the user stopped the run")
+        if approval.decision == "feedback":
+            step.status, step.human_feedback = "rejected", approval.feedback
+            feedback = render("result.j2", feedback=approval.feedback, error=None)
+            self._add_exchange(raw, feedback)
+            return
+        try:
+            step.result = self._execute(step.reply.command)
+        except Finished as done:
+            step.status, step.result = "finished", ToolResult(done.reason)
+            self.events.executed(step)
+            raise
+        self.events.executed(step)
+        output = self.prompt.cut_to_tokens(step.result.output, self.config.result_tokens)
+        message = render(
+            "result.j2", feedback=None, error=None, command=step.reply.command.name, output=output
+        )
+        self._add_exchange(raw, message)
+        self._check_loop(step.reply)
+
+    def _ask(self, step: Step) -> Approval:
+        """The user's approval, unless running continuously or pre-approved with `y -N`."""
+        if self.approve is None:
+            return Approval("yes")
+        if self._preapproved > 0:
+            self._preapproved -= 1
+            return Approval("yes")
+        approval = self.approve(step)
+        if approval.decision == "yes":
+            self._preapproved = approval.count - 1
+        return approval
+
+    def _execute(self, call: CommandCall) -> ToolResult:
+        """Run a command; its failures become the observation the model sees."""
+        try:
+            return ToolResult(self.tools.get(call.name)(self.ctx, call.args))
+        except Finished:
+            raise
+        except AgentError as err:
+            return ToolResult(f"Error: {err}", ok=False)
+        except Exception as err:  # a command's own failure is the model's observation
+            return ToolResult(f"Error: {type(err).__name__}: {err}", ok=False)
+
+    def _check_loop(self, reply: Reply) -> None:
+        """Tell the model when it repeats itself; end the run if it keeps on."""
+        key = json.dumps([reply.command.name, reply.command.args], sort_keys=True)
+        count = self._last_call[1] + 1 if key == self._last_call[0] else 1
+        self._last_call = (key, count)
+        if count > self.config.max_repeats:
+            raise RunEnded("loop", f"{reply.command.name} repeated {count} times with same args")
+        if count > 1:
+            self._notes.append(
+                f"you ran {reply.command.name} with the same arguments {count} times in a row; "
+                "running it again changes nothing. If every goal is done, use finish."
+            )
+
+    def _add_exchange(self, reply_text: str, result_text: str) -> None:
+        """Append a reply and its outcome to history, and remember the exchange."""
+        self.history.append(Message(role="assistant", content=reply_text))
+        self.history.append(Message(role="user", content=result_text))
+        if self.memory is not None:
+            self.memory.remember(
+                f"Assistant reply: {reply_text}\nResult: {result_text}", kind="step"
+            )
+
+    def _recall(self) -> list[str]:
+        """Memories relevant to the latest exchange, best first, minus what is in view."""
+        if self.memory is None or not self.history:
+            return []
+        shown = self.history[self.prompt.first_kept :]
+        in_view = {
+            f"Assistant reply: {a['content']}\nResult: {r['content']}"
+            for a, r in zip(shown[::2], shown[1::2], strict=True)
+        }
+        query = "\n".join(m["content"] for m in self.history[-2:])
+        hits = self.memory.recall(query, self.config.memory_k + len(in_view))
+        return [text for _, text in hits if text not in in_view][: self.config.memory_k]

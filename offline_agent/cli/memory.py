@@ -1,0 +1,164 @@
+"""`offline-agent memory`: ingest files, search, inspect and clear long-term memory."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from offline_agent.errors import AgentError
+from offline_agent.memory import (
+    Hit,
+    clear_store,
+    default_memory_dir,
+    ingest,
+    open_memory,
+    read_info,
+)
+from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def library_errors() -> Iterator[None]:
+    """Turn an AgentError into a one-line `Error: ...` with the error's exit code."""
+    try:
+        yield
+    except AgentError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(exc.exit_code) from exc
+
+
+def _memory_dir_option(func: F) -> F:
+    return click.option(
+        "--memory-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The memory folder.  [default: $OFFLINE_AGENT_HOME/memory/default or "
+        "~/.offline-agent/memory/default]",
+    )(func)
+
+
+def _index_option(func: F) -> F:
+    return click.option(
+        "--index",
+        type=click.Choice(["flat", "hnsw"]),
+        default="flat",
+        show_default=True,
+        help="Exact search, or the approximate HNSW graph for stores past ~100k entries.",
+    )(func)
+
+
+def _folder(memory_dir: Path | None) -> Path:
+    return memory_dir if memory_dir is not None else default_memory_dir()
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _describe(hit: Hit) -> str:
+    meta = " ".join(f"{k}={v}" for k, v in hit.entry.meta.items())
+    return f"{hit.entry.kind} {hit.entry.time}" + (f" {meta}" if meta else "")
+
+
+@click.group()
+def memory() -> None:
+    """Inspect and fill the agent's long-term memory."""
+
+
+@memory.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@_memory_dir_option
+@_index_option
+@click.option("--chunk-size", default=CHUNK_CHARS, show_default=True, help="Characters a chunk.")
+@click.option("--overlap", default=OVERLAP_CHARS, show_default=True, help="Characters shared.")
+def ingest_command(
+    paths: tuple[Path, ...], memory_dir: Path | None, index: str, chunk_size: int, overlap: int
+) -> None:
+    """Store files and folders in memory as overlapping chunks."""
+    if chunk_size <= 0 or not 0 <= overlap < chunk_size:
+        raise click.BadParameter("need --chunk-size > 0 and 0 <= --overlap < --chunk-size")
+    folder = _folder(memory_dir)
+    with library_errors(), contextlib.ExitStack() as stack:
+        mem = open_memory(folder, index=index)
+        bar: Any = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None and total > BATCH:
+                bar = stack.enter_context(click.progressbar(length=total, label="Embedding chunks"))
+            if bar is not None:
+                bar.update(done - bar.pos)
+
+        report = ingest(mem, paths, size=chunk_size, overlap=overlap, progress=progress)
+        mem.close()
+    for skipped in report.skipped:
+        click.echo(f"Skipped {skipped} (not UTF-8 text)", err=True)
+    click.echo(
+        f"Added {report.added} of {report.chunks} chunks from {report.files} files to {folder}"
+        + (
+            f" ({report.chunks - report.added} were already there)"
+            if report.added < report.chunks
+            else ""
+        )
+    )
+
+
+@memory.command("search")
+@click.argument("query")
+@click.option("-k", default=10, show_default=True, help="How many memories to show.")
+@click.option("--full", is_flag=True, help="Show whole texts, not one line each.")
+@_memory_dir_option
+@_index_option
+def search_command(query: str, k: int, full: bool, memory_dir: Path | None, index: str) -> None:
+    """Show the memories the agent would recall for QUERY, with their scores."""
+    with library_errors():
+        hits = open_memory(_folder(memory_dir), index=index).search(query, k)
+    if not hits:
+        click.echo("No memories found.")
+    for hit in hits:
+        if full:
+            click.echo(f"{hit.score:.3f}  [{_describe(hit)}]\n{hit.entry.text}\n")
+        else:
+            click.echo(f"{hit.score:.3f}  {_one_line(hit.entry.text, 100)}")
+
+
+@memory.command("stats")
+@_memory_dir_option
+def stats_command(memory_dir: Path | None) -> None:
+    """Show how many memories there are, which model made them, and their size on disk."""
+    folder = _folder(memory_dir)
+    with library_errors():
+        info = read_info(folder)
+    click.echo(f"folder:     {folder}")
+    if info is None:
+        click.echo("memories:   0 (nothing saved yet)")
+        return
+    click.echo(f"memories:   {info.count}")
+    click.echo(f"model:      {info.model_id} ({info.dimension} dimensions)")
+    click.echo(f"segments:   {info.segments}")
+    click.echo(f"snapshot:   {info.snapshot or 'none'}")
+    click.echo(f"disk:       {info.disk_bytes / 1e6:.1f} MB")
+
+
+@memory.command("clear")
+@_memory_dir_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def clear_command(memory_dir: Path | None, yes: bool) -> None:
+    """Delete every memory in the folder."""
+    folder = _folder(memory_dir)
+    with library_errors():
+        info = read_info(folder)
+        if info is None or info.count == 0:
+            click.echo(f"No memories in {folder}.")
+            return
+        if not yes:
+            click.confirm(f"Delete all {info.count} memories in {folder}?", abort=True)
+        removed = clear_store(folder)
+    click.echo(f"Deleted {removed} memories from {folder}.")

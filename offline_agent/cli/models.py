@@ -1,0 +1,145 @@
+"""`offline-agent models`: list, fetch, verify, add and inspect GGUF model files."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from offline_agent import gguf, modelstore
+from offline_agent.errors import AgentError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def library_errors() -> Iterator[None]:
+    """Report an AgentError as one `Error: ...` line on stderr and exit with its exit code."""
+    try:
+        yield
+    except AgentError as exc:
+        click.secho(f"Error: {exc}", fg="red", err=True)
+        raise click.exceptions.Exit(exc.exit_code) from exc
+
+
+def _models_dir_option(func: F) -> F:
+    return click.option(
+        "--models-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=modelstore.default_models_dir,
+        show_default="$OFFLINE_AGENT_MODELS or ~/.offline-agent/models",
+        help="Where model files and the user registry live.",
+    )(func)
+
+
+def _registry(models_dir: Path) -> modelstore.Registry:
+    return modelstore.load_registry(modelstore.user_registry_path(models_dir))
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.0f} MB"
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group()
+def models() -> None:
+    """Manage the GGUF model files the agent runs on."""
+
+
+@models.command("list")
+@_models_dir_option
+def list_command(models_dir: Path) -> None:
+    """List registered models and whether each is fetched."""
+    with library_errors():
+        rows = modelstore.list_models(_registry(models_dir), models_dir)
+    for row in rows:
+        mark = "*" if row.default else " "
+        state = "fetched" if row.fetched else "missing"
+        click.echo(f"{mark} {row.name:<24} {state:<8} {_mb(row.size):>8}  {row.path}")
+        if row.description:
+            click.echo(f"  {'':<24} {row.description}")
+
+
+@models.command(short_help="Download models and check their sha256.")
+@click.argument("names", nargs=-1)
+@click.option("--all", "fetch_all", is_flag=True, help="Fetch every fetchable model.")
+@click.option("--force", is_flag=True, help="Download again even if the file is present.")
+@_models_dir_option
+def fetch(names: tuple[str, ...], fetch_all: bool, force: bool, models_dir: Path) -> None:
+    """Download models and check their sha256 (default: the default model)."""
+    with library_errors():
+        registry = _registry(models_dir)
+        if fetch_all:
+            specs = [s for s in registry.models.values() if s.fetchable]
+        else:
+            specs = [registry.get(n) for n in names or (registry.default,)]
+        for spec in specs:
+            start = time.monotonic()
+            path = modelstore.fetch(spec, models_dir, force=force, progress=_echo_err)
+            click.echo(f"{spec.name}: {path} ({time.monotonic() - start:.1f}s)")
+
+
+@models.command(short_help="Check models' size and sha256.")
+@click.argument("names", nargs=-1)
+@_models_dir_option
+def verify(names: tuple[str, ...], models_dir: Path) -> None:
+    """Check models' size and sha256 (default: every fetched one)."""
+    with library_errors():
+        registry = _registry(models_dir)
+        if names:
+            specs = [registry.get(n) for n in names]
+        else:
+            specs = [s for s in registry.models.values() if s.location(models_dir).is_file()]
+            if not specs:
+                click.echo(f"no model files in {models_dir}")
+        for spec in specs:
+            click.echo(f"{spec.name}: ok ({modelstore.verify(spec, models_dir)})")
+
+
+@models.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", help="Registry name (default: the file name without .gguf).")
+@click.option("--chat-format", help="Chat format for a file with no chat template (e.g. chatml).")
+@_models_dir_option
+def add(path: Path, name: str | None, chat_format: str | None, models_dir: Path) -> None:
+    """Register a local GGUF file by its path; it is not copied."""
+    with library_errors():
+        spec = modelstore.add(path, models_dir, name=name, chat_format=chat_format)
+    click.echo(f"added {spec.name}: {spec.path} (chat format: {spec.chat_format})")
+
+
+@models.command()
+@click.argument("name_or_path")
+@_models_dir_option
+def info(name_or_path: str, models_dir: Path) -> None:
+    """Show what a model file's GGUF header says."""
+    with library_errors():
+        resolved = modelstore.resolve(name_or_path, _registry(models_dir), models_dir)
+        details = gguf.describe(resolved.path)
+    params = f"{details.parameters:,}" if details.parameters is not None else "?"
+    if details.size_label:
+        params += f" ({details.size_label})"
+    fields = [
+        ("name", resolved.spec.name if resolved.spec else "(not registered)"),
+        ("path", str(resolved.path)),
+        ("model", details.name or "?"),
+        ("architecture", details.architecture),
+        ("parameters", params),
+        ("quantisation", details.quantisation or "?"),
+        ("context", str(details.context_length or "?")),
+        ("vocabulary", str(details.vocab_size or "?")),
+        ("chat template", "yes" if details.has_chat_template else "no"),
+        ("chat format", resolved.chat_format or "(none; pass one)"),
+        ("file size", f"{details.file_size:,} bytes"),
+    ]
+    if resolved.spec is not None:
+        fields.append(("sha256", resolved.spec.sha256))
+    for label, value in fields:
+        click.echo(f"{label + ':':<15}{value}")

@@ -1,0 +1,147 @@
+"""`offline-agent run`: build the settings, the model and the agent, then run it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.cli.console import ConsoleEvents, ask_user
+from offline_agent.errors import ConfigError
+from offline_agent.llm import LlamaOptions, open_model
+from offline_agent.memory import default_memory_dir, open_memory
+from offline_agent.modelstore import default_models_dir, load_registry
+from offline_agent.records import RunResult, RunStatus
+from offline_agent.runs import RunRecord
+from offline_agent.settings import home_dir, load_ai_settings, make_profile
+from offline_agent.subagents import SubAgents
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.workspace import Workspace
+
+EXIT_CODES: dict[RunStatus, int] = {
+    "finished": 0,
+    "step_limit": 10,
+    "format_errors": 11,
+    "loop": 12,
+    "stopped_by_user": 13,
+    "error": 1,
+}
+"""Exit status of a run by how it ended; errors before the run have their own codes."""
+
+
+@click.command()
+@click.option("--name", default="Agent", show_default=True, help="The agent's name.")
+@click.option(
+    "--role",
+    default="an autonomous assistant that pursues its goals",
+    show_default=True,
+    help="What the agent is.",
+)
+@click.option("--goal", "goals", multiple=True, help="A goal (repeat for several).")
+@click.option(
+    "--ai-settings",
+    type=click.Path(path_type=Path),
+    help="Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals) instead of the flags.",
+)
+@click.option("--model", default=None, help="Registry name, GGUF path, or scripted:FILE.")
+@click.option("--chat-format", default=None, help="Override the chat format (gemma, chatml).")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--n-ctx", default=4096, show_default=True, help="Context window in tokens.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
+@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to GPU.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--workspace", type=click.Path(path_type=Path), default=None)
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--memory-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--no-memory", is_flag=True, help="Run without long-term memory.")
+@click.option("--continuous", is_flag=True, help="Run every command without asking.")
+@click.option("--limit", type=int, default=None, help="Steps allowed in continuous mode.")
+@click.option("--max-steps", default=50, show_default=True)
+@click.option("--max-format-errors", default=3, show_default=True)
+@click.option("--reply-tokens", default=512, show_default=True, help="Token limit per reply.")
+def run(
+    name: str,
+    role: str,
+    goals: tuple[str, ...],
+    ai_settings: Path | None,
+    model: str | None,
+    chat_format: str | None,
+    models_dir: Path | None,
+    n_ctx: int,
+    threads: int | None,
+    n_gpu_layers: int,
+    seed: int,
+    temperature: float,
+    workspace: Path | None,
+    runs_dir: Path | None,
+    memory_dir: Path | None,
+    no_memory: bool,
+    continuous: bool,
+    limit: int | None,
+    max_steps: int,
+    max_format_errors: int,
+    reply_tokens: int,
+) -> None:
+    """Run an agent on its goals until it finishes or a limit stops it."""
+    profile = load_ai_settings(ai_settings) if ai_settings else make_profile(name, role, goals)
+    if (limit is not None and limit < 1) or max_steps < 1:
+        raise ConfigError("--limit and --max-steps must be at least 1")
+    home = home_dir()
+    models_dir = models_dir or default_models_dir()
+    model = model or load_registry().default
+    ws = Workspace.create(workspace or home / "workspaces" / profile.name)
+    llm = open_model(
+        model,
+        LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature),
+        models_dir,
+        chat_format,
+    )
+    memory = None
+    if not no_memory:
+        memory = open_memory(memory_dir or default_memory_dir(profile.name))
+        memory.preload()
+    record = RunRecord.create(
+        runs_dir or home / "runs",
+        profile.name,
+        {
+            "profile": {"name": profile.name, "role": profile.role, "goals": profile.goals},
+            "model": model,
+            "options": {"n_ctx": n_ctx, "seed": seed, "temperature": temperature},
+            "workspace": str(ws.root),
+            "argv": sys.argv[1:],
+        },
+    )
+    events = ConsoleEvents(profile.name)
+    steps = min(max_steps, limit) if continuous and limit else max_steps
+    agent = Agent(
+        profile,
+        llm,
+        builtin_tools(memory=memory is not None),
+        ToolContext(workspace=ws, memory=memory, agents=SubAgents(llm)),
+        AgentConfig(
+            max_steps=steps, max_format_errors=max_format_errors, reply_tokens=reply_tokens
+        ),
+        memory=memory,
+        record=record,
+        events=events,
+        approve=None if continuous else ask_user,
+    )
+    click.secho(f"{profile.name} starts on {llm.name}; workspace {ws.root}", bold=True)
+    try:
+        result = agent.run()
+    except KeyboardInterrupt:
+        result = RunResult("stopped_by_user", agent.steps_taken, "interrupted with Ctrl-C")
+    finally:
+        events.spinner.stop()
+    record.write_end(result)
+    record.close()
+    colour = "green" if result.status == "finished" else "yellow"
+    click.secho(
+        f"\nRun {record.id} ended: {result.status} after {result.steps} steps. {result.reason}",
+        fg=colour,
+        bold=True,
+    )
+    sys.exit(EXIT_CODES[result.status])

@@ -1,0 +1,25 @@
+"""The one narrow protocol every model backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from offline_agent.records import Completion, Message
+
+
+class ChatModel(Protocol):
+    """OpenAI-shaped chat messages in, a `Completion` out."""
+
+    name: str
+    context_length: int
+
+    def complete(
+        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+    ) -> Completion:
+        """Answer `messages`; with `schema`, constrain the answer to it where possible."""
+        ...
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """How many tokens `messages` take in a prompt, counted the model's own way."""
+        ...

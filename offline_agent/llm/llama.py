@@ -1,0 +1,138 @@
+"""The in-process backend: a GGUF file loaded once with llama-cpp-python."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_grammar import LlamaGrammar
+
+from offline_agent.errors import BackendError, ContextOverflowError, ModelError
+from offline_agent.llm.chat_format import ChatFormat, chat_format_for
+from offline_agent.records import Completion, Message, Usage
+
+
+@dataclass(frozen=True)
+class LlamaOptions:
+    """How to load and sample the model."""
+
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    seed: int = 0
+    temperature: float = 0.0
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep llama.cpp's Python-side chatter off the terminal."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+class LlamaModel:
+    """A `ChatModel` running a GGUF file in this process."""
+
+    def __init__(self, path: Path, chat_format: str, options: LlamaOptions, name: str = ""):
+        self.name = name or path.stem
+        self.options = options
+        try:
+            with _quiet():
+                self._llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=options.n_ctx,
+                    n_threads=options.n_threads,
+                    n_gpu_layers=options.n_gpu_layers,
+                    seed=options.seed,
+                    verbose=False,
+                )
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(f"cannot load {path}: {err}") from None
+        trained = int(self._llm.metadata.get(f"{self._arch()}.context_length", 0) or 0)
+        if trained and options.n_ctx > trained:
+            raise ModelError(
+                f"context size {options.n_ctx} is larger than {self.name} supports ({trained})"
+            )
+        self.context_length = options.n_ctx
+        self.format: ChatFormat = chat_format_for(
+            chat_format,
+            self._llm.metadata.get("tokenizer.chat_template"),
+            self._token_text(self._llm.token_bos()),
+            self._token_text(self._llm.token_eos()),
+        )
+        self._grammars: dict[str, LlamaGrammar] = {}
+
+    def _arch(self) -> str:
+        return str(self._llm.metadata.get("general.architecture", "llama"))
+
+    def _token_text(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def _tokens(self, messages: Sequence[Message]) -> list[int]:
+        return list(
+            self._llm.tokenize(
+                self.format.render(messages).encode("utf-8"), add_bos=False, special=True
+            )
+        )
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the rendered prompt, with the model's tokenizer."""
+        return len(self._tokens(messages))
+
+    def grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
+        """The GBNF grammar for `schema`, converted once and cached."""
+        key = json.dumps(schema)  # not sorted: property order is the order the model writes
+        if key not in self._grammars:
+            with _quiet():
+                self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+        return self._grammars[key]
+
+    def complete(
+        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+    ) -> Completion:
+        """Decode one answer; constrained by a grammar when a schema is given."""
+        tokens = self._tokens(messages)
+        if len(tokens) + max_tokens > self.context_length:
+            raise ContextOverflowError(
+                f"prompt of {len(tokens)} tokens plus {max_tokens} for the reply exceeds the "
+                f"context of {self.context_length}"
+            )
+        grammar = self.grammar(schema) if schema is not None else None
+        ctx = self._llm._ctx.ctx
+        llama_cpp.llama_perf_context_reset(ctx)
+        start = time.perf_counter()
+        try:
+            out: Any = self._llm.create_completion(
+                tokens,
+                max_tokens=max_tokens,
+                temperature=self.options.temperature,
+                seed=self.options.seed,
+                repeat_penalty=1.0,
+                grammar=grammar,
+                stop=list(self.format.stop),
+            )
+        except (RuntimeError, ValueError) as err:
+            raise BackendError(f"llama.cpp failed: {err}") from None
+        total = time.perf_counter() - start
+        perf = llama_cpp.llama_perf_context(ctx)
+        choice = out["choices"][0]
+        usage = Usage(
+            prompt_tokens=len(tokens),
+            completion_tokens=int(out["usage"]["completion_tokens"]),
+            cached_tokens=max(0, len(tokens) - int(perf.n_p_eval)),
+        )
+        return Completion(
+            text=choice["text"],
+            finish_reason="length" if choice["finish_reason"] == "length" else "stop",
+            usage=usage,
+            prompt_seconds=perf.t_p_eval_ms / 1000,
+            total_seconds=total,
+            constrained=grammar is not None,
+        )

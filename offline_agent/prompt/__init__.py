@@ -1,0 +1,142 @@
+"""Building each step's prompt so that it fits the context window and keeps the KV cache warm.
+
+Layout, oldest to newest:
+1. the system message: identity, goals, constraints, commands, reply format (static);
+2. the history: past replies and command results, chronological, appended to;
+3. the next-step message: this step's relevant memories and the goals, repeated.
+
+Everything that changes every step sits in the last message, so between two steps the prompt
+only grows at its end and llama.cpp re-evaluates just the new tokens. When the history no
+longer fits, the oldest exchanges are dropped in one large block (down to half the room),
+not one per step, so the cache is rebuilt rarely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from jinja2 import Environment, StrictUndefined, Template
+
+from offline_agent.errors import ContextOverflowError
+from offline_agent.llm.base import ChatModel
+from offline_agent.records import Message
+from offline_agent.reply import format_text
+from offline_agent.tools.base import ToolRegistry
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Who the agent is and what it pursues (Auto-GPT's ai_name, ai_role, ai_goals)."""
+
+    name: str
+    role: str
+    goals: tuple[str, ...]
+
+
+def load_template(name: str) -> Template:
+    """A template from `prompt/templates`; undefined variables are errors."""
+    env = Environment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    source = resources.files(__package__).joinpath("templates", name).read_text("utf-8")
+    return env.from_string(source)
+
+
+def render(template: str, **variables: Any) -> str:
+    """Render `template` and strip surrounding blank lines."""
+    return load_template(template).render(**variables).strip()
+
+
+class PromptBuilder:
+    """Assembles the messages for each model call within `model.context_length`."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        tools: ToolRegistry,
+        model: ChatModel,
+        reply_reserve: int,
+        memory_share: float = 0.25,
+    ) -> None:
+        self.profile = profile
+        self.model = model
+        self.reply_reserve = reply_reserve
+        self.memory_share = memory_share
+        self.system = Message(
+            role="system",
+            content=render(
+                "system.j2",
+                name=profile.name,
+                role=profile.role,
+                goals=profile.goals,
+                commands=[t.signature_text() for t in tools],
+                memory="memory_search" in tools,
+                reply_format=format_text(),
+            ),
+        )
+        self.first_kept = 0
+        """Index of the oldest history message still sent; only ever moves forward."""
+
+    @property
+    def budget(self) -> int:
+        """Tokens available for the prompt once the reply's reserve is set aside."""
+        return self.model.context_length - self.reply_reserve
+
+    def next_step_message(self, memories: Sequence[str] = (), notes: Sequence[str] = ()) -> Message:
+        """The last message of a prompt: memories, notes, the request for a reply, the goals."""
+        content = render(
+            "next_step.j2", memories=list(memories), notes=list(notes), goals=self.profile.goals
+        )
+        return Message(role="user", content=content)
+
+    def _count(self, history: Sequence[Message], last: Message) -> int:
+        return self.model.count_tokens([self.system, *history, last])
+
+    def _fit_memories(self, memories: Sequence[str], notes: Sequence[str]) -> Message:
+        """The next-step message with as many memories as fit in their share of the room."""
+        base = self._count([], self.next_step_message((), notes))
+        if base > self.budget:
+            raise ContextOverflowError(
+                f"the system prompt and goals take {base} tokens; the context of "
+                f"{self.model.context_length} leaves {self.budget} after the reply's reserve"
+            )
+        limit = base + int((self.budget - base) * self.memory_share)
+        kept = list(memories)
+        while kept and self._count([], self.next_step_message(kept, notes)) > limit:
+            kept.pop()
+        return self.next_step_message(kept, notes)
+
+    def build(
+        self, history: Sequence[Message], memories: Sequence[str] = (), notes: Sequence[str] = ()
+    ) -> list[Message]:
+        """The messages for the next call: never more than the budget allows."""
+        last = self._fit_memories(memories, notes)
+        if self._count(history[self.first_kept :], last) > self.budget:
+            self.first_kept = self._drop_block(history, last)
+        return [self.system, *history[self.first_kept :], last]
+
+    def _drop_block(self, history: Sequence[Message], last: Message) -> int:
+        """The first index to keep so that history uses at most half of the free room."""
+        fixed = self._count([], last)
+        target = fixed + (self.budget - fixed) // 2
+        # History is made of (reply, result) pairs: search over pair boundaries only.
+        low, high = (self.first_kept + 1) // 2, len(history) // 2
+        while low < high:
+            mid = (low + high) // 2
+            if self._count(history[2 * mid :], last) <= target:
+                high = mid
+            else:
+                low = mid + 1
+        return 2 * high
+
+    def cut_to_tokens(self, text: str, max_tokens: int) -> str:
+        """`text` shortened to about `max_tokens`, with a notice saying it was cut."""
+        count = self.model.count_tokens([Message(role="user", content=text)])
+        if count <= max_tokens:
+            return text
+        keep = max(0, int(len(text) * max_tokens / count) - 100)
+        return (
+            text[:keep] + f"\n[cut: the result had {len(text)} characters; only the first "
+            f"{keep} are shown]"
+        )

@@ -1,0 +1,109 @@
+"""What we record: plain dataclasses for completions, replies, tool results and steps.
+
+What we *send* to a model are OpenAI-shaped message dicts (`Message`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Message = dict[str, str]
+"""An OpenAI-shaped chat message: {"role": "system"|"user"|"assistant", "content": str}."""
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Usage:
+    """Token counts of one completion; `cached_tokens` were served from the KV cache."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    """One model answer: raw text, why it stopped, token usage and timings in seconds."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    prompt_seconds: float = 0.0
+    total_seconds: float = 0.0
+    constrained: bool = False
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Completion tokens per second of decoding (prompt evaluation excluded)."""
+        decode = self.total_seconds - self.prompt_seconds
+        return self.usage.completion_tokens / decode if decode > 0 else 0.0
+
+
+@dataclass
+class Thoughts:
+    """The model's reasoning, shown to the user each step."""
+
+    text: str = ""
+    reasoning: str = ""
+    plan: str = ""
+    criticism: str = ""
+
+
+@dataclass
+class CommandCall:
+    """The command the model chose and its arguments."""
+
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass
+class Reply:
+    """A validated model reply."""
+
+    thoughts: Thoughts
+    command: CommandCall
+
+
+@dataclass
+class ToolResult:
+    """What running a command produced; `ok` is False when it failed."""
+
+    output: str
+    ok: bool = True
+
+
+StepStatus = Literal["ok", "format_error", "truncated", "rejected", "finished"]
+
+
+@dataclass
+class Step:
+    """Everything about one cycle of the loop, as written to the run record."""
+
+    index: int
+    messages: list[Message] = field(default_factory=list)
+    completion: Completion | None = None
+    reply: Reply | None = None
+    error: str | None = None
+    result: ToolResult | None = None
+    human_feedback: str | None = None
+    status: StepStatus = "ok"
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for the run record."""
+        return asdict(self)
+
+
+RunStatus = Literal["finished", "step_limit", "format_errors", "stopped_by_user", "loop", "error"]
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    status: RunStatus
+    steps: int
+    reason: str = ""

@@ -1,0 +1,134 @@
+"""The reply format, defined once: its JSON schema, its text form for the prompt, its parser.
+
+A reply is `{"thoughts": {text, reasoning, plan, criticism}, "command": {name, args}}`.
+The schema has one `anyOf` branch per registered command, so a grammar built from it
+constrains the command name and its argument names and types, not only JSON syntax.
+Decoding is never trusted: every reply is parsed and validated here, whichever backend
+produced it (llama-cpp-python silently falls back to generic JSON for schemas it cannot
+convert, and servers may ignore `response_format` altogether).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import json_repair
+import jsonschema
+
+from offline_agent.errors import FormatError, ToolError, TruncatedReplyError
+from offline_agent.records import CommandCall, Completion, Reply, Thoughts
+from offline_agent.tools.base import ToolRegistry
+
+THOUGHT_FIELDS: dict[str, tuple[str, int]] = {
+    "text": ("what you think about the situation", 100),
+    "reasoning": ("why the next command is the right one", 100),
+    "plan": ("short bulleted plan of the next steps", 100),
+    "criticism": ("constructive self-criticism", 80),
+}
+"""Field name → (what it is for, the longest string allowed). Bounds stop small models rambling."""
+
+
+def reply_schema(tools: ToolRegistry) -> dict[str, Any]:
+    """JSON schema of a reply: thoughts first, then one branch per command."""
+    thoughts = {
+        "type": "object",
+        "properties": {
+            name: {"type": "string", "maxLength": limit}
+            for name, (_, limit) in THOUGHT_FIELDS.items()
+        },
+        "required": list(THOUGHT_FIELDS),
+        "additionalProperties": False,
+    }
+    branches = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "args": t.args_schema()},
+            "required": ["name", "args"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    return {
+        "type": "object",
+        "properties": {"thoughts": thoughts, "command": {"anyOf": branches}},
+        "required": ["thoughts", "command"],
+        "additionalProperties": False,
+    }
+
+
+def format_text() -> str:
+    """The reply format as the model reads it in the system prompt.
+
+    Prose rather than a JSON example with placeholder values: small models copy an example
+    word for word, and the grammar already enforces the syntax.
+    """
+    thoughts = ", ".join(f'"{name}" ({what})' for name, (what, _) in THOUGHT_FIELDS.items())
+    return (
+        "one JSON object with two keys: "
+        f'"thoughts", an object with {thoughts}; then '
+        '"command", an object with "name" (one of the commands above) and "args" '
+        "(that command's arguments)."
+    )
+
+
+def _load_json(text: str) -> Any:
+    """Strict JSON first; `json_repair` only for output that was not constrained."""
+    try:
+        return json.loads(text, strict=False)
+    except json.JSONDecodeError:
+        pass
+    repaired = json_repair.loads(text)
+    if not isinstance(repaired, dict) or not repaired:
+        raise FormatError("Your reply was not a JSON object. Reply with JSON only.")
+    return repaired
+
+
+def parse_reply(completion: Completion, tools: ToolRegistry, schema: dict[str, Any]) -> Reply:
+    """Validate a completion against the reply schema; FormatError says what is wrong."""
+    text = completion.text.strip()
+    if completion.finish_reason == "length":
+        try:
+            json.loads(text, strict=False)
+        except json.JSONDecodeError:
+            raise TruncatedReplyError(
+                "Your reply was cut off by the token limit. Keep every field short."
+            ) from None
+    data = _load_json(text)
+    if not isinstance(data, dict):
+        raise FormatError("Your reply was not a JSON object. Reply with JSON only.")
+    command = data.get("command")
+    if not isinstance(command, dict) or not isinstance(command.get("name"), str):
+        raise FormatError('Your reply has no "command" object with a "name".')
+    name = command["name"]
+    try:
+        tool = tools.get(name)
+        args = command.get("args", {})
+        if not isinstance(args, dict):
+            raise ToolError(f'"args" of {name} must be an object')
+        tool.check_args(args)
+    except ToolError as err:
+        raise FormatError(str(err)) from None
+    _validate(
+        data,
+        {k: v for k, v in schema.items() if k != "properties"}
+        | {"properties": {"thoughts": schema["properties"]["thoughts"], "command": {}}},
+    )
+    _validate(args, tool.args_schema(), where=f"command/args of {name}")
+    return Reply(Thoughts(**data["thoughts"]), CommandCall(name, args))
+
+
+def _validate(data: Any, schema: dict[str, Any], where: str = "") -> None:
+    """jsonschema validation with a one-line error that names the failing field."""
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as err:
+        path = "/".join(str(p) for p in err.absolute_path)
+        place = "/".join(part for part in (where, path) if part) or "reply"
+        if err.validator == "maxLength":
+            detail = (
+                f"too long ({len(str(err.instance))} characters; at most {err.validator_value})"
+            )
+        else:
+            detail = err.message[:200]
+        raise FormatError(f"Invalid reply at {place}: {detail}") from None

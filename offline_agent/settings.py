@@ -1,0 +1,61 @@
+"""Settings built once at the edge: the agent's profile and where a run keeps its files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from offline_agent.errors import ConfigError
+from offline_agent.prompt import Profile
+
+MAX_GOALS = 10
+MAX_GOAL_CHARS = 1000
+MAX_NAME_CHARS = 100
+MAX_ROLE_CHARS = 1000
+
+
+def home_dir() -> Path:
+    """$OFFLINE_AGENT_HOME, else ~/.offline-agent: models, runs and memory live below it."""
+    return Path(os.environ.get("OFFLINE_AGENT_HOME") or "~/.offline-agent").expanduser()
+
+
+def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Profile:
+    """A checked profile; ConfigError names the first problem."""
+    name, role = name.strip(), role.strip()
+    goals = [g.strip() for g in goals if g.strip()]
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"the agent's name must be 1 to {MAX_NAME_CHARS} characters")
+    if not role or len(role) > MAX_ROLE_CHARS:
+        raise ConfigError(f"the agent's role must be 1 to {MAX_ROLE_CHARS} characters")
+    if not goals:
+        raise ConfigError("give the agent at least one goal (--goal)")
+    if len(goals) > MAX_GOALS:
+        raise ConfigError(f"at most {MAX_GOALS} goals, got {len(goals)}")
+    for goal in goals:
+        if len(goal) > MAX_GOAL_CHARS:
+            raise ConfigError(f"a goal is {len(goal)} characters; at most {MAX_GOAL_CHARS}")
+    return Profile(name, role, tuple(goals))
+
+
+def load_ai_settings(path: Path) -> Profile:
+    """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals)."""
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping with ai_name, ai_role and ai_goals")
+    missing = [key for key in ("ai_name", "ai_role", "ai_goals") if key not in data]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}")
+    goals = data["ai_goals"]
+    if not isinstance(goals, list) or not all(isinstance(g, str) for g in goals):
+        raise ConfigError(f"{path}: ai_goals must be a list of strings")
+    if not isinstance(data["ai_name"], str) or not isinstance(data["ai_role"], str):
+        raise ConfigError(f"{path}: ai_name and ai_role must be strings")
+    return make_profile(data["ai_name"], data["ai_role"], goals)

@@ -1,0 +1,35 @@
+"""The built-in commands, in the order the model sees them."""
+
+from __future__ import annotations
+
+from offline_agent.tools.agents import AGENT_TOOLS
+from offline_agent.tools.base import Tool, ToolContext, ToolRegistry, tool
+from offline_agent.tools.code import CODE_TOOLS
+from offline_agent.tools.control import CONTROL_TOOLS
+from offline_agent.tools.files import FILE_TOOLS
+from offline_agent.tools.memory import MEMORY_TOOLS
+
+ORDER = (
+    "write_file", "read_file", "append_file", "list_files", "delete_file",
+    "execute_python_code", "execute_python_file",
+    "memory_add", "memory_search",
+    "start_agent", "message_agent", "list_agents", "delete_agent",
+    "finish",
+)  # fmt: skip
+"""Most-used first: small models favour what they read early."""
+
+
+def builtin_tools(*, memory: bool = True, agents: bool = True) -> ToolRegistry:
+    """All built-in commands; memory or sub-agent commands left out when disabled."""
+    every = {
+        t.name: t for t in (*FILE_TOOLS, *CODE_TOOLS, *MEMORY_TOOLS, *AGENT_TOOLS, *CONTROL_TOOLS)
+    }
+    registry = ToolRegistry(every[name] for name in ORDER)
+    if not memory:
+        registry = registry.without(*(t.name for t in MEMORY_TOOLS))
+    if not agents:
+        registry = registry.without(*(t.name for t in AGENT_TOOLS))
+    return registry
+
+
+__all__ = ["Tool", "ToolContext", "ToolRegistry", "builtin_tools", "tool"]

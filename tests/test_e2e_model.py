@@ -1,0 +1,80 @@
+"""End to end on the real GGUF files: every reply validates and commands are dispatched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.llm.llama import LlamaModel, LlamaOptions
+from offline_agent.prompt import Profile
+from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.runs import RunRecord, read_entries
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.workspace import Workspace
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+GOAL = "Write the word Washington to a file named output.txt"
+PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
+
+
+@pytest.fixture(scope="module")
+def smollm2(real_models: dict[str, Path]) -> LlamaModel:
+    return LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+
+
+def test_smollm2_run_every_reply_validates_and_is_dispatched(
+    smollm2: LlamaModel, tmp_path: Path
+) -> None:
+    record = RunRecord.create(tmp_path / "runs", "e2e", {})
+    agent = Agent(
+        PROFILE,
+        smollm2,
+        builtin_tools(memory=False),
+        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
+        AgentConfig(max_steps=3),
+        record=record,
+    )
+    result = agent.run()
+    steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+    assert len(steps) == result.steps >= 1
+    for step in steps:
+        assert step["status"] in ("ok", "finished"), step["error"]
+        assert step["completion"]["constrained"] is True
+        assert step["reply"]["command"]["name"] in agent.tools
+        assert step["result"] is not None  # the command was dispatched
+    # The KV cache serves the unchanged prefix from the second step on.
+    if len(steps) > 1:
+        usage = steps[1]["completion"]["usage"]
+        assert usage["cached_tokens"] > usage["prompt_tokens"] // 2
+
+
+def test_smollm2_token_count_matches_llama_cpp(smollm2: LlamaModel) -> None:
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+    rendered = smollm2.format.render(messages)
+    assert rendered.startswith("<|im_start|>system\nYou are terse.<|im_end|>")
+    assert rendered.endswith("<|im_start|>assistant\n")
+    assert smollm2.count_tokens(messages) == len(
+        smollm2._llm.tokenize(rendered.encode(), add_bos=False, special=True)
+    )
+
+
+def test_gemma_keeps_the_system_message_and_replies_validly(
+    real_models: dict[str, Path],
+) -> None:
+    gemma = LlamaModel(real_models["gemma3-270m"], "gemma", LlamaOptions(n_ctx=2048))
+    tools = builtin_tools(memory=False)
+    schema = reply_schema(tools)
+    messages = [
+        {"role": "system", "content": "You are FileBot. Commands: write_file, finish."},
+        {"role": "user", "content": GOAL},
+    ]
+    rendered = gemma.format.render(messages)
+    assert rendered.startswith("<bos><start_of_turn>user\nYou are FileBot.")
+    assert rendered.endswith("<start_of_turn>model\n")
+    completion = gemma.complete(messages, schema=schema, max_tokens=512)
+    assert completion.constrained
+    reply = parse_reply(completion, tools, schema)
+    assert reply.command.name in tools
