@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from offline_agent.agent import Agent, AgentConfig
+from offline_agent.errors import ModelError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.prompt import Profile
 from offline_agent.reply import parse_reply, reply_schema
@@ -78,3 +79,8 @@ def test_gemma_keeps_the_system_message_and_replies_validly(
     assert completion.constrained
     reply = parse_reply(completion, tools, schema)
     assert reply.command.name in tools
+
+
+def test_a_context_larger_than_the_model_supports_is_refused(real_models: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match="larger than .* supports \\(8192\\)"):
+        LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=100_000))

@@ -15,6 +15,7 @@ import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from offline_agent.errors import BackendError, ContextOverflowError, ModelError
+from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
 from offline_agent.records import Completion, Message, Usage
 
@@ -43,6 +44,11 @@ class LlamaModel:
     def __init__(self, path: Path, chat_format: str, options: LlamaOptions, name: str = ""):
         self.name = name or path.stem
         self.options = options
+        trained = describe(path).context_length  # checked before llama.cpp allocates it
+        if trained and options.n_ctx > trained:
+            raise ModelError(
+                f"context size {options.n_ctx} is larger than {self.name} supports ({trained})"
+            )
         try:
             with _quiet():
                 self._llm = llama_cpp.Llama(
@@ -55,11 +61,6 @@ class LlamaModel:
                 )
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"cannot load {path}: {err}") from None
-        trained = int(self._llm.metadata.get(f"{self._arch()}.context_length", 0) or 0)
-        if trained and options.n_ctx > trained:
-            raise ModelError(
-                f"context size {options.n_ctx} is larger than {self.name} supports ({trained})"
-            )
         self.context_length = options.n_ctx
         self.format: ChatFormat = chat_format_for(
             chat_format,
@@ -68,9 +69,6 @@ class LlamaModel:
             self._token_text(self._llm.token_eos()),
         )
         self._grammars: dict[str, LlamaGrammar] = {}
-
-    def _arch(self) -> str:
-        return str(self._llm.metadata.get("general.architecture", "llama"))
 
     def _token_text(self, token: int) -> str:
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")

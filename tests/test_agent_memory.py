@@ -1,0 +1,53 @@
+"""The loop and long-term memory together: each step is remembered, recalls reach the prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.llm.scripted import ScriptedModel
+from offline_agent.memory import HashEmbedder, open_memory
+from offline_agent.prompt import Profile
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.workspace import Workspace
+from tests.test_agent import FINISH, reply
+
+PROFILE = Profile("Archivist", "an assistant that remembers", ("Find the vault code",))
+
+
+def run_agent(tmp_path: Path, replies: list[object], memory_dir: Path) -> ScriptedModel:
+    memory = open_memory(memory_dir, embedder=HashEmbedder())
+    model = ScriptedModel(replies)
+    ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"), memory=memory)
+    agent = Agent(PROFILE, model, builtin_tools(), ctx, AgentConfig(max_steps=10), memory=memory)
+    assert agent.run().status == "finished"
+    memory.close()
+    return model
+
+
+def test_memories_from_an_earlier_run_reach_the_prompt(tmp_path: Path) -> None:
+    memory_dir = tmp_path / "mem"
+    run_agent(
+        tmp_path,
+        [reply("memory_add", text="The vault code is 4711."), FINISH],
+        memory_dir,
+    )
+    model = run_agent(
+        tmp_path,
+        [reply("memory_search", query="vault code"), reply("list_files", directory="."), FINISH],
+        memory_dir,
+    )
+    # The memory command finds the fact; later prompts show it in the memory slot.
+    assert "The vault code is 4711." in model.calls[1][-2]["content"]
+    last = model.calls[2][-1]["content"]
+    assert last.startswith("This reminds you of these events from your past:")
+    assert "4711" in last
+
+
+def test_each_step_is_remembered_once(tmp_path: Path) -> None:
+    memory_dir = tmp_path / "mem"
+    run_agent(tmp_path, [reply("list_files", directory="."), FINISH], memory_dir)
+    memory = open_memory(memory_dir, embedder=HashEmbedder())
+    hits = memory.recall("list_files", k=10)
+    steps = [text for _, text in hits if text.startswith("Assistant reply:")]
+    assert len(steps) == 1 and "list_files" in steps[0]

@@ -1,0 +1,144 @@
+"""The CLI: a scripted run end to end, and bad input as one line and its own exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from offline_agent.cli import cli
+from offline_agent.runs import read_entries, verify
+from tests.test_agent import FINISH, reply
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def script(tmp_path: Path, replies: list[object]) -> str:
+    path = tmp_path / "replies.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in replies))
+    return f"scripted:{path}"
+
+
+def invoke(*args: str, input: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_scripted_run_writes_the_file_and_a_verifiable_record(tmp_path: Path, home: Path) -> None:
+    model = script(
+        tmp_path, [reply("write_file", filename="output.txt", text="Washington"), FINISH]
+    )
+    code, out, _ = invoke(
+        "run",
+        "--goal",
+        "Write Washington",
+        "--model",
+        model,
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--continuous",
+        "--no-memory",
+    )
+    assert code == 0, out
+    assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
+    assert "NEXT ACTION: COMMAND = write_file" in out and "ended: finished after 2 steps" in out
+    (run,) = (home / "runs").iterdir()
+    assert verify(run) == 3
+    assert read_entries(run)[-1]["result"]["status"] == "finished"
+
+
+def test_interactive_y_then_feedback_then_n(tmp_path: Path, home: Path) -> None:
+    model = script(
+        tmp_path,
+        [
+            reply("write_file", filename="a.txt", text="1"),
+            reply("write_file", filename="b.txt", text="2"),
+            reply("write_file", filename="c.txt", text="3"),
+        ],
+    )
+    code, out, err = invoke(
+        "run",
+        "--goal",
+        "g",
+        "--model",
+        model,
+        "--no-memory",
+        "--workspace",
+        str(tmp_path / "ws"),
+        input="y\nnot b, please\nn\n",
+    )
+    assert code == 13, out + err
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["a.txt"]
+    assert "stopped_by_user" in out
+
+
+def test_ai_settings_file(tmp_path: Path, home: Path) -> None:
+    settings = tmp_path / "ai_settings.yaml"
+    settings.write_text("ai_name: Scribe\nai_role: writes\nai_goals:\n  - Write a poem\n")
+    code, out, _ = invoke(
+        "run",
+        "--ai-settings",
+        str(settings),
+        "--model",
+        script(tmp_path, [FINISH]),
+        "--continuous",
+        "--no-memory",
+    )
+    assert code == 0
+    assert "Scribe starts" in out
+    assert (home / "workspaces" / "Scribe").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--model", "SCRIPT"], 2, "at least one goal"),
+        (["--goal", "", "--model", "SCRIPT"], 2, "at least one goal"),
+        (["--goal", "x" * 5000, "--model", "SCRIPT"], 2, "at most 1000"),
+        (["--goal", "g", "--model", "no-such-model"], 3, "unknown model 'no-such-model'"),
+        (["--goal", "g", "--model", "NOTGGUF"], 3, "not a GGUF file"),
+        (["--goal", "g", "--model", "scripted:/nonexistent.json"], 2, "cannot read scripted"),
+        (["--goal", "g", "--model", "SCRIPT", "--workspace", "/dev/null/ws"], 2, "workspace"),
+        (["--ai-settings", "BADYAML", "--model", "SCRIPT"], 2, "not valid YAML"),
+        (["--ai-settings", "NOGOALS", "--model", "SCRIPT"], 2, "lacks ai_goals"),
+        (["--ai-settings", "/nonexistent.yaml", "--model", "SCRIPT"], 2, "cannot read"),
+    ],
+)
+def test_bad_input_is_one_line_and_its_own_exit_code(
+    tmp_path: Path, home: Path, args: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "bad.yaml").write_text("ai_name: [unclosed\n")
+    (tmp_path / "nogoals.yaml").write_text("ai_name: A\nai_role: B\n")
+    (tmp_path / "fake.gguf").write_bytes(b"not a model at all" * 100)
+    replace = {
+        "SCRIPT": script(tmp_path, [FINISH]),
+        "BADYAML": str(tmp_path / "bad.yaml"),
+        "NOGOALS": str(tmp_path / "nogoals.yaml"),
+        "NOTGGUF": str(tmp_path / "fake.gguf"),
+    }
+    argv = [replace.get(a, a) for a in args]
+    exit_code, _, err = invoke("run", "--continuous", "--no-memory", *argv)
+    assert exit_code == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_errors_print_no_traceback_from_the_real_entry_point(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "offline_agent", "run", "--goal", "g", "--model", "nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"OFFLINE_AGENT_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 3
+    assert done.stderr.startswith("Error: unknown model 'nope'")
+    assert "Traceback" not in done.stderr
