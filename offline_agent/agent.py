@@ -93,6 +93,18 @@ class RunEnded(Exception):
         self.reason = reason
 
 
+def execute_command(tools: ToolRegistry, ctx: ToolContext, call: CommandCall) -> ToolResult:
+    """Run a command; its failures become the observation the model sees."""
+    try:
+        return ToolResult(tools.get(call.name)(ctx, call.args))
+    except Finished:
+        raise
+    except AgentError as err:
+        return ToolResult(f"Error: {err}", ok=False)
+    except Exception as err:  # a command's own failure is the model's observation
+        return ToolResult(f"Error: {type(err).__name__}: {err}", ok=False)
+
+
 class Agent:
     """One autonomous agent: its model, commands, history and limits."""
 
@@ -141,15 +153,21 @@ class Agent:
     def step(self) -> Step:
         """One cycle: prompt, reply, approval, command, history; always recorded."""
         step = Step(index=self.steps_taken + 1)
-        start = time.perf_counter()
+        start, seen = time.perf_counter(), len(self.history)
         try:
             self._step(step)
         finally:
+            step.history = self.history[seen:]
             step.seconds = time.perf_counter() - start
             self.steps_taken += 1
             if self.record is not None:
                 self.record.write_step(step)
         return step
+
+    def restore(self, history: list[Message], steps_taken: int) -> None:
+        """Continue a recorded run: its history and step count (for resume)."""
+        self.history = list(history)
+        self.steps_taken = steps_taken
 
     def _step(self, step: Step) -> None:
         notes, self._notes = self._notes, []
@@ -183,7 +201,7 @@ class Agent:
             self._add_exchange(raw, feedback)
             return
         try:
-            step.result = self._execute(step.reply.command)
+            step.result = execute_command(self.tools, self.ctx, step.reply.command)
         except Finished as done:
             step.status, step.result = "finished", ToolResult(done.reason)
             self.events.executed(step)
@@ -207,17 +225,6 @@ class Agent:
         if approval.decision == "yes":
             self._preapproved = approval.count - 1
         return approval
-
-    def _execute(self, call: CommandCall) -> ToolResult:
-        """Run a command; its failures become the observation the model sees."""
-        try:
-            return ToolResult(self.tools.get(call.name)(self.ctx, call.args))
-        except Finished:
-            raise
-        except AgentError as err:
-            return ToolResult(f"Error: {err}", ok=False)
-        except Exception as err:  # a command's own failure is the model's observation
-            return ToolResult(f"Error: {type(err).__name__}: {err}", ok=False)
 
     def _check_loop(self, reply: Reply) -> None:
         """Tell the model when it repeats itself; end the run if it keeps on."""

@@ -55,6 +55,12 @@ class MemoryStoreError(StorageError):
     exit_code = 8
 
 
+class ReplayDivergedError(AgentError):
+    """A replayed command gave another result than the recorded one."""
+
+    exit_code = 9
+
+
 # --- Errors the model sees as observations -------------------------------------------
 
 

@@ -89,6 +89,8 @@ class Step:
     error: str | None = None
     result: ToolResult | None = None
     human_feedback: str | None = None
+    history: list[Message] = field(default_factory=list)
+    """The messages this step added to the agent's history (what `resume` rebuilds from)."""
     status: StepStatus = "ok"
     seconds: float = 0.0
 

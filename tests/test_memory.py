@@ -392,6 +392,30 @@ def test_two_writers_on_one_folder_lose_nothing(tmp_path: Path) -> None:
     assert sorted(texts) == ["written by a", "written by a again", "written by b"]
 
 
+def test_a_clear_or_deletion_by_another_process_is_respected(
+    tmp_path: Path, mem: LongTermMemory
+) -> None:
+    mem.remember("before the clear")
+    open_memory(tmp_path / "mem", HashEmbedder()).clear()  # e.g. `offline-agent memory clear`
+    mem.remember("after the clear")
+    texts = [e.text for e in open_memory(tmp_path / "mem", HashEmbedder()).store().entries]
+    assert texts == ["after the clear"]
+    for path in (tmp_path / "mem").iterdir():
+        path.unlink()
+    (tmp_path / "mem").rmdir()
+    mem.remember("after the deletion")
+    texts = [e.text for e in open_memory(tmp_path / "mem", HashEmbedder()).store().entries]
+    assert texts == ["after the deletion"]
+
+
+def test_any_python_string_can_be_stored(tmp_path: Path, mem: LongTermMemory) -> None:
+    odd = "lone surrogate \ud800, NUL \x00, line\u2028separator, CR\r, émoji 🙂"
+    assert mem.remember(odd)
+    again = open_memory(tmp_path / "mem", HashEmbedder())
+    assert again.recall(odd, k=1) == [pytest.approx((1.0, odd))]
+    assert not again.remember(odd)
+
+
 # --- ingest ---------------------------------------------------------------------------
 
 

@@ -7,9 +7,12 @@ from typing import Any
 import click
 
 from offline_agent import __version__
+from offline_agent.cli.doctor import doctor
 from offline_agent.cli.memory import memory
 from offline_agent.cli.models import models
 from offline_agent.cli.run import run
+from offline_agent.cli.runs import runs
+from offline_agent.cli.serve import serve
 from offline_agent.errors import AgentError
 
 
@@ -34,6 +37,9 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(models)
 cli.add_command(memory)
+cli.add_command(serve)
+cli.add_command(doctor)
+cli.add_command(runs)
 
 
 def main() -> None:

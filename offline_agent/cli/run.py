@@ -9,8 +9,9 @@ import click
 
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli.console import ConsoleEvents, ask_user
-from offline_agent.errors import ConfigError
-from offline_agent.llm import LlamaOptions, open_model
+from offline_agent.errors import AgentError, ConfigError
+from offline_agent.llm import HttpOptions, LlamaOptions, open_model
+from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.memory import default_memory_dir, open_memory
 from offline_agent.modelstore import default_models_dir, load_registry
 from offline_agent.records import RunResult, RunStatus
@@ -31,6 +32,19 @@ EXIT_CODES: dict[RunStatus, int] = {
 """Exit status of a run by how it ended; errors before the run have their own codes."""
 
 
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line with the value of --api-key hidden: it must not reach the record."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--api-key="):
+            out.append("--api-key=***")
+        elif i > 0 and argv[i - 1] == "--api-key":
+            out.append("***")
+        else:
+            out.append(arg)
+    return out
+
+
 @click.command()
 @click.option("--name", default="Agent", show_default=True, help="The agent's name.")
 @click.option(
@@ -45,7 +59,26 @@ EXIT_CODES: dict[RunStatus, int] = {
     type=click.Path(path_type=Path),
     help="Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals) instead of the flags.",
 )
-@click.option("--model", default=None, help="Registry name, GGUF path, or scripted:FILE.")
+@click.option(
+    "--model",
+    default=None,
+    help="Registry name, GGUF path, or scripted:FILE; with --base-url, the server's model name.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="Use an OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1.",
+)
+@click.option(
+    "--api-key", default=None, envvar="OFFLINE_AGENT_API_KEY", help="Bearer key for the server."
+)
+@click.option(
+    "--constraint",
+    type=click.Choice(CONSTRAINTS),
+    default="json_object",
+    show_default=True,
+    help="How the reply schema is sent to the server (none: repair and validate only).",
+)
 @click.option("--chat-format", default=None, help="Override the chat format (gemma, chatml).")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--n-ctx", default=4096, show_default=True, help="Context window in tokens.")
@@ -68,6 +101,9 @@ def run(
     goals: tuple[str, ...],
     ai_settings: Path | None,
     model: str | None,
+    base_url: str | None,
+    api_key: str | None,
+    constraint: Constraint,
     chat_format: str | None,
     models_dir: Path | None,
     n_ctx: int,
@@ -90,14 +126,18 @@ def run(
     if (limit is not None and limit < 1) or max_steps < 1:
         raise ConfigError("--limit and --max-steps must be at least 1")
     home = home_dir()
+    if base_url and chat_format:
+        raise ConfigError("--chat-format applies to in-process models; the server picks its own")
     models_dir = models_dir or default_models_dir()
-    model = model or load_registry().default
+    if not base_url:
+        model = model or load_registry().default
     ws = Workspace.create(workspace or home / "workspaces" / profile.name)
     llm = open_model(
         model,
         LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature),
         models_dir,
         chat_format,
+        HttpOptions(base_url, api_key, constraint) if base_url else None,
     )
     memory = None
     if not no_memory:
@@ -108,10 +148,11 @@ def run(
         profile.name,
         {
             "profile": {"name": profile.name, "role": profile.role, "goals": profile.goals},
-            "model": model,
+            "model": llm.name,
+            "server": {"base_url": base_url, "constraint": constraint} if base_url else None,
             "options": {"n_ctx": n_ctx, "seed": seed, "temperature": temperature},
             "workspace": str(ws.root),
-            "argv": sys.argv[1:],
+            "argv": _redacted(sys.argv[1:]),
         },
     )
     events = ConsoleEvents(profile.name)
@@ -134,6 +175,10 @@ def run(
         result = agent.run()
     except KeyboardInterrupt:
         result = RunResult("stopped_by_user", agent.steps_taken, "interrupted with Ctrl-C")
+    except AgentError as err:  # e.g. the server went away: end the record, then report
+        record.write_end(RunResult("error", agent.steps_taken, str(err)))
+        record.close()
+        raise
     finally:
         events.spinner.stop()
     record.write_end(result)

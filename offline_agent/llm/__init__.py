@@ -1,7 +1,9 @@
 """Model backends behind one protocol, chosen by name.
 
 - a registry name (`smollm2-135m`) or the path of a GGUF file: in-process llama.cpp;
-- `scripted:PATH`: replay the replies in a JSON/JSONL file (tests, demos).
+- `scripted:PATH`: replay the replies in a JSON/JSONL file (tests, demos);
+- with `HttpOptions` (a base URL): any OpenAI-compatible server, `model` being the name
+  the server knows (or None: the first model it lists).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from offline_agent.llm.base import ChatModel
+from offline_agent.llm.http import HttpModel, HttpOptions
 from offline_agent.llm.llama import LlamaOptions
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.modelstore import load_registry, resolve, user_registry_path
@@ -17,12 +20,26 @@ SCRIPTED_PREFIX = "scripted:"
 
 
 def open_model(
-    model: str, options: LlamaOptions, models_dir: Path, chat_format: str | None = None
+    model: str | None,
+    options: LlamaOptions,
+    models_dir: Path,
+    chat_format: str | None = None,
+    http: HttpOptions | None = None,
 ) -> ChatModel:
-    """Load the backend that `model` names."""
-    if model.startswith(SCRIPTED_PREFIX):
+    """Load the backend that `model` names, or connect to the server `http` points at."""
+    if http is not None:
+        return HttpModel(
+            http,
+            model,
+            context_length=options.n_ctx,
+            seed=options.seed,
+            temperature=options.temperature,
+        )
+    if model is not None and model.startswith(SCRIPTED_PREFIX):
         return ScriptedModel.from_file(Path(model.removeprefix(SCRIPTED_PREFIX)), options.n_ctx)
-    resolved = resolve(model, load_registry(user_registry_path(models_dir)), models_dir)
+    registry = load_registry(user_registry_path(models_dir))
+    model = model or registry.default
+    resolved = resolve(model, registry, models_dir)
     # Imported here: loading llama.cpp's library is not needed for --help or scripted runs.
     from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415
 
@@ -34,4 +51,4 @@ def open_model(
     )
 
 
-__all__ = ["ChatModel", "LlamaOptions", "ScriptedModel", "open_model"]
+__all__ = ["ChatModel", "HttpModel", "HttpOptions", "LlamaOptions", "ScriptedModel", "open_model"]

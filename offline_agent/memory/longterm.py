@@ -30,6 +30,11 @@ def default_memory_dir(agent_name: str = "default") -> Path:
     return home / "memory" / folder
 
 
+def _embeddable(text: str) -> str:
+    # Tokenizers reject lone surrogates, which JSON escapes in a model's reply can produce.
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -63,6 +68,7 @@ class LongTermMemory:
         """The loaded store, loading the embedder and the saved memories on first call."""
         with self._lock:
             if self._store is None:
+                # Compare names before `dimension` loads the model: a mismatch fails fast.
                 check_model(self.memory_dir, self.embedder.model_id)
                 self._store = MemoryStore.open(
                     self.memory_dir,
@@ -102,7 +108,7 @@ class LongTermMemory:
         if not fresh:
             return 0
         vectors = self.embedder.embed(
-            [texts[i] if embed is None else embed[i] for i in fresh.values()]
+            [_embeddable(texts[i] if embed is None else embed[i]) for i in fresh.values()]
         )
         now = _now()
         entries = []
@@ -120,7 +126,7 @@ class LongTermMemory:
         store = self.store()
         if len(store) == 0:
             return []
-        return store.search(self.embedder.embed([query]), k)
+        return store.search(self.embedder.embed([_embeddable(query)]), k)
 
     def recall(self, query: str, k: int = 10) -> list[tuple[float, str]]:
         """The `k` memories most similar to `query`, as (inner product, text), best first."""

@@ -8,10 +8,11 @@ no larger), so a save rewrites O(log n) entries per memory on average, not the w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -58,7 +59,8 @@ class Entry:
     def to_json(self) -> str:
         """One JSON line (no newline)."""
         record = {"text": self.text, "kind": self.kind, "time": self.time, "meta": dict(self.meta)}
-        return json.dumps(record, ensure_ascii=False)
+        # ASCII escapes: a lone surrogate (valid in a Python str) cannot be UTF-8 encoded.
+        return json.dumps(record)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,23 @@ def _faiss() -> Any:
     return faiss
 
 
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run faiss with `n` OpenMP threads (None: leave as is)."""
+    # One query gains nothing from threads on a few cores, and when another process (or
+    # torch's spinning workers) holds a core, the OpenMP barrier makes it 10-50x slower.
+    if n is None:
+        yield
+        return
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 class MemoryStore:
     """Vectors in a FAISS inner-product index, entries beside them, saved in a memory folder."""
 
@@ -109,7 +128,7 @@ class MemoryStore:
         self.index_kind = index_kind(index)
         self.hnsw = hnsw or HNSWParams()
         self.snapshot_every = snapshot_every
-        self._reset(Manifest(model_id, dimension))
+        self._reset()
 
     @classmethod
     def open(
@@ -135,8 +154,8 @@ class MemoryStore:
 
     # --- state -------------------------------------------------------------------------
 
-    def _reset(self, manifest: Manifest) -> None:
-        self._manifest = Manifest(self.model_id, self.dimension, (), manifest.snapshot)
+    def _reset(self) -> None:
+        self._manifest = Manifest(self.model_id, self.dimension)
         self._entries: list[Entry] = []
         self._keys: set[bytes] = set()
         self._pending: list[tuple[list[Entry], Vectors]] = []  # batches as added
@@ -153,7 +172,7 @@ class MemoryStore:
 
     def _load(self, manifest: Manifest) -> None:
         """Replace the in-memory state with the one `manifest` describes."""
-        self._reset(manifest)
+        self._reset()
         snapshot = self._usable_snapshot(manifest)
         if snapshot is not None:
             self._index = self._read_snapshot(snapshot)
@@ -234,7 +253,8 @@ class MemoryStore:
             raise ValueError(f"queries must have shape (n, {self.dimension}), not {queries.shape}")
         if k <= 0 or not self._entries:
             return [[] for _ in range(len(queries))]
-        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        with _threads(1 if len(queries) == 1 else None):
+            scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return [
             [Hit(float(s), self._entries[i]) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
             for row_s, row_i in zip(scores, ids, strict=True)
@@ -300,11 +320,13 @@ class MemoryStore:
 
     def _savelocked(self, snapshot: bool | None) -> None:
         on_disk = read_manifest(self.memory_dir)
-        if on_disk is not None and on_disk != self._manifest:
-            # Another process saved since we loaded: take its state, then add ours on top.
-            check_signature(self.memory_dir, on_disk, self.model_id, self.dimension)
+        if on_disk != self._manifest and (on_disk is not None or self._manifest.segments):
+            # Another process saved, cleared or deleted the folder since we loaded: take
+            # its state, then add ours on top.
+            current = on_disk or Manifest(self.model_id, self.dimension)
+            check_signature(self.memory_dir, current, self.model_id, self.dimension)
             pending = self._pending
-            self._load(on_disk)
+            self._load(current)
             for batch, vectors in pending:
                 self.add(batch, vectors)
         segments = list(self._manifest.segments)
@@ -372,7 +394,7 @@ class MemoryStore:
                     commit(self.memory_dir, Manifest(self.model_id, self.dimension))
         except OSError as err:
             raise MemoryStoreError(f"cannot clear memory in {self.memory_dir}: {err}") from err
-        self._reset(Manifest(self.model_id, self.dimension))
+        self._reset()
         return count
 
 

@@ -1,0 +1,117 @@
+"""`offline-agent runs`: what happened in a run, whether its record is intact, replaying it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+
+from offline_agent.errors import ReplayDivergedError, StorageError
+from offline_agent.replay import recorded_steps, replay, run_meta
+from offline_agent.runs import read_entries, verify
+from offline_agent.settings import home_dir
+from offline_agent.tools import builtin_tools
+from offline_agent.workspace import Workspace
+
+runs_dir_option = click.option(
+    "--runs-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: ~/.offline-agent/runs",
+)
+
+
+def _runs_dir(runs_dir: Path | None) -> Path:
+    return runs_dir or home_dir() / "runs"
+
+
+def _folder(run: str, runs_dir: Path | None) -> Path:
+    """A run given by id (a folder in the runs dir) or by path."""
+    for candidate in (Path(run), _runs_dir(runs_dir) / run):
+        if (candidate / "run.json").is_file():
+            return candidate
+    raise StorageError(f"no run {run!r} in {_runs_dir(runs_dir)}")
+
+
+def _ending(folder: Path) -> str:
+    entries = read_entries(folder)
+    if entries and entries[-1].get("type") == "end":
+        return str(entries[-1]["result"]["status"])
+    return "unfinished"
+
+
+@click.group()
+def runs() -> None:
+    """List, show, verify and replay recorded runs."""
+
+
+@runs.command("list")
+@runs_dir_option
+def list_runs(runs_dir: Path | None) -> None:
+    """One line per run: id, how it ended, steps, first goal."""
+    folders = sorted(p for p in _runs_dir(runs_dir).glob("*") if (p / "run.json").is_file())
+    if not folders:
+        click.echo("No runs yet.")
+    for folder in folders:
+        goals = run_meta(folder).get("profile", {}).get("goals") or [""]
+        steps = len(recorded_steps(folder))
+        click.echo(f"{folder.name}  {_ending(folder):<16} {steps:>3} steps  {goals[0][:60]}")
+
+
+@runs.command()
+@click.argument("run")
+@runs_dir_option
+def show(run: str, runs_dir: Path | None) -> None:
+    """What happened in RUN, step by step."""
+    folder = _folder(run, runs_dir)
+    meta = run_meta(folder)
+    click.echo(f"{folder.name}: model {meta.get('model')}, workspace {meta.get('workspace')}")
+    for step in recorded_steps(folder):
+        reply = step["reply"]
+        command = (
+            f"{reply['command']['name']} {json.dumps(reply['command']['args'])}" if reply else "-"
+        )
+        click.echo(f"{step['index']:>3} {step['status']:<12} {command[:100]}")
+        if step["error"]:
+            click.echo(f"      error: {step['error'][:200]}")
+        if step["result"]:
+            click.echo(f"      result: {step['result']['output'][:200]!r}")
+    click.echo(f"ended: {_ending(folder)}")
+
+
+@runs.command("verify")
+@click.argument("run")
+@runs_dir_option
+def verify_run(run: str, runs_dir: Path | None) -> None:
+    """Check that no line of RUN's record was edited, dropped or reordered."""
+    lines = verify(_folder(run, runs_dir))
+    click.echo(f"intact: {lines} lines, hash chain unbroken")
+
+
+@runs.command("replay")
+@click.argument("run")
+@click.option(
+    "--workspace",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to replay (default: a new temporary folder).",
+)
+@runs_dir_option
+def replay_run(run: str, workspace: Path | None, runs_dir: Path | None) -> None:
+    """Re-run RUN's commands without the model and compare each result with the record."""
+    folder = _folder(run, runs_dir)
+    root = workspace or Path(tempfile.mkdtemp(prefix="offline-agent-replay-"))
+    if workspace is not None and workspace.exists() and any(workspace.iterdir()):
+        raise StorageError(f"{workspace} is not empty; replay needs a fresh workspace")
+    report = replay(folder, Workspace.create(root), builtin_tools())
+    for index, name in report.skipped:
+        click.echo(f"step {index}: {name} not replayed (depends on state outside the workspace)")
+    if report.divergence is not None:
+        d = report.divergence
+        raise ReplayDivergedError(
+            f"step {d.step} ({d.command}) diverged: recorded {d.recorded[:120]!r}, "
+            f"replayed {d.replayed[:120]!r}"
+        )
+    click.echo(f"replayed {report.replayed} commands in {root}: every result matches the record")

@@ -1,0 +1,180 @@
+"""Is this install ready for an air-gapped run? Checks made with every socket blocked.
+
+A run needs its model files (present, matching their sha256), llama.cpp, the JSON and vector
+libraries, and the embedding model loaded from local files. Each check runs while opening a
+network connection or resolving a host name raises, so a library that would fetch something
+on import or first use (tokenizer files, hub downloads) is caught and named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from offline_agent import modelstore
+from offline_agent.errors import AgentError
+from offline_agent.memory import Embedder, SentenceTransformerEmbedder
+
+REQUIRED_MODULES = ("llama_cpp", "json_repair", "jsonschema", "faiss")
+
+CheckStatus = Literal["ok", "fail", "warn"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the checklist."""
+
+    label: str
+    status: CheckStatus
+    detail: str = ""
+
+
+class NetworkBlocked(OSError):
+    """Raised in place of a connection or name lookup while the guard is on."""
+
+
+@dataclass
+class SocketGuard:
+    """Makes every TCP/UDP connect and host lookup fail, and remembers what was tried."""
+
+    attempts: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[SocketGuard]:
+        """Block the network inside the `with` block; restore it after."""
+        saved = (socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo)
+        guard = self
+
+        def connect(sock: socket.socket, address: Any) -> None:
+            guard._refuse(sock, address)
+            saved[0](sock, address)
+
+        def connect_ex(sock: socket.socket, address: Any) -> int:
+            guard._refuse(sock, address)
+            return saved[1](sock, address)
+
+        def getaddrinfo(host: Any, port: Any, *_args: Any, **_kwargs: Any) -> Any:
+            guard.attempts.append(f"name lookup of {host}:{port}")
+            raise NetworkBlocked(f"network blocked by offline-agent doctor: lookup of {host}")
+
+        socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+        socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
+        socket.getaddrinfo = getaddrinfo
+        try:
+            yield self
+        finally:
+            socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = saved  # type: ignore[method-assign]
+
+    def _refuse(self, sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            self.attempts.append(f"connect to {address}")
+            raise NetworkBlocked(f"network blocked by offline-agent doctor: connect to {address}")
+
+
+def _attempted(guard: SocketGuard, before: int) -> str:
+    new = guard.attempts[before:]
+    return f"; tried the network: {', '.join(new[:3])}" if new else ""
+
+
+def _status(tried: str, strict: bool) -> CheckStatus:
+    """ok, unless the network was tried: a failure when strict, else a warning."""
+    if not tried:
+        return "ok"
+    return "fail" if strict else "warn"
+
+
+def check_modules(
+    guard: SocketGuard, modules: Sequence[str] = REQUIRED_MODULES, *, strict: bool = True
+) -> list[Check]:
+    """Each library importable, without touching the network."""
+    checks = []
+    for name in modules:
+        before = len(guard.attempts)
+        try:
+            module = importlib.import_module(name)
+        except Exception as err:  # any import failure is what the checklist reports
+            checks.append(Check(f"{name} importable", "fail", f"{type(err).__name__}: {err}"))
+            continue
+        version = str(getattr(module, "__version__", ""))
+        tried = _attempted(guard, before)
+        checks.append(Check(f"{name} importable", _status(tried, strict), version + tried))
+    return checks
+
+
+def check_models(models_dir: Path, names: Sequence[str] = ()) -> list[Check]:
+    """Each registered model (or each of `names`) present and matching its sha256."""
+    try:
+        registry = modelstore.load_registry(modelstore.user_registry_path(models_dir))
+        specs = [registry.get(n) for n in names] if names else list(registry.models.values())
+    except AgentError as err:
+        return [Check("model registry readable", "fail", str(err))]
+    checks = []
+    for spec in specs:
+        label = f"model {spec.name}"
+        try:
+            path = modelstore.verify(spec, models_dir)
+        except AgentError as err:
+            checks.append(Check(label, "fail", str(err)))
+        else:
+            checks.append(Check(label, "ok", f"{path} (sha256 matches)"))
+    return checks
+
+
+def check_embedder(
+    guard: SocketGuard, embedder: Embedder | None = None, *, strict: bool = True
+) -> list[Check]:
+    """The embedding model loads from local files and embeds, with no network use."""
+    embedder = embedder or SentenceTransformerEmbedder()
+    label = f"embedder {embedder.model_id} loads from local files"
+    before = len(guard.attempts)
+    try:
+        vectors = embedder.embed(["offline-agent doctor"])
+    except Exception as err:  # torch, transformers and friends raise many kinds
+        detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        return [Check(label, "fail", detail + _attempted(guard, before))]
+    tried = _attempted(guard, before)
+    return [
+        Check(label, "ok", f"dimension {vectors.shape[1]}"),
+        Check(
+            "embedder opened no socket",
+            _status(tried, strict),
+            tried.removeprefix("; ") or "no connection or name lookup attempted",
+        ),
+    ]
+
+
+def run_checks(
+    models_dir: Path,
+    names: Sequence[str] = (),
+    *,
+    embedder: Embedder | None = None,
+    strict: bool = True,
+    progress: Callable[[Check], None] | None = None,
+) -> list[Check]:
+    """Every check, with sockets blocked; with `strict`, a network attempt fails, else warns."""
+    guard = SocketGuard()
+    checks: list[Check] = []
+
+    def add(new: list[Check]) -> None:
+        for check in new:
+            checks.append(check)
+            if progress is not None:
+                progress(check)
+
+    with guard.blocking():
+        add(check_modules(guard, strict=strict))
+        add(check_models(models_dir, names))
+        add(check_embedder(guard, embedder, strict=strict))
+    tried = "; ".join(guard.attempts[:5])
+    add([Check("no network used", _status(tried, strict), tried or "no socket was even tried")])
+    return checks
+
+
+def passed(checks: Sequence[Check]) -> bool:
+    """True when no check failed (warnings allowed)."""
+    return all(c.status != "fail" for c in checks)

@@ -1,0 +1,144 @@
+"""Run records: tamper evidence, torn lines, replay, restoring an agent from its record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.cli import cli
+from offline_agent.errors import StorageError
+from offline_agent.llm.scripted import ScriptedModel
+from offline_agent.replay import recorded_steps, replay
+from offline_agent.runs import STEPS_FILE, RunRecord, read_entries, verify
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.workspace import Workspace
+from tests.test_agent import FINISH, PROFILE, reply
+
+REPLIES = [
+    reply("write_file", filename="a.txt", text="alpha"),
+    reply("append_file", filename="a.txt", text=" beta"),
+    reply("execute_python_code", code="print(open('a.txt').read().upper())"),
+    reply("read_file", filename="missing.txt"),
+    FINISH,
+]
+
+
+def recorded_run(tmp_path: Path, replies: list[object] = REPLIES) -> RunRecord:
+    ws = Workspace.create(tmp_path / "ws")
+    record = RunRecord.create(tmp_path / "runs", "t", {"workspace": str(ws.root)})
+    agent = Agent(PROFILE, ScriptedModel(replies), builtin_tools(memory=False),
+                  ToolContext(workspace=ws), AgentConfig(), record=record)  # fmt: skip
+    record.write_end(agent.run())
+    record.close()
+    return record
+
+
+def lines(record: RunRecord) -> list[str]:
+    return (record.folder / STEPS_FILE).read_text().splitlines()
+
+
+def rewrite(record: RunRecord, new: list[str]) -> None:
+    (record.folder / STEPS_FILE).write_text("\n".join(new) + "\n")
+
+
+def test_an_intact_record_verifies(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    assert verify(record.folder) == 6  # five steps and the end line
+
+
+def test_an_edited_line_is_detected(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    old = lines(record)
+    rewrite(record, [old[0].replace("alpha", "gamma"), *old[1:]])
+    with pytest.raises(StorageError, match="line 1: content does not match"):
+        verify(record.folder)
+
+
+def test_a_dropped_line_is_detected(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    old = lines(record)
+    rewrite(record, [old[0], *old[2:]])
+    with pytest.raises(StorageError, match="line 2: chain broken"):
+        verify(record.folder)
+
+
+def test_reordered_lines_are_detected(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    old = lines(record)
+    rewrite(record, [old[1], old[0], *old[2:]])
+    with pytest.raises(StorageError, match="line 1: chain broken"):
+        verify(record.folder)
+
+
+def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    old = lines(record)
+    rewrite(record, [*old[:-1], old[-1][:40]])
+    assert len(read_entries(record.folder)) == 5
+    assert verify(record.folder) == 5
+
+
+def test_replay_reproduces_every_result(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    report = replay(record.folder, Workspace.create(tmp_path / "again"), builtin_tools())
+    assert report.replayed == 4 and report.divergence is None
+    assert (tmp_path / "again" / "a.txt").read_text() == "alpha beta"
+
+
+def test_replay_reports_the_first_divergence(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    fresh = Workspace.create(tmp_path / "again")
+    (fresh.root / "missing.txt").write_text("now it exists")
+    report = replay(record.folder, fresh, builtin_tools())
+    assert report.divergence is not None
+    assert (report.divergence.step, report.divergence.command) == (4, "read_file")
+
+
+def test_runs_cli_list_show_verify_replay(tmp_path: Path) -> None:
+    recorded_run(tmp_path)
+    runs_dir = str(tmp_path / "runs")
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["runs", "list", "--runs-dir", runs_dir])
+    assert listed.exit_code == 0 and "finished" in listed.output
+    run_id = listed.output.split()[0]
+    shown = runner.invoke(cli, ["runs", "show", run_id, "--runs-dir", runs_dir])
+    assert "append_file" in shown.output and "ended: finished" in shown.output
+    checked = runner.invoke(cli, ["runs", "verify", run_id, "--runs-dir", runs_dir])
+    assert checked.exit_code == 0 and "6 lines" in checked.output
+    replayed = runner.invoke(cli, ["runs", "replay", run_id, "--runs-dir", runs_dir,
+                                   "--workspace", str(tmp_path / "r")])  # fmt: skip
+    assert replayed.exit_code == 0 and "replayed 4 commands" in replayed.output
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "missing.txt").write_text("x")
+    diverged = runner.invoke(cli, ["runs", "replay", run_id, "--runs-dir", runs_dir,
+                                   "--workspace", str(tmp_path / "r2")])  # fmt: skip
+    assert diverged.exit_code == 7  # a non-empty workspace is refused
+    missing = runner.invoke(cli, ["runs", "show", "nope", "--runs-dir", runs_dir])
+    assert missing.exit_code == 7 and "no run 'nope'" in missing.stderr
+
+
+def test_restoring_from_the_record_continues_with_the_same_prompt(tmp_path: Path) -> None:
+    whole = ScriptedModel(REPLIES)
+    ws = Workspace.create(tmp_path / "whole")
+    Agent(PROFILE, whole, builtin_tools(memory=False), ToolContext(workspace=ws)).run()
+
+    cut_ws = Workspace.create(tmp_path / "cut")
+    record = RunRecord.create(tmp_path / "runs", "cut", {})
+    first = Agent(PROFILE, ScriptedModel(REPLIES[:2]), builtin_tools(memory=False),
+                  ToolContext(workspace=cut_ws), AgentConfig(max_steps=2), record=record)  # fmt: skip
+    first.run()
+    steps = recorded_steps(record.folder)
+    history = [message for step in steps for message in step["history"]]
+    rest = ScriptedModel(REPLIES[2:])
+    second = Agent(PROFILE, rest, builtin_tools(memory=False), ToolContext(workspace=cut_ws))
+    second.restore(history, len(steps))
+    assert second.run().status == "finished"
+    assert rest.calls[0] == whole.calls[2]  # the third prompt is identical
+    for got, expected in zip(rest.calls, whole.calls[2:], strict=True):
+        for a, b in zip(got, expected, strict=True):
+            assert a == b
+    assert (cut_ws.root / "a.txt").read_text() == (ws.root / "a.txt").read_text()
