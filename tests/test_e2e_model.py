@@ -82,5 +82,5 @@ def test_gemma_keeps_the_system_message_and_replies_validly(
 
 
 def test_a_context_larger_than_the_model_supports_is_refused(real_models: dict[str, Path]) -> None:
-    with pytest.raises(ModelError, match="larger than .* supports \\(8192\\)"):
+    with pytest.raises(ModelError, match=r"larger than .* supports \(8192\)"):
         LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=100_000))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -128,9 +127,10 @@ def test_restoring_from_the_record_continues_with_the_same_prompt(tmp_path: Path
 
     cut_ws = Workspace.create(tmp_path / "cut")
     record = RunRecord.create(tmp_path / "runs", "cut", {})
-    first = Agent(PROFILE, ScriptedModel(REPLIES[:2]), builtin_tools(memory=False),
-                  ToolContext(workspace=cut_ws), AgentConfig(max_steps=2), record=record)  # fmt: skip
-    first.run()
+    tools, ctx = builtin_tools(memory=False), ToolContext(workspace=cut_ws)
+    Agent(
+        PROFILE, ScriptedModel(REPLIES[:2]), tools, ctx, AgentConfig(max_steps=2), record=record
+    ).run()
     steps = recorded_steps(record.folder)
     history = [message for step in steps for message in step["history"]]
     rest = ScriptedModel(REPLIES[2:])
