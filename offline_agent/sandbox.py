@@ -36,7 +36,7 @@ _LAUNCHER = (
     "if limit > 0:\n"
     "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
     "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
 
 
@@ -141,8 +141,26 @@ def run_python(
     memory_limit_mb: int | None = 1024,
 ) -> ProcessResult:
     """Run `python *args` in `cwd`, stdout and stderr together, killed after `timeout` seconds."""
+    return run_process(
+        [sys.executable, *args],
+        cwd=cwd,
+        timeout=timeout,
+        output_limit=output_limit,
+        memory_limit_mb=memory_limit_mb,
+    )
+
+
+def run_process(
+    argv: list[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    output_limit: int,
+    memory_limit_mb: int | None = 1024,
+) -> ProcessResult:
+    """Run `argv` (no shell) in `cwd` under the same limits as `run_python`."""
     limit = (memory_limit_mb or 0) * _MIB
-    command = [sys.executable, "-c", _LAUNCHER, str(limit), *args]
+    command = [sys.executable, "-c", _LAUNCHER, str(limit), *argv]
     try:
         proc = subprocess.Popen(
             command,
@@ -154,7 +172,7 @@ def run_python(
             start_new_session=True,
         )
     except (OSError, ValueError) as exc:
-        raise ToolError(f"cannot start Python: {exc}") from None
+        raise ToolError(f"cannot start {Path(argv[0]).name}: {exc}") from None
     output = _Output(output_limit)
     with proc:
         timed_out = _supervise(proc, timeout, output)

@@ -187,10 +187,10 @@ def test_stdin_is_empty(tmp_path: Path) -> None:
 
 
 def test_null_byte_in_arguments_is_a_tool_error(tmp_path: Path) -> None:
-    with pytest.raises(ToolError, match="cannot start Python"):
+    with pytest.raises(ToolError, match="cannot start python"):
         run("print(1)\x00", tmp_path)
 
 
 def test_missing_cwd_is_a_tool_error(tmp_path: Path) -> None:
-    with pytest.raises(ToolError, match="cannot start Python"):
+    with pytest.raises(ToolError, match="cannot start python"):
         run("print(1)", tmp_path / "gone")

@@ -79,6 +79,14 @@ class SubAgentsLike(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ShellPolicy:
+    """Which programs `execute_shell` may start: only `allow` if given, never `deny`."""
+
+    allow: frozenset[str] | None = None
+    deny: frozenset[str] = frozenset()
+
+
 @dataclass
 class ToolContext:
     """What a command may touch: the workspace jail and, when enabled, memory and sub-agents."""
@@ -86,6 +94,7 @@ class ToolContext:
     workspace: Workspace
     memory: MemoryLike | None = None
     agents: SubAgentsLike | None = None
+    shell: ShellPolicy | None = None
     python_timeout: float = 30.0
     output_limit: int = 4000
     extra: dict[str, Any] = field(default_factory=dict)
