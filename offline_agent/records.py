@@ -75,7 +75,7 @@ class ToolResult:
     ok: bool = True
 
 
-StepStatus = Literal["ok", "format_error", "truncated", "rejected", "finished"]
+StepStatus = Literal["ok", "format_error", "truncated", "rejected", "finished", "interrupted"]
 
 
 @dataclass

@@ -32,10 +32,15 @@ def _line_hash(entry: dict[str, Any]) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to `path` so that a crash leaves the old file or the new one, never half."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -65,6 +70,22 @@ class RunRecord:
         write_json_atomic(folder / META_FILE, {"id": run_id, **meta})
         return cls(folder)
 
+    @classmethod
+    def reopen(cls, folder: Path) -> RunRecord:
+        """An existing record, to append to after checking its hash chain."""
+        verify(folder)
+        record = cls(folder)
+        entries = read_entries(folder)
+        if entries:
+            record._last_hash = entries[-1]["hash"]
+        path = folder / STEPS_FILE
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a line torn by a crash: drop it
+                kept = "".join(line + "\n" for line in text.splitlines()[: len(entries)])
+                write_text_atomic(path, kept)
+        return record
+
     @property
     def id(self) -> str:
         """The run's id: its folder name."""
@@ -73,6 +94,12 @@ class RunRecord:
     def write_step(self, step: Step) -> None:
         """Append one step."""
         self._append({"type": "step", "step": step.to_dict()})
+
+    def write_command(self, step: Step) -> None:
+        """Append the command a step is about to run, with the reply that chose it."""
+        raw = step.completion.text if step.completion else ""
+        reply = asdict(step.reply) if step.reply else None
+        self._append({"type": "command", "index": step.index, "raw": raw, "reply": reply})
 
     def write_end(self, result: RunResult) -> None:
         """Append how the run ended."""

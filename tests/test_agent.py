@@ -84,7 +84,7 @@ def test_write_then_finish(tmp_path: Path) -> None:
     assert second[0]["role"] == "system"
     assert second[1]["role"] == "assistant" and "write_file" in second[1]["content"]
     assert second[2]["content"].startswith("Command write_file returned: Wrote 10")
-    assert verify(record.folder) == 2
+    assert verify(record.folder) == 4
 
 
 def test_unknown_command_is_fed_back_then_recovers(tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ def test_a_backend_crash_still_records_the_step(tmp_path: Path) -> None:
         agent.run()
     steps = steps_of(record)
     assert len(steps) == 2 and steps[1]["completion"] is None
-    assert verify(record.folder) == 2
+    assert verify(record.folder) == 3
 
 
 def test_prompt_never_exceeds_the_context_and_drops_history_in_blocks(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_scripted_run_writes_the_file_and_a_verifiable_record(tmp_path: Path, ho
     assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
     assert "NEXT ACTION: COMMAND = write_file" in out and "ended: finished after 2 steps" in out
     (run,) = (home / "runs").iterdir()
-    assert verify(run) == 3
+    assert verify(run) == 5  # two commands announced, two steps, the end
     assert read_entries(run)[-1]["result"]["status"] == "finished"
 
 

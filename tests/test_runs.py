@@ -46,7 +46,7 @@ def rewrite(record: RunRecord, new: list[str]) -> None:
 
 def test_an_intact_record_verifies(tmp_path: Path) -> None:
     record = recorded_run(tmp_path)
-    assert verify(record.folder) == 6  # five steps and the end line
+    assert verify(record.folder) == 11  # five commands announced, five steps, the end
 
 
 def test_an_edited_line_is_detected(tmp_path: Path) -> None:
@@ -77,8 +77,8 @@ def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path: Path) -> None:
     record = recorded_run(tmp_path)
     old = lines(record)
     rewrite(record, [*old[:-1], old[-1][:40]])
-    assert len(read_entries(record.folder)) == 5
-    assert verify(record.folder) == 5
+    assert len(read_entries(record.folder)) == 10
+    assert verify(record.folder) == 10
 
 
 def test_replay_reproduces_every_result(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_runs_cli_list_show_verify_replay(tmp_path: Path) -> None:
     shown = runner.invoke(cli, ["runs", "show", run_id, "--runs-dir", runs_dir])
     assert "append_file" in shown.output and "ended: finished" in shown.output
     checked = runner.invoke(cli, ["runs", "verify", run_id, "--runs-dir", runs_dir])
-    assert checked.exit_code == 0 and "6 lines" in checked.output
+    assert checked.exit_code == 0 and "11 lines" in checked.output
     replayed = runner.invoke(cli, ["runs", "replay", run_id, "--runs-dir", runs_dir,
                                    "--workspace", str(tmp_path / "r")])  # fmt: skip
     assert replayed.exit_code == 0 and "replayed 4 commands" in replayed.output

@@ -126,3 +126,18 @@ def ask_user(step: Step) -> Approval:
     if lowered in ("n", "no", "exit"):
         return Approval("stop")
     return Approval("feedback", feedback=answer)
+
+
+def ask_after_interrupt() -> str | None:
+    """After Ctrl-C: None to stop the run, or feedback to send to the agent."""
+    try:
+        answer = click.prompt(
+            "\nInterrupted. Press Enter (or type 'n') to stop the run, or type feedback for "
+            "the agent to continue",
+            default="",
+            show_default=False,
+            err=True,
+        ).strip()
+    except click.Abort:
+        return None
+    return None if answer.lower() in ("", "n", "no", "stop", "exit") else answer

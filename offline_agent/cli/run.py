@@ -1,4 +1,4 @@
-"""`offline-agent run`: build the settings, the model and the agent, then run it."""
+"""`offline-agent run`: turn the options into run settings, then run the agent."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from pathlib import Path
 import click
 
 from offline_agent.agent import Agent, AgentConfig
-from offline_agent.cli.console import ConsoleEvents, ask_user
+from offline_agent.cli.console import ConsoleEvents, ask_after_interrupt, ask_user
 from offline_agent.errors import AgentError, ConfigError
-from offline_agent.llm import HttpOptions, LlamaOptions, open_model
+from offline_agent.llm import HttpOptions, LlamaOptions
 from offline_agent.llm.http import CONSTRAINTS, Constraint
-from offline_agent.memory import default_memory_dir, open_memory
-from offline_agent.modelstore import default_models_dir, load_registry
+from offline_agent.memory import default_memory_dir
+from offline_agent.modelstore import default_models_dir
 from offline_agent.records import RunResult, RunStatus
 from offline_agent.runs import RunRecord
+from offline_agent.session import RunSettings, build_agent, start
 from offline_agent.settings import home_dir, load_ai_settings, make_profile
-from offline_agent.subagents import SubAgents
-from offline_agent.tools import ToolContext, builtin_tools
-from offline_agent.workspace import Workspace
+from offline_agent.tools.base import ShellPolicy
+from offline_agent.tools.shell import DEFAULT_DENY
 
 EXIT_CODES: dict[RunStatus, int] = {
     "finished": 0,
@@ -43,6 +43,45 @@ def _redacted(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+def _run_asking_on_interrupt(agent: Agent, events: ConsoleEvents, interactive: bool) -> RunResult:
+    while True:
+        try:
+            return agent.run()
+        except KeyboardInterrupt:
+            events.spinner.stop()
+            feedback = ask_after_interrupt() if interactive else None
+            if feedback is None:
+                return RunResult("stopped_by_user", agent.steps_taken, "interrupted")
+            agent.add_note(f"Human feedback: {feedback}")
+
+
+def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: bool) -> None:
+    """Run `agent` to its end, keep the record whole whatever happens, exit with its status.
+
+    Ctrl-C asks, as Auto-GPT did, whether to stop or to tell the agent something; in
+    continuous mode it stops. Either way the record gets its end line.
+    """
+    agent.record = record
+    click.secho(f"{agent.profile.name} starts on {agent.model.name}; run {record.id}", bold=True)
+    try:
+        result = _run_asking_on_interrupt(agent, events, interactive)
+    except AgentError as err:  # e.g. the server went away: end the record, then report
+        record.write_end(RunResult("error", agent.steps_taken, str(err)))
+        record.close()
+        raise
+    finally:
+        events.spinner.stop()
+    record.write_end(result)
+    record.close()
+    colour = "green" if result.status == "finished" else "yellow"
+    click.secho(
+        f"\nRun {record.id} ended: {result.status} after {result.steps} steps. {result.reason}",
+        fg=colour,
+        bold=True,
+    )
+    sys.exit(EXIT_CODES[result.status])
 
 
 @click.command()
@@ -95,6 +134,9 @@ def _redacted(argv: list[str]) -> list[str]:
 @click.option("--max-steps", default=50, show_default=True)
 @click.option("--max-format-errors", default=3, show_default=True)
 @click.option("--reply-tokens", default=512, show_default=True, help="Token limit per reply.")
+@click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
+@click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
+@click.option("--shell-deny", multiple=True, help="With --allow-shell: also refuse these.")
 def run(
     name: str,
     role: str,
@@ -120,73 +162,43 @@ def run(
     max_steps: int,
     max_format_errors: int,
     reply_tokens: int,
+    allow_shell: bool,
+    shell_allow: tuple[str, ...],
+    shell_deny: tuple[str, ...],
 ) -> None:
     """Run an agent on its goals until it finishes or a limit stops it."""
     profile = load_ai_settings(ai_settings) if ai_settings else make_profile(name, role, goals)
     if (limit is not None and limit < 1) or max_steps < 1:
         raise ConfigError("--limit and --max-steps must be at least 1")
-    home = home_dir()
     if base_url and chat_format:
         raise ConfigError("--chat-format applies to in-process models; the server picks its own")
-    models_dir = models_dir or default_models_dir()
-    if not base_url:
-        model = model or load_registry().default
-    ws = Workspace.create(workspace or home / "workspaces" / profile.name)
-    llm = open_model(
-        model,
-        LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature),
-        models_dir,
-        chat_format,
-        HttpOptions(base_url, api_key, constraint) if base_url else None,
-    )
-    memory = None
-    if not no_memory:
-        memory = open_memory(memory_dir or default_memory_dir(profile.name))
-        memory.preload()
-    record = RunRecord.create(
-        runs_dir or home / "runs",
-        profile.name,
-        {
-            "profile": {"name": profile.name, "role": profile.role, "goals": profile.goals},
-            "model": llm.name,
-            "server": {"base_url": base_url, "constraint": constraint} if base_url else None,
-            "options": {"n_ctx": n_ctx, "seed": seed, "temperature": temperature},
-            "workspace": str(ws.root),
-            "argv": _redacted(sys.argv[1:]),
-        },
+    if (shell_allow or shell_deny) and not allow_shell:
+        raise ConfigError("--shell-allow and --shell-deny need --allow-shell")
+    home = home_dir()
+    settings = RunSettings(
+        profile=profile,
+        model=model,
+        models_dir=models_dir or default_models_dir(),
+        workspace=workspace or home / "workspaces" / profile.name,
+        runs_dir=runs_dir or home / "runs",
+        llama=LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature),
+        agent=AgentConfig(
+            max_steps=min(max_steps, limit) if continuous and limit else max_steps,
+            max_format_errors=max_format_errors,
+            reply_tokens=reply_tokens,
+        ),
+        chat_format=chat_format,
+        http=HttpOptions(base_url, api_key, constraint) if base_url else None,
+        memory_dir=None if no_memory else memory_dir or default_memory_dir(profile.name),
+        continuous=continuous,
+        shell=ShellPolicy(
+            frozenset(shell_allow) if shell_allow else None,
+            DEFAULT_DENY.difference(shell_allow) | frozenset(shell_deny),
+        )
+        if allow_shell
+        else None,
     )
     events = ConsoleEvents(profile.name)
-    steps = min(max_steps, limit) if continuous and limit else max_steps
-    agent = Agent(
-        profile,
-        llm,
-        builtin_tools(memory=memory is not None),
-        ToolContext(workspace=ws, memory=memory, agents=SubAgents(llm)),
-        AgentConfig(
-            max_steps=steps, max_format_errors=max_format_errors, reply_tokens=reply_tokens
-        ),
-        memory=memory,
-        record=record,
-        events=events,
-        approve=None if continuous else ask_user,
-    )
-    click.secho(f"{profile.name} starts on {llm.name}; workspace {ws.root}", bold=True)
-    try:
-        result = agent.run()
-    except KeyboardInterrupt:
-        result = RunResult("stopped_by_user", agent.steps_taken, "interrupted with Ctrl-C")
-    except AgentError as err:  # e.g. the server went away: end the record, then report
-        record.write_end(RunResult("error", agent.steps_taken, str(err)))
-        record.close()
-        raise
-    finally:
-        events.spinner.stop()
-    record.write_end(result)
-    record.close()
-    colour = "green" if result.status == "finished" else "yellow"
-    click.secho(
-        f"\nRun {record.id} ended: {result.status} after {result.steps} steps. {result.reason}",
-        fg=colour,
-        bold=True,
-    )
-    sys.exit(EXIT_CODES[result.status])
+    agent = build_agent(settings, events, ask_user)
+    record = start(settings, {"model": agent.model.name, "argv": _redacted(sys.argv[1:])})
+    drive(agent, record, events, interactive=not continuous)

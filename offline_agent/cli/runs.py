@@ -8,9 +8,12 @@ from pathlib import Path
 
 import click
 
+from offline_agent.cli.console import ConsoleEvents, ask_user
+from offline_agent.cli.run import drive
 from offline_agent.errors import ReplayDivergedError, StorageError
 from offline_agent.replay import recorded_steps, replay, run_meta
 from offline_agent.runs import read_entries, verify
+from offline_agent.session import build_agent, reopen, restore
 from offline_agent.settings import home_dir
 from offline_agent.tools import builtin_tools
 from offline_agent.workspace import Workspace
@@ -115,3 +118,18 @@ def replay_run(run: str, workspace: Path | None, runs_dir: Path | None) -> None:
             f"replayed {d.replayed[:120]!r}"
         )
     click.echo(f"replayed {report.replayed} commands in {root}: every result matches the record")
+
+
+@runs.command()
+@click.argument("run")
+@click.option("--max-steps", type=int, default=None, help="Raise the run's step limit.")
+@runs_dir_option
+def resume(run: str, max_steps: int | None, runs_dir: Path | None) -> None:
+    """Continue RUN after a crash, a kill or Ctrl-C, with its settings, history and memory."""
+    folder = _folder(run, runs_dir)
+    settings, record = reopen(folder, max_steps)
+    events = ConsoleEvents(settings.profile.name)
+    agent = build_agent(settings, events, ask_user)
+    steps = restore(agent, folder, record)
+    click.echo(f"Resuming {folder.name} after {steps} recorded steps.")
+    drive(agent, record, events, interactive=not settings.continuous)

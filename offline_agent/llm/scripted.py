@@ -42,6 +42,11 @@ class ScriptedModel:
             raise ConfigError(f"cannot read scripted replies from {path}: {err}") from None
         return cls(replies, context_length)
 
+    def skip(self, count: int) -> None:
+        """Drop the next `count` replies (they were used before a resumed run stopped)."""
+        for _ in range(min(count, len(self._replies))):
+            self._replies.popleft()
+
     def complete(
         self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
     ) -> Completion:

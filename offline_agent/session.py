@@ -1,0 +1,183 @@
+"""One run's settings, saved in its record, and building the agent from them.
+
+`run` and `runs resume` share this: a run's settings are written to its run.json, so a
+resumed run gets the same model, workspace, memory, limits and shell policy as it started
+with, and continues the same record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from offline_agent.agent import Agent, AgentConfig, Approval, Events
+from offline_agent.errors import ConfigError, StorageError
+from offline_agent.llm import HttpOptions, LlamaOptions, ScriptedModel, open_model
+from offline_agent.memory import open_memory
+from offline_agent.prompt import Profile
+from offline_agent.records import CommandCall, Message, Reply, Step, Thoughts, ToolResult
+from offline_agent.replay import run_meta
+from offline_agent.runs import RunRecord, read_entries
+from offline_agent.subagents import SubAgents
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.tools.base import ShellPolicy
+from offline_agent.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything needed to start, or restart, one run."""
+
+    profile: Profile
+    model: str | None
+    models_dir: Path
+    workspace: Path
+    runs_dir: Path
+    llama: LlamaOptions = field(default_factory=LlamaOptions)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    chat_format: str | None = None
+    http: HttpOptions | None = None
+    memory_dir: Path | None = None
+    continuous: bool = False
+    shell: ShellPolicy | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for run.json; an API key is never written."""
+        data = asdict(self)
+        data["profile"]["goals"] = list(self.profile.goals)
+        if self.http is not None:
+            data["http"]["api_key"] = None
+        if self.shell is not None:
+            data["shell"] = {
+                "allow": sorted(self.shell.allow) if self.shell.allow is not None else None,
+                "deny": sorted(self.shell.deny),
+            }
+        for key in ("models_dir", "workspace", "runs_dir", "memory_dir"):
+            data[key] = None if data[key] is None else str(data[key])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSettings:
+        """The settings saved by `to_json`."""
+        try:
+            shell = data["shell"]
+            return cls(
+                profile=Profile(
+                    data["profile"]["name"],
+                    data["profile"]["role"],
+                    tuple(data["profile"]["goals"]),
+                ),
+                model=data["model"],
+                models_dir=Path(data["models_dir"]),
+                workspace=Path(data["workspace"]),
+                runs_dir=Path(data["runs_dir"]),
+                llama=LlamaOptions(**data["llama"]),
+                agent=AgentConfig(**data["agent"]),
+                chat_format=data["chat_format"],
+                http=HttpOptions(**data["http"]) if data["http"] else None,
+                memory_dir=Path(data["memory_dir"]) if data["memory_dir"] else None,
+                continuous=data["continuous"],
+                shell=ShellPolicy(
+                    frozenset(shell["allow"]) if shell["allow"] is not None else None,
+                    frozenset(shell["deny"]),
+                )
+                if shell
+                else None,
+            )
+        except (KeyError, TypeError) as err:
+            raise StorageError(f"run.json does not hold valid run settings: {err}") from None
+
+
+def build_agent(
+    settings: RunSettings, events: Events, approve: Callable[[Step], Approval] | None
+) -> Agent:
+    """Open the workspace, the model and memory named by `settings`, and make the agent.
+
+    The caller gives it its run record once the model has loaded, so that a model that
+    fails to load leaves no empty run behind.
+    """
+    workspace = Workspace.create(settings.workspace)
+    model = open_model(
+        settings.model, settings.llama, settings.models_dir, settings.chat_format, settings.http
+    )
+    memory = None
+    if settings.memory_dir is not None:
+        memory = open_memory(settings.memory_dir)
+        memory.preload()
+    tools = builtin_tools(memory=memory is not None, shell=settings.shell is not None)
+    ctx = ToolContext(workspace=workspace, memory=memory, agents=SubAgents(model),
+                      shell=settings.shell)  # fmt: skip
+    return Agent(
+        settings.profile,
+        model,
+        tools,
+        ctx,
+        settings.agent,
+        memory=memory,
+        events=events,
+        approve=None if settings.continuous else approve,
+    )
+
+
+def start(settings: RunSettings, meta: dict[str, Any]) -> RunRecord:
+    """A new run record holding `settings` (and `meta`) in its run.json."""
+    return RunRecord.create(
+        settings.runs_dir, settings.profile.name, {**meta, "settings": settings.to_json()}
+    )
+
+
+def reopen(folder: Path, max_steps: int | None = None) -> tuple[RunSettings, RunRecord]:
+    """The settings and record of an interrupted run, ready to continue it."""
+    entries = read_entries(folder)
+    if (
+        entries
+        and entries[-1].get("type") == "end"
+        and entries[-1]["result"]["status"] == "finished"
+    ):
+        raise ConfigError(f"run {folder.name} already finished; nothing to resume")
+    settings = RunSettings.from_json(run_meta(folder).get("settings") or {})
+    if max_steps is not None:
+        settings = replace(settings, agent=replace(settings.agent, max_steps=max_steps))
+    return settings, RunRecord.reopen(folder)
+
+
+INTERRUPTED = (
+    "Command {name} was interrupted: the run stopped while it ran, so it may or may not have "
+    "taken effect. Check its effect before running it again."
+)
+
+
+def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
+    """Give `agent` the history and step count recorded in `folder`; the steps restored.
+
+    A command that was running when the process died is not run again (it may have taken
+    effect): its step is recorded as interrupted and the model is told to check.
+    """
+    entries = read_entries(folder)
+    steps = [entry["step"] for entry in entries if entry["type"] == "step"]
+    history = [message for step in steps for message in step["history"]]
+    used_replies = sum(1 for step in steps if step["completion"] is not None)
+    if entries and entries[-1]["type"] == "command":
+        pending = entries[-1]
+        command = pending["reply"]["command"]
+        step = Step(
+            index=len(steps) + 1,
+            reply=Reply(Thoughts(**pending["reply"]["thoughts"]), CommandCall(**command)),
+            result=ToolResult(INTERRUPTED.format(name=command["name"]), ok=False),
+            status="interrupted",
+            history=[
+                Message(role="assistant", content=pending["raw"]),
+                Message(role="user", content=INTERRUPTED.format(name=command["name"])),
+            ],
+        )
+        record.write_step(step)
+        steps.append(step.to_dict())
+        history += step.history
+        used_replies += 1
+    agent.restore(history, len(steps))
+    if isinstance(agent.model, ScriptedModel):
+        # A scripted model replays a fixed transcript: skip the replies already used.
+        agent.model.skip(used_replies)
+    return len(steps)

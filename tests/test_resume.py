@@ -1,0 +1,96 @@
+"""Resume after SIGKILL: a real agent process is killed at several points and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from offline_agent.replay import recorded_steps
+from offline_agent.runs import read_entries, verify
+from tests.test_agent import FINISH, reply
+
+SLOW = "import time; time.sleep(1.0); open({name!r}, 'w').write('done')"
+REPLIES = [
+    reply("write_file", filename="a.txt", text="first"),
+    reply("execute_python_code", code=SLOW.format(name="b.txt")),
+    reply("execute_python_code", code=SLOW.format(name="c.txt")),
+    reply("append_file", filename="a.txt", text=" second"),
+    FINISH,
+]
+
+
+def agent_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "offline_agent", *args]
+
+
+def start_run(tmp_path: Path) -> subprocess.Popen[bytes]:
+    script = tmp_path / "replies.jsonl"
+    script.write_text("\n".join(json.dumps(r) for r in REPLIES))
+    return subprocess.Popen(
+        agent_command(
+            "run", "--goal", "g", "--model", f"scripted:{script}", "--continuous", "--no-memory",
+            "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
+        ),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.02)
+
+
+def step_lines(tmp_path: Path) -> int:
+    runs = list((tmp_path / "runs").glob("*/steps.jsonl"))
+    return len(runs[0].read_text().splitlines()) if runs else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("after_lines", "delay"), [(0, 0.0), (1, 0.4), (2, 0.6), (3, 0.05)])
+def test_kill_then_resume_completes_with_nothing_lost(
+    tmp_path: Path, after_lines: int, delay: float
+) -> None:
+    proc = start_run(tmp_path)
+    wait_for(lambda: list((tmp_path / "runs").glob("*/run.json")) and step_lines(tmp_path)
+             >= after_lines)  # fmt: skip
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run,) = (tmp_path / "runs").iterdir()
+    before = recorded_steps(run)
+    assert len(before) <= after_lines + 1
+    done = subprocess.run(
+        agent_command("runs", "resume", run.name, "--runs-dir", str(tmp_path / "runs")),
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verify(run) == len(read_entries(run))
+    steps = recorded_steps(run)
+    assert steps[: len(before)] == before  # nothing recorded before the kill was lost
+    assert [s["reply"]["command"]["name"] for s in steps if s["reply"]][-1] == "finish"
+    assert read_entries(run)[-1]["result"]["status"] == "finished"
+    ws = tmp_path / "ws"
+    assert (ws / "a.txt").read_text() == "first second"
+    assert (ws / "b.txt").read_text() == "done" and (ws / "c.txt").read_text() == "done"
+
+
+def test_a_finished_run_is_not_resumed(tmp_path: Path) -> None:
+    proc = start_run(tmp_path)
+    proc.wait(timeout=60)
+    (run,) = (tmp_path / "runs").iterdir()
+    done = subprocess.run(
+        agent_command("runs", "resume", run.name, "--runs-dir", str(tmp_path / "runs")),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"Error: run {run.name} already finished; nothing to resume"
