@@ -78,10 +78,13 @@ class SilentEvents:
 
 
 class StepSink(Protocol):
-    """Where finished steps go (the run record)."""
+    """Where steps go (the run record)."""
+
+    def write_command(self, step: Step) -> None:
+        """Persist, before it runs, the command a step is about to execute."""
 
     def write_step(self, step: Step) -> None:
-        """Persist one step."""
+        """Persist one finished step."""
 
 
 class RunEnded(Exception):
@@ -137,6 +140,7 @@ class Agent:
         self._format_errors = 0
         self._preapproved = 0
         self._last_call: tuple[str, int] = ("", 0)  # (command as JSON, times in a row)
+        self._held_back = ""  # a command left out of the next step's grammar
         self._notes: list[str] = []  # said once, in the next prompt's last message
 
     def run(self) -> RunResult:
@@ -156,6 +160,9 @@ class Agent:
         start, seen = time.perf_counter(), len(self.history)
         try:
             self._step(step)
+        except KeyboardInterrupt:
+            step.status = "interrupted"
+            raise
         finally:
             step.history = self.history[seen:]
             step.seconds = time.perf_counter() - start
@@ -164,6 +171,10 @@ class Agent:
                 self.record.write_step(step)
         return step
 
+    def add_note(self, text: str) -> None:
+        """Say `text` to the model once, in the next prompt (e.g. feedback after Ctrl-C)."""
+        self._notes.append(text)
+
     def restore(self, history: list[Message], steps_taken: int) -> None:
         """Continue a recorded run: its history and step count (for resume)."""
         self.history = list(history)
@@ -171,10 +182,14 @@ class Agent:
 
     def _step(self, step: Step) -> None:
         notes, self._notes = self._notes, []
+        held_back, self._held_back = self._held_back, ""
         step.messages = self.prompt.build(self.history, self._recall(), notes)
         self.events.thinking(step.index)
+        # The grammar does what a note cannot make a small model do: not run a command a
+        # third time with the same arguments. Validation still uses the full schema.
+        schema = reply_schema(self.tools.without(held_back)) if held_back else self.schema
         step.completion = self.model.complete(
-            step.messages, schema=self.schema, max_tokens=self.config.reply_tokens
+            step.messages, schema=schema, max_tokens=self.config.reply_tokens
         )
         raw = step.completion.text.strip()
         try:
@@ -201,6 +216,8 @@ class Agent:
             self._add_exchange(raw, feedback)
             return
         try:
+            if self.record is not None:  # so a crash mid-command is known on resume
+                self.record.write_command(step)
             step.result = execute_command(self.tools, self.ctx, step.reply.command)
         except Finished as done:
             step.status, step.result = "finished", ToolResult(done.reason)
@@ -234,6 +251,7 @@ class Agent:
         if count > self.config.max_repeats:
             raise RunEnded("loop", f"{reply.command.name} repeated {count} times with same args")
         if count > 1:
+            self._held_back = reply.command.name
             self._notes.append(
                 f"you ran {reply.command.name} with the same arguments {count} times in a row; "
                 "running it again changes nothing. If every goal is done, use finish."
