@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def check_modules(
 ) -> list[Check]:
     """Each library importable, without touching the network."""
     checks = []
+    distributions = importlib.metadata.packages_distributions()
     for name in modules:
         before = len(guard.attempts)
         try:
@@ -100,7 +102,8 @@ def check_modules(
         except Exception as err:  # any import failure is what the checklist reports
             checks.append(Check(f"{name} importable", "fail", f"{type(err).__name__}: {err}"))
             continue
-        version = str(getattr(module, "__version__", ""))
+        dist = (distributions.get(module.__name__) or [""])[0]
+        version = f"{dist} {importlib.metadata.version(dist)}" if dist else ""
         tried = _attempted(guard, before)
         checks.append(Check(f"{name} importable", _status(tried, strict), version + tried))
     return checks

@@ -21,10 +21,10 @@ from offline_agent.records import CommandCall, Completion, Reply, Thoughts
 from offline_agent.tools.base import ToolRegistry
 
 THOUGHT_FIELDS: dict[str, tuple[str, int]] = {
-    "text": ("what you think about the situation", 100),
-    "reasoning": ("why the next command is the right one", 100),
-    "plan": ("short bulleted plan of the next steps", 100),
-    "criticism": ("constructive self-criticism", 80),
+    "text": ("the goal you work on now", 60),
+    "reasoning": ("what that goal asks for", 60),
+    "plan": ("the commands you will run, in order", 60),
+    "criticism": ("what could go wrong", 60),
 }
 """Field name → (what it is for, the longest string allowed). Bounds stop small models rambling."""
 

@@ -42,6 +42,7 @@ class RunSettings:
     memory_dir: Path | None = None
     continuous: bool = False
     shell: ShellPolicy | None = None
+    python_timeout: float = 30.0
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for run.json; an API key is never written."""
@@ -79,6 +80,7 @@ class RunSettings:
                 http=HttpOptions(**data["http"]) if data["http"] else None,
                 memory_dir=Path(data["memory_dir"]) if data["memory_dir"] else None,
                 continuous=data["continuous"],
+                python_timeout=data["python_timeout"],
                 shell=ShellPolicy(
                     frozenset(shell["allow"]) if shell["allow"] is not None else None,
                     frozenset(shell["deny"]),
@@ -107,8 +109,13 @@ def build_agent(
         memory = open_memory(settings.memory_dir)
         memory.preload()
     tools = builtin_tools(memory=memory is not None, shell=settings.shell is not None)
-    ctx = ToolContext(workspace=workspace, memory=memory, agents=SubAgents(model),
-                      shell=settings.shell)  # fmt: skip
+    ctx = ToolContext(
+        workspace=workspace,
+        memory=memory,
+        agents=SubAgents(model),
+        shell=settings.shell,
+        python_timeout=settings.python_timeout,
+    )
     return Agent(
         settings.profile,
         model,

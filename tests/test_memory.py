@@ -23,6 +23,7 @@ from offline_agent.memory import (
     Entry,
     HashEmbedder,
     HNSWParams,
+    IndexKind,
     LongTermMemory,
     MemoryStore,
     chunk_text,
@@ -294,7 +295,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], list[s
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
 def test_a_save_interrupted_at_any_step_leaves_old_or_new_state(
-    tmp_path: Path, crash_at: Callable[[int], list[str]], index: str
+    tmp_path: Path, crash_at: Callable[[int], list[str]], index: IndexKind
 ) -> None:
     rng = np.random.default_rng(1)
     params = HNSWParams(m=8, ef_construction=20, ef_search=32)
@@ -463,8 +464,9 @@ def test_ingest_reads_text_files_skips_binary_and_hidden(tmp_path: Path) -> None
     assert report.files == 2
     assert report.skipped == [docs / "blob.bin"]
     assert report.added == report.chunks > 8
+    assert seen[0] == (0, report.chunks)
     assert seen[-1] == (report.chunks, report.chunks)
-    assert len(seen) == -(-report.chunks // 4)
+    assert len(seen) == 1 + -(-report.chunks // 4)
     hit = mem.search("Bananas are yellow", 1)[0]
     assert hit.entry.text == f"From {docs / 'sub' / 'b.txt'}:\nBananas are yellow."
     assert hit.entry.kind == "document"

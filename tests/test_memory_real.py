@@ -73,10 +73,10 @@ def test_recall_survives_a_restart_and_preload(
     open_memory(tmp_path / "mem", embedder).remember_many(list(PASSAGES.values()))
     fresh = SentenceTransformerEmbedder()
     again = open_memory(tmp_path / "mem", fresh)
-    assert not fresh.loaded
+    loaded_at_open = fresh.loaded
     again.preload()
     again.close()  # waits for the background load
-    assert fresh.loaded
+    assert (loaded_at_open, fresh.loaded) == (False, True)
     assert again.recall("bad gateway error from nginx", k=1)[0][1] == PASSAGES["server"]
 
 

@@ -172,3 +172,11 @@ def test_symlinks_made_by_agent_code_are_refused(ctx: ToolContext, outside: Path
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     assert (outside / "secret.txt").read_text() == "top secret"
     assert list_files(ctx, {"directory": "."}) == "The workspace is empty."
+
+
+def test_an_identical_rewrite_is_noticed(tmp_path: Path) -> None:
+    ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"))
+    assert write_file(ctx, {"filename": "a.txt", "text": "x"}) == "Wrote 1 characters to a.txt."
+    again = write_file(ctx, {"filename": "a.txt", "text": "x"})
+    assert again == "a.txt already holds exactly this text; nothing changed."
+    assert write_file(ctx, {"filename": "a.txt", "text": "y"}).startswith("Wrote 1")

@@ -134,6 +134,7 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
 @click.option("--max-steps", default=50, show_default=True)
 @click.option("--max-format-errors", default=3, show_default=True)
 @click.option("--reply-tokens", default=512, show_default=True, help="Token limit per reply.")
+@click.option("--python-timeout", default=30.0, show_default=True, help="Seconds per program.")
 @click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
 @click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
 @click.option("--shell-deny", multiple=True, help="With --allow-shell: also refuse these.")
@@ -162,6 +163,7 @@ def run(
     max_steps: int,
     max_format_errors: int,
     reply_tokens: int,
+    python_timeout: float,
     allow_shell: bool,
     shell_allow: tuple[str, ...],
     shell_deny: tuple[str, ...],
@@ -191,6 +193,7 @@ def run(
         http=HttpOptions(base_url, api_key, constraint) if base_url else None,
         memory_dir=None if no_memory else memory_dir or default_memory_dir(profile.name),
         continuous=continuous,
+        python_timeout=python_timeout,
         shell=ShellPolicy(
             frozenset(shell_allow) if shell_allow else None,
             DEFAULT_DENY.difference(shell_allow) | frozenset(shell_deny),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
@@ -30,7 +30,10 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from offline_agent.errors import BackendError
 
-JSON_OPTIONS: dict[str, Any] = {
+if TYPE_CHECKING:  # a TypedDict that exists only in llguidance's stubs
+    from llguidance._lib import JsonCompileOptions
+
+JSON_OPTIONS: JsonCompileOptions = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",

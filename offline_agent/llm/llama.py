@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
@@ -17,6 +17,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from offline_agent.errors import BackendError, ContextOverflowError, ModelError
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
+from offline_agent.llm.guidance import GuidedDecoder
 from offline_agent.records import Completion, Message, Usage
 
 
@@ -29,6 +30,9 @@ class LlamaOptions:
     n_gpu_layers: int = 0
     seed: int = 0
     temperature: float = 0.0
+    grammar_engine: Literal["llguidance", "llama"] = "llguidance"
+    """Who enforces the reply schema: llguidance in our own decoding loop (fast, see
+    `guidance.py`) or llama.cpp's GBNF grammar sampler (a full mask every token)."""
 
 
 @contextlib.contextmanager
@@ -69,6 +73,7 @@ class LlamaModel:
             self._token_text(self._llm.token_eos()),
         )
         self._grammars: dict[str, LlamaGrammar] = {}
+        self._guided: GuidedDecoder | None = None
 
     def _token_text(self, token: int) -> str:
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
@@ -102,6 +107,8 @@ class LlamaModel:
                 f"prompt of {len(tokens)} tokens plus {max_tokens} for the reply exceeds the "
                 f"context of {self.context_length}"
             )
+        if schema is not None and self.options.grammar_engine == "llguidance":
+            return self._complete_guided(tokens, schema, max_tokens)
         grammar = self.grammar(schema) if schema is not None else None
         ctx = self._llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
@@ -133,4 +140,36 @@ class LlamaModel:
             prompt_seconds=perf.t_p_eval_ms / 1000,
             total_seconds=total,
             constrained=grammar is not None,
+        )
+
+    @property
+    def guided(self) -> GuidedDecoder:
+        """The llguidance decoder for this model, built on first use."""
+        if self._guided is None:
+            self._guided = GuidedDecoder(self._llm)
+            self._guided.seed(self.options.seed)
+        return self._guided
+
+    def _complete_guided(
+        self, tokens: list[int], schema: dict[str, Any], max_tokens: int
+    ) -> Completion:
+        """Decode with llguidance; BackendError rather than ever returning unconstrained text."""
+        start = time.perf_counter()
+        decoded = self.guided.decode(
+            tokens,
+            self.guided.matcher(schema),
+            max_tokens=max_tokens,
+            temperature=self.options.temperature,
+        )
+        return Completion(
+            text=decoded.text,
+            finish_reason="stop" if decoded.finished else "length",
+            usage=Usage(
+                prompt_tokens=len(tokens),
+                completion_tokens=len(decoded.tokens),
+                cached_tokens=decoded.cached_tokens,
+            ),
+            prompt_seconds=decoded.prompt_seconds,
+            total_seconds=time.perf_counter() - start,
+            constrained=True,
         )

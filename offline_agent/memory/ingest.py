@@ -17,7 +17,7 @@ _BINARY_PROBE = 8192
 _BREAKS = ("\n\n", "\n", ". ", " ")
 
 Progress = Callable[[int, int], None]
-"""Called with (chunks done, chunks in all) after each batch."""
+"""Called with (chunks done, chunks in all) before the first batch and after each one."""
 
 
 def chunk_spans(
@@ -148,6 +148,8 @@ def ingest(
 ) -> IngestReport:
     """Store every chunk of the files under `paths` in `memory`, `batch` chunks per save."""
     chunks, report = collect_chunks(paths, size, overlap)
+    if progress is not None:
+        progress(0, len(chunks))
     for first in range(0, len(chunks), batch):
         part = chunks[first : first + batch]
         report.added += memory.remember_many(

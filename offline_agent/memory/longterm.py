@@ -63,6 +63,8 @@ class LongTermMemory:
         # A failure here is not lost: the first real call retries and raises it there.
         with contextlib.suppress(Exception):
             self.store()
+            # The first forward pass is several times slower than later ones; pay it here.
+            self.embedder.embed(["warm-up"])
 
     def store(self) -> MemoryStore:
         """The loaded store, loading the embedder and the saved memories on first call."""

@@ -83,19 +83,31 @@ class PromptBuilder:
         """Tokens available for the prompt once the reply's reserve is set aside."""
         return self.model.context_length - self.reply_reserve
 
-    def next_step_message(self, memories: Sequence[str] = (), notes: Sequence[str] = ()) -> Message:
-        """The last message of a prompt: memories, notes, the request for a reply, the goals."""
+    def next_step_message(
+        self, memories: Sequence[str] = (), notes: Sequence[str] = (), *, started: bool = False
+    ) -> Message:
+        """The last message of a prompt: memories, notes, the goals, the request for a reply.
+
+        `started` says whether commands have run: only then is finishing offered, because
+        small models take "use finish" at face value before they have done anything.
+        """
         content = render(
-            "next_step.j2", memories=list(memories), notes=list(notes), goals=self.profile.goals
+            "next_step.j2",
+            memories=list(memories),
+            notes=list(notes),
+            goals=self.profile.goals,
+            started=started,
         )
         return Message(role="user", content=content)
 
     def _count(self, history: Sequence[Message], last: Message) -> int:
         return self.model.count_tokens([self.system, *history, last])
 
-    def _fit_memories(self, memories: Sequence[str], notes: Sequence[str]) -> Message:
+    def _fit_memories(
+        self, memories: Sequence[str], notes: Sequence[str], started: bool
+    ) -> Message:
         """The next-step message with as many memories as fit in their share of the room."""
-        base = self._count([], self.next_step_message((), notes))
+        base = self._count([], self.next_step_message((), notes, started=started))
         if base > self.budget:
             raise ContextOverflowError(
                 f"the system prompt and goals take {base} tokens; the context of "
@@ -103,15 +115,17 @@ class PromptBuilder:
             )
         limit = base + int((self.budget - base) * self.memory_share)
         kept = list(memories)
-        while kept and self._count([], self.next_step_message(kept, notes)) > limit:
+        while kept and (
+            self._count([], self.next_step_message(kept, notes, started=started)) > limit
+        ):
             kept.pop()
-        return self.next_step_message(kept, notes)
+        return self.next_step_message(kept, notes, started=started)
 
     def build(
         self, history: Sequence[Message], memories: Sequence[str] = (), notes: Sequence[str] = ()
     ) -> list[Message]:
         """The messages for the next call: never more than the budget allows."""
-        last = self._fit_memories(memories, notes)
+        last = self._fit_memories(memories, notes, started=bool(history))
         if self._count(history[self.first_kept :], last) > self.budget:
             self.first_kept = self._drop_block(history, last)
         return [self.system, *history[self.first_kept :], last]

@@ -30,6 +30,8 @@ def write_file(ctx: ToolContext, filename: Short, text: Long) -> str:
         filename: path of the file, relative to the workspace
         text: the full new content of the file
     """
+    if ctx.workspace.exists(filename) and ctx.workspace.read_text(filename) == text:
+        return f"{filename} already holds exactly this text; nothing changed."
     written = ctx.workspace.write_text(filename, text)
     return f"Wrote {written} characters to {filename}."
 

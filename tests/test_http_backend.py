@@ -1,0 +1,410 @@
+"""The HTTP backend: a fake server for the wire format and failures, a real llama_cpp.server
+for the agent end to end, in-process vs server parity, and a server killed mid-run."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.cli import cli
+from offline_agent.errors import BackendError, ConfigError
+from offline_agent.llm import HttpModel, HttpOptions, LlamaOptions, open_model
+from offline_agent.llm.http import MESSAGE_OVERHEAD, response_format
+from offline_agent.prompt import Profile
+from offline_agent.runs import RunRecord, read_entries, verify
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.workspace import Workspace
+
+GOAL = "Write the word Washington to a file named output.txt"
+PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
+MESSAGES = [{"role": "user", "content": "hi"}]
+SCHEMA = {"type": "object"}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, read, released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def completion_body(text: str = '{"a": 1}', finish: str = "stop") -> dict[str, Any]:
+    return {
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+    }
+
+
+# --- A fake server -------------------------------------------------------------------
+
+
+@dataclass
+class FakeServer:
+    """Answers each request with the next (status, body, delay) of `script`; keeps requests."""
+
+    url: str
+    script: list[tuple[int, Any, float]] = field(default_factory=list)
+    requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    state = FakeServer("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            state.requests.append((self.command, self.path, dict(self.headers), body))
+            status, answer, delay = state.script.pop(0) if state.script else (404, "no", 0.0)
+            time.sleep(delay)
+            data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def http_model(url: str, sleeps: list[float], **options: Any) -> HttpModel:
+    return HttpModel(HttpOptions(url, **options), "m", sleep=sleeps.append)
+
+
+def test_request_carries_the_schema_sampling_and_key(fake: FakeServer) -> None:
+    fake.script = [(200, completion_body(finish="length"), 0.0)]
+    model = http_model(fake.url, [], api_key="sekrit")
+    completion = model.complete(MESSAGES, schema=SCHEMA, max_tokens=9)
+    method, path, headers, body = fake.requests[0]
+    assert (method, path) == ("POST", "/v1/chat/completions")
+    assert headers["Authorization"] == "Bearer sekrit"
+    assert body["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    assert body["messages"] == MESSAGES
+    assert (body["model"], body["max_tokens"], body["temperature"], body["seed"]) == ("m", 9, 0, 0)
+    assert body["repeat_penalty"] == 1.0
+    assert completion.text == '{"a": 1}'
+    assert completion.finish_reason == "length"
+    assert completion.constrained
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (7, 3)
+
+
+@pytest.mark.parametrize("constraint", ["json_schema", "none"])
+def test_constraint_modes(fake: FakeServer, constraint: Any) -> None:
+    fake.script = [(200, completion_body(), 0.0)] * 2
+    model = http_model(fake.url, [], constraint=constraint)
+    completion = model.complete(MESSAGES, schema=SCHEMA, max_tokens=9)
+    sent = fake.requests[0][3].get("response_format")
+    assert sent == response_format(SCHEMA, constraint)
+    assert completion.constrained is (constraint != "none")
+    if constraint == "json_schema":
+        assert sent["json_schema"]["schema"] == SCHEMA
+    # No schema: nothing is constrained, whatever the mode.
+    assert not model.complete(MESSAGES, schema=None, max_tokens=9).constrained
+    assert "response_format" not in fake.requests[1][3]
+
+
+def test_unknown_constraint_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown constraint"):
+        HttpModel(HttpOptions("http://127.0.0.1:1/v1", constraint="grammar"), "m")  # type: ignore[arg-type]
+
+
+def test_5xx_is_retried_with_backoff_then_succeeds(fake: FakeServer) -> None:
+    fake.script = [(503, {"error": {"message": "busy"}}, 0.0)] * 2
+    fake.script.append((200, completion_body(), 0.0))
+    sleeps: list[float] = []
+    completion = http_model(fake.url, sleeps).complete(MESSAGES, schema=None, max_tokens=9)
+    assert completion.text == '{"a": 1}'
+    assert len(fake.requests) == 3
+    assert sleeps == [0.5, 1.0]
+
+
+def test_5xx_every_time_gives_one_line_backend_error(fake: FakeServer) -> None:
+    fake.script = [(500, {"error": {"message": "model\n crashed"}}, 0.0)] * 4
+    sleeps: list[float] = []
+    with pytest.raises(BackendError) as caught:
+        http_model(fake.url, sleeps).complete(MESSAGES, schema=None, max_tokens=9)
+    assert str(caught.value) == f"server at {fake.url} failed (4 tries): HTTP 500: model crashed"
+    assert len(fake.requests) == 4
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_4xx_is_not_retried_and_shows_the_server_message(fake: FakeServer) -> None:
+    fake.script = [(400, {"error": {"message": "context window exceeded"}}, 0.0)]
+    sleeps: list[float] = []
+    with pytest.raises(BackendError, match=r"HTTP 400\): context window exceeded$"):
+        http_model(fake.url, sleeps).complete(MESSAGES, schema=None, max_tokens=9)
+    assert len(fake.requests) == 1
+    assert sleeps == []
+
+
+def test_connection_refused_is_retried_then_reported() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    sleeps: list[float] = []
+    with pytest.raises(BackendError) as caught:
+        http_model(url, sleeps).complete(MESSAGES, schema=None, max_tokens=9)
+    assert str(caught.value) == f"server at {url} is unreachable (4 tries): connection refused"
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_timeout_is_reported(fake: FakeServer) -> None:
+    fake.script = [(200, completion_body(), 1.0)]
+    with pytest.raises(BackendError, match=r"unreachable: no answer within 0.2 s$"):
+        http_model(fake.url, [], timeout=0.2, retries=0).complete(
+            MESSAGES, schema=None, max_tokens=9
+        )
+
+
+def test_malformed_completion_is_a_backend_error(fake: FakeServer) -> None:
+    fake.script = [(200, {"choices": []}, 0.0), (200, "<html>", 0.0)]
+    model = http_model(fake.url, [])
+    with pytest.raises(BackendError, match="malformed completion"):
+        model.complete(MESSAGES, schema=None, max_tokens=9)
+    with pytest.raises(BackendError, match="not JSON"):
+        model.complete(MESSAGES, schema=None, max_tokens=9)
+
+
+def test_model_name_comes_from_the_server_when_not_given(fake: FakeServer) -> None:
+    fake.script = [(200, {"data": [{"id": "served-one"}]}, 0.0)]
+    model = open_model(None, LlamaOptions(n_ctx=1234), Path("unused"), http=HttpOptions(fake.url))
+    assert (model.name, model.context_length) == ("served-one", 1234)
+    assert fake.requests[0][:2] == ("GET", "/v1/models")
+
+
+def test_token_count_uses_the_server_tokenizer_when_offered(fake: FakeServer) -> None:
+    fake.script = [(200, {"count": 1}, 0.0), (200, {"count": 40}, 0.0)]
+    model = http_model(fake.url, [])
+    text = "x" * 100
+    expected = 40 + MESSAGE_OVERHEAD + 3
+    assert model.count_tokens([{"role": "user", "content": text}]) == expected
+    assert model.count_tokens([{"role": "user", "content": text}]) == expected  # cached
+    assert [r[1] for r in fake.requests] == ["/extras/tokenize/count"] * 2
+    assert fake.requests[1][3] == {"model": "m", "input": text}
+
+
+def test_token_count_estimates_without_a_server_tokenizer(fake: FakeServer) -> None:
+    fake.script = [(404, {"detail": "Not Found"}, 0.0)]
+    model = http_model(fake.url, [])
+    count = model.count_tokens([{"role": "user", "content": "x" * 99}])
+    assert count == 33 + MESSAGE_OVERHEAD + 3
+    assert len(fake.requests) == 1  # probed once, then estimated locally
+
+
+# --- A real llama_cpp.server ---------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """A running `offline-agent serve` process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def start_server(model: Path, log: Path, n_ctx: int = 2048) -> Served:
+    """`offline-agent serve` on a free loopback port; returns once /v1/models answers."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "offline_agent", "serve", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--n-ctx", str(n_ctx),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(process, f"http://127.0.0.1:{port}/v1", log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(served.url + "/models", timeout=2) as answer:
+                if answer.status == 200:
+                    return served
+        except OSError:
+            time.sleep(0.2)
+    stop_server(served)
+    raise RuntimeError("server did not answer within 120 s")
+
+
+def stop_server(served: Served) -> None:
+    if served.process.poll() is None:
+        served.process.kill()
+    served.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(
+    real_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    served = start_server(real_models["smollm2-135m"], tmp_path_factory.mktemp("srv") / "log")
+    yield served
+    stop_server(served)
+
+
+def run_agent(
+    model: Any, tmp_path: Path, steps: int, reply_tokens: int = 512
+) -> tuple[Agent, list[dict[str, Any]]]:
+    record = RunRecord.create(tmp_path / "runs", "http", {})
+    agent = Agent(
+        PROFILE,
+        model,
+        builtin_tools(memory=False),
+        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
+        AgentConfig(max_steps=steps, reply_tokens=reply_tokens),
+        record=record,
+    )
+    agent.run()
+    record.close()
+    return agent, [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_server_constrained_replies_validate(server: Served, tmp_path: Path) -> None:
+    model = HttpModel(HttpOptions(server.url, constraint="json_object"), context_length=2048)
+    assert model.name == "smollm2-135m"  # the alias `serve` gave the registered file
+    agent, steps = run_agent(model, tmp_path, 2)
+    assert len(steps) >= 1
+    for step in steps:
+        completion = step["completion"]
+        assert completion["constrained"] is True
+        assert step["status"] in ("ok", "finished"), step["error"]
+        assert step["reply"]["command"]["name"] in agent.tools
+        # The server's own count of the prompt is what we estimated, give or take a little.
+        counted = model.count_tokens(step["messages"])
+        assert abs(counted - completion["usage"]["prompt_tokens"]) <= 8
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_server_unconstrained_failures_are_fed_back(server: Served, tmp_path: Path) -> None:
+    model = HttpModel(HttpOptions(server.url, constraint="none"), context_length=2048)
+    _, steps = run_agent(model, tmp_path, 2, reply_tokens=96)
+    assert len(steps) == 2
+    assert all(step["completion"]["constrained"] is False for step in steps)
+    # Unconstrained, SmolLM2-135M writes prose or code, not our JSON: the failure is not
+    # fatal, it is shown to the model in the next prompt.
+    failed = [s for s in steps if s["status"] in ("format_error", "truncated")]
+    assert failed, [s["completion"]["text"] for s in steps]
+    for before, after in itertools.pairwise(steps):
+        if before in failed:
+            assert before["completion"]["text"].strip() == after["messages"][-3]["content"]
+            assert before["error"] in after["messages"][-2]["content"]
+
+
+def test_unconstrained_reply_is_repaired(fake: FakeServer, tmp_path: Path) -> None:
+    sloppy = (
+        "Sure! Here is my reply:\n```json\n{'thoughts': {'text': 't', 'reasoning': 'r', "
+        "'plan': 'p', 'criticism': 'c',}, 'command': {'name': 'finish', "
+        "'args': {'reason': 'done'}}\n```"
+    )
+    fake.script = [(404, "no tokenizer here", 0.0), (200, completion_body(sloppy), 0.0)]
+    _, steps = run_agent(http_model(fake.url, [], constraint="none"), tmp_path, 1)
+    assert steps[0]["completion"]["constrained"] is False
+    assert steps[0]["status"] == "finished", steps[0]["error"]
+    assert steps[0]["reply"]["command"] == {"name": "finish", "args": {"reason": "done"}}
+    assert "response_format" not in fake.requests[-1][3]
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_same_commands_in_process_and_through_the_server(
+    server: Served, real_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # Same rendered prompt (the server applies the GGUF's template with the same Jinja
+    # settings), same grammar converter, greedy decoding, repeat_penalty 1.0 on both sides.
+    from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415
+
+    local = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+    remote = HttpModel(HttpOptions(server.url), context_length=2048)
+    _, local_steps = run_agent(local, tmp_path / "local", 2)
+    _, remote_steps = run_agent(remote, tmp_path / "remote", 2)
+    assert [s["messages"] for s in local_steps] == [s["messages"] for s in remote_steps]
+    assert [s["completion"]["text"] for s in local_steps] == [
+        s["completion"]["text"] for s in remote_steps
+    ]
+    assert [s["reply"]["command"] for s in local_steps] == [
+        s["reply"]["command"] for s in remote_steps
+    ]
+    assert [s["completion"]["usage"]["prompt_tokens"] for s in local_steps] == [
+        s["completion"]["usage"]["prompt_tokens"] for s in remote_steps
+    ]
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_server_killed_mid_run_ends_the_record_with_one_line_error(
+    real_models: dict[str, Path], tmp_path: Path
+) -> None:
+    served = start_server(real_models["smollm2-135m"], tmp_path / "log")
+    runs = tmp_path / "runs"
+
+    def kill_after_first_step() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for steps in runs.glob("*/steps.jsonl"):
+                if steps.read_text().count("\n") >= 1:
+                    stop_server(served)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_step, daemon=True)
+    killer.start()
+    argv = [
+        "run", "--goal", GOAL, "--base-url", served.url, "--api-key", "k",
+        "--n-ctx", "2048", "--no-memory", "--continuous", "--max-steps", "5",
+        "--workspace", str(tmp_path / "ws"), "--runs-dir", str(runs),
+    ]  # fmt: skip
+    try:
+        result = CliRunner().invoke(cli, argv)
+    finally:
+        killer.join(timeout=310)
+        stop_server(served)
+    assert result.exit_code == BackendError.exit_code, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: server at {served.url} is unreachable (4 tries): connection refused"]
+    (folder,) = runs.iterdir()
+    entries = read_entries(folder)
+    assert verify(folder) == len(entries)
+    steps = [e["step"] for e in entries if e["type"] == "step"]
+    assert steps[0]["completion"] is not None  # the step before the kill, intact
+    assert steps[-1]["completion"] is None  # the step the server died under
+    assert entries[-1]["type"] == "end"
+    assert entries[-1]["result"]["status"] == "error"
+    assert entries[-1]["result"]["reason"] == errors[0].removeprefix("Error: ")
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["server"] == {"base_url": served.url, "constraint": "json_object"}
+    assert "k" not in meta["argv"]  # the API key is not kept
