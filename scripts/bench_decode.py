@@ -120,8 +120,10 @@ def constrained(
     except FormatError as err:
         log(f"    invalid {engine} reply: {err}")
         valid = False
-    # The prompt's last token is re-evaluated (cache hit on all but it): inside model time.
-    run = Run(completion.usage.completion_tokens, decode, perf_model_seconds(model), valid)
+    # The prompt's last token is re-evaluated (a cache hit on all but it); its time is in
+    # llama.cpp's counters and in prompt_seconds, so it is subtracted from both.
+    model_seconds = perf_model_seconds(model) - completion.prompt_seconds
+    run = Run(completion.usage.completion_tokens, decode, model_seconds, valid)
     return run, completion
 
 

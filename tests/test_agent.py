@@ -249,4 +249,6 @@ def test_goals_are_in_the_system_prompt_and_repeated_last(tmp_path: Path) -> Non
     system, last = model.calls[0][0]["content"], model.calls[0][-1]["content"]
     assert "1. Write Washington to output.txt" in system
     assert "write_file:" in system and "finish:" in system
-    assert last.rstrip().endswith("Write Washington to output.txt")
+    goal_line, question = last.rstrip().splitlines()[-2:]
+    assert goal_line == "GOAL 1: Write Washington to output.txt"
+    assert question.startswith("Which command does GOAL 1 need next?")

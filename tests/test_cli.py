@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from offline_agent import runs
 from offline_agent.cli import cli
 from offline_agent.runs import read_entries, verify
 from tests.test_agent import FINISH, reply
@@ -142,3 +144,29 @@ def test_errors_print_no_traceback_from_the_real_entry_point(tmp_path: Path) -> 
     assert done.returncode == 3
     assert done.stderr.startswith("Error: unknown model 'nope'")
     assert "Traceback" not in done.stderr
+
+
+def test_disk_full_while_recording_is_one_line_and_keeps_earlier_lines(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync, calls = runs.os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) > 3:  # run.json, then the first command and step lines succeed
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", fsync)
+    model = script(tmp_path, [reply("write_file", filename="a.txt", text="1"),
+                              reply("write_file", filename="b.txt", text="2"), FINISH])  # fmt: skip
+    code, _, err = invoke("run", "--goal", "g", "--model", model, "--continuous", "--no-memory",
+                          "--workspace", str(tmp_path / "ws"))  # fmt: skip
+    assert code == 7
+    assert err.strip().splitlines() == [
+        "Error: cannot append to the run record: No space left on device"
+    ]
+    monkeypatch.setattr(runs.os, "fsync", real_fsync)
+    (run,) = (home / "runs").iterdir()
+    assert [e["type"] for e in read_entries(run)][:2] == ["command", "step"]
+    assert (tmp_path / "ws" / "a.txt").read_text() == "1"

@@ -84,3 +84,22 @@ def test_gemma_keeps_the_system_message_and_replies_validly(
 def test_a_context_larger_than_the_model_supports_is_refused(real_models: dict[str, Path]) -> None:
     with pytest.raises(ModelError, match=r"larger than .* supports \(8192\)"):
         LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=100_000))
+
+
+def test_same_seed_same_model_same_run(real_models: dict[str, Path], tmp_path: Path) -> None:
+    """Two fresh loads of the model, seed 0, temperature 0: the same replies, step by step."""
+    runs = []
+    for attempt in ("one", "two"):
+        model = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+        record = RunRecord.create(tmp_path / "runs", attempt, {})
+        Agent(
+            PROFILE,
+            model,
+            builtin_tools(memory=False),
+            ToolContext(workspace=Workspace.create(tmp_path / attempt)),
+            AgentConfig(max_steps=2),
+            record=record,
+        ).run()
+        steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+        runs.append([s["completion"]["text"] for s in steps])
+    assert runs[0] == runs[1]

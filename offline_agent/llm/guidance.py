@@ -33,12 +33,9 @@ from offline_agent.errors import BackendError
 if TYPE_CHECKING:  # a TypedDict that exists only in llguidance's stubs
     from llguidance._lib import JsonCompileOptions
 
-JSON_OPTIONS: JsonCompileOptions = {
-    "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
-}
-"""Compact JSON, as `json.dumps` writes it: no whitespace choices left to the model."""
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": True, "whitespace_pattern": "[ ]?"}
+"""At most one space between JSON tokens, as in llama-cpp-python's GBNF: both engines then
+allow the same texts, and at temperature 0 the model writes (nearly) the same replies."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +114,32 @@ class GuidedDecoder:
         start = time.perf_counter()
         llm.eval(prompt[cached:])
         prompt_seconds = time.perf_counter() - start
+        # Forced tokens come in batches of a few: decoded with the generation threads, not the
+        # prompt's batch threads, whose barriers stall for seconds when the cores are busy.
+        params = llm.context_params
+        llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads)
+        try:
+            out, forced, masked = self._generate(matcher, max_tokens, temperature)
+        finally:
+            llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads_batch)
+        self._check(matcher)
+        text = llm.detokenize(out).decode("utf-8", errors="replace")
+        return Decoded(
+            out,
+            text,
+            matcher.is_accepting(),
+            len(prompt),
+            cached,
+            prompt_seconds,
+            forced,
+            masked,
+        )
+
+    def _generate(
+        self, matcher: LLMatcher, max_tokens: int, temperature: float
+    ) -> tuple[list[int], int, int]:
+        """Decode until the grammar is complete: (tokens, how many forced, how many masked)."""
+        llm = self._llm
         out: list[int] = []
         forced = masked = 0
         while len(out) < max_tokens and not matcher.is_stopped():
@@ -144,18 +167,7 @@ class GuidedDecoder:
             if matcher.is_stopped():
                 break
             llm.eval([token])
-        self._check(matcher)
-        text = llm.detokenize(out).decode("utf-8", errors="replace")
-        return Decoded(
-            out,
-            text,
-            matcher.is_accepting(),
-            len(prompt),
-            cached,
-            prompt_seconds,
-            forced,
-            masked,
-        )
+        return out, forced, masked
 
     def _pick(self, logits: np.ndarray[Any, np.dtype[np.float32]], temperature: float) -> int:
         if temperature <= 0:

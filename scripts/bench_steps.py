@@ -1,0 +1,234 @@
+"""Benchmark the KV-cache effect of the prompt layout, and start-up; write docs/performance.md.
+
+A 30-step run with a scripted history (the same replies and command results each time, and
+three recalled memories that change every step), fed to the real model in two layouts:
+
+    after   ours: system message, history (appended to), then the volatile last message
+    before  the volatile message (memories, notes, goals) right after the system message,
+            as classic Auto-GPT laid it out: everything behind it is re-evaluated each step
+
+Each step evaluates the prompt and decodes a short reply, so the seconds per step are
+prompt evaluation plus a fixed decode. Also `offline-agent --help` start-up time and the time
+from a cold interpreter to the first model token with the default model.
+
+Usage: python scripts/bench_steps.py [--model smollm2-135m] [--steps 30] [--reply-tokens 16]
+       [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from offline_agent.llm.llama import LlamaModel, LlamaOptions
+from offline_agent.modelstore import default_models_dir, load_registry, resolve
+from offline_agent.prompt import Profile, PromptBuilder
+from offline_agent.records import Message
+from offline_agent.tools import builtin_tools
+
+GOAL = "Write the word Washington to a file named output.txt"
+PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+START, END = "<!-- bench_steps:start -->", "<!-- bench_steps:end -->"
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_TOKEN = """
+import time
+start = time.perf_counter()
+from offline_agent.llm import LlamaOptions, open_model
+from offline_agent.modelstore import default_models_dir, load_registry
+from offline_agent.prompt import Profile, PromptBuilder
+from offline_agent.reply import reply_schema
+from offline_agent.tools import builtin_tools
+tools = builtin_tools(memory=False)
+model = open_model(load_registry().default, LlamaOptions(), default_models_dir())
+loaded = time.perf_counter()
+profile = Profile("FileBot", "an assistant that manages files", ({goal!r},))
+messages = PromptBuilder(profile, tools, model, 512).build([])
+model.complete(messages, schema=reply_schema(tools), max_tokens=1)
+print(loaded - start, time.perf_counter() - start)
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def exchange(i: int) -> tuple[Message, Message]:
+    """The i-th scripted (reply, result) pair: varied, realistic sizes."""
+    name = f"notes_{i}.txt"
+    reply = {
+        "thoughts": {
+            "text": f"I should keep notes on step {i} in a file.",
+            "reasoning": "Notes help me remember what I did.",
+            "plan": f"- write {name}\n- read it back\n- finish",
+            "criticism": "I could be faster.",
+        },
+        "command": {"name": "write_file", "args": {"filename": name, "text": f"step {i} " * 8}},
+    }
+    size = len(reply["command"]["args"]["text"])
+    result = f"Command write_file returned: Wrote {size} characters to {name}."
+    return (
+        {"role": "assistant", "content": json.dumps(reply)},
+        {"role": "user", "content": result},
+    )
+
+
+def memories(i: int) -> list[str]:
+    """Three memories recalled at step i: they change every step, as real recall does."""
+    return [
+        f"Assistant reply: wrote notes_{j}.txt\nResult: ok" for j in range(i, max(0, i - 3), -1)
+    ]
+
+
+@dataclass
+class Layout:
+    name: str
+    seconds: list[float]
+    evaluated: list[int]
+    prompt: list[int]
+
+
+def run_layout(model: LlamaModel, name: str, steps: int, reply_tokens: int) -> Layout:
+    tools = builtin_tools(memory=True)
+    builder = PromptBuilder(PROFILE, tools, model, 512)
+    model._llm.reset()
+    history: list[Message] = []
+    out = Layout(name, [], [], [])
+    for i in range(steps):
+        messages = builder.build(history, memories(i))
+        if name == "before":
+            messages = [messages[0], messages[-1], *messages[1:-1]]
+        start = time.perf_counter()
+        completion = model.complete(messages, schema=None, max_tokens=reply_tokens)
+        out.seconds.append(time.perf_counter() - start)
+        out.prompt.append(completion.usage.prompt_tokens)
+        out.evaluated.append(completion.usage.prompt_tokens - completion.usage.cached_tokens)
+        history += exchange(i)
+    log(f"  {name}: evaluated {out.evaluated}")
+    return out
+
+
+def help_time(repeats: int = 5) -> float:
+    exe = Path(sys.executable).parent / "offline-agent"
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([str(exe), "--help"], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def first_token_time() -> tuple[float, float, float]:
+    """(seconds to a loaded model, to the first token, wall of the whole process)."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_TOKEN.format(goal=GOAL)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    wall = time.perf_counter() - start
+    loaded, first = (float(x) for x in done.stdout.split()[-2:])
+    return loaded, first, wall
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores (load average {load} at the end of the run), "
+        f"llama-cpp-python {llama_cpp.__version__}, Python {platform.python_version()}"
+    )
+
+
+def render(layouts: list[Layout], startup: list[str], args: argparse.Namespace) -> str:
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `scripts/bench_steps.py --model "
+        f"{args.model} --steps {args.steps} --reply-tokens {args.reply_tokens}` on {machine()}.",
+        "",
+        f"{args.steps} steps of scripted history, context {args.n_ctx}, each step's prompt "
+        f"evaluated and {args.reply_tokens} reply tokens decoded (unconstrained).",
+        "",
+        "| layout | s/step, mean | s/step, steps 1-10 / 11-20 / 21-30 | prompt tokens, mean "
+        "| evaluated per step, mean | served from the KV cache |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lay in layouts:
+        thirds = [lay.seconds[i : i + 10] for i in range(0, len(lay.seconds), 10)]
+        cached = 1 - sum(lay.evaluated[1:]) / max(1, sum(lay.prompt[1:]))
+        lines.append(
+            f"| {lay.name} | {statistics.mean(lay.seconds):.2f} "
+            f"| {' / '.join(f'{statistics.mean(t):.2f}' for t in thirds if t)} "
+            f"| {statistics.mean(lay.prompt):.0f} | {statistics.mean(lay.evaluated):.0f} "
+            f"| {cached:.0%} (steps 2+) |"
+        )
+    return "\n".join([*lines, "", *startup])
+
+
+def write_doc(block: str) -> None:
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Performance\n"
+    section = f"{START}\n{block}\n{END}"
+    if START in text and END in text:
+        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n## Prompt layout and the KV cache; start-up\n\n"
+        text += section + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--reply-tokens", type=int, default=16)
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--layouts", default="after,before")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    help_s = help_time()
+    loaded, first, wall = first_token_time()
+    startup = [
+        "| start-up | seconds |",
+        "|---|---|",
+        f"| `offline-agent --help` (median of 5) | {help_s:.2f} |",
+        f"| cold interpreter to the default model loaded | {loaded:.2f} |",
+        f"| cold interpreter to the first model token (first prompt evaluated) | {first:.2f} |",
+        f"| the whole process, interpreter start and exit included | {wall:.2f} |",
+    ]
+    log("\n".join(startup))
+    resolved = resolve(args.model, load_registry(None), default_models_dir())
+    model = LlamaModel(
+        resolved.path,
+        resolved.chat_format or "template",
+        LlamaOptions(n_ctx=args.n_ctx),
+        name=args.model,
+    )
+    layouts = [run_layout(model, n, args.steps, args.reply_tokens) for n in args.layouts.split(",")]
+    block = render(layouts, startup, args)
+    print(block)
+    if not args.no_write:
+        write_doc(block)
+        log(f"written to {DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The llguidance engine: replies always validate, commands are constrained, failures are loud."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llguidance import LLMatcher
+
+from offline_agent.errors import BackendError
+from offline_agent.llm.guidance import JSON_OPTIONS, GuidedDecoder
+from offline_agent.llm.llama import LlamaModel, LlamaOptions
+from offline_agent.prompt import Profile, PromptBuilder
+from offline_agent.records import Message
+from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.tools import ToolRegistry, builtin_tools
+
+GOAL = "Write the word Washington to a file named output.txt"
+PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
+FORMATS = {"smollm2-135m": "template", "gemma3-270m": "gemma"}
+
+
+def test_every_builtin_reply_schema_compiles_without_warnings() -> None:
+    for tools in (builtin_tools(), builtin_tools(memory=False, agents=False, shell=True)):
+        grammar = LLMatcher.grammar_from_json_schema(reply_schema(tools), defaults=JSON_OPTIONS)
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+        assert not is_error, messages
+        assert messages == []
+
+
+@pytest.fixture(scope="module", params=list(FORMATS))
+def model(request: pytest.FixtureRequest, real_models: dict[str, Path]) -> LlamaModel:
+    name = request.param
+    return LlamaModel(
+        real_models[name], FORMATS[name], LlamaOptions(n_ctx=2048), name=name
+    )  # llguidance is the default engine
+
+
+def _prompt(model: LlamaModel, tools: ToolRegistry) -> list[Message]:
+    return PromptBuilder(PROFILE, tools, model, 512).build([])
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_replies_validate_against_the_schema(model: LlamaModel) -> None:
+    assert model.options.grammar_engine == "llguidance"
+    tools = builtin_tools(memory=False)
+    schema = reply_schema(tools)
+    messages = _prompt(model, tools)
+    history: list[Message] = []
+    for _ in range(2):  # the second call reuses the KV cache of the first
+        completion = model.complete([*messages, *history], schema=schema, max_tokens=512)
+        assert completion.constrained
+        assert completion.finish_reason == "stop"
+        reply = parse_reply(completion, tools, schema)
+        assert reply.command.name in tools
+        history = [
+            {"role": "assistant", "content": completion.text},
+            {"role": "user", "content": "Command result: done."},
+        ]
+    assert completion.usage.cached_tokens > completion.usage.prompt_tokens // 2
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_a_schema_with_one_command_always_yields_it(model: LlamaModel) -> None:
+    everything = builtin_tools(memory=False)
+    only = ToolRegistry([everything.get("list_files")])
+    schema = reply_schema(only)
+    # The prompt offers every command and asks to write a file; the grammar allows one.
+    completion = model.complete(_prompt(model, everything), schema=schema, max_tokens=512)
+    reply = parse_reply(completion, only, schema)
+    assert reply.command.name == "list_files"
+    assert set(reply.command.args) <= {"directory"}
+
+
+@pytest.mark.model
+def test_a_failure_inside_decoding_is_a_backend_error(real_models: dict[str, Path]) -> None:
+    smol = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+    gemma = LlamaModel(real_models["gemma3-270m"], "gemma", LlamaOptions(n_ctx=2048))
+    tools = builtin_tools(memory=False)
+    schema = reply_schema(tools)
+    # A matcher built on Gemma's 262k vocabulary cannot follow SmolLM2's tokens: the
+    # decoder must stop with an error, never hand back what it decoded so far unconstrained.
+    wrong = GuidedDecoder(gemma._llm).matcher(schema)
+    prompt = smol._tokens(_prompt(smol, tools))
+    with pytest.raises(BackendError):
+        smol.guided.decode(prompt, wrong, max_tokens=64, temperature=0.0)
+
+
+@pytest.mark.model
+def test_a_schema_llguidance_cannot_compile_is_a_backend_error(
+    real_models: dict[str, Path],
+) -> None:
+    smol = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=x)a"}}}
+    messages: list[Message] = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(BackendError):
+        smol.complete(messages, schema=schema, max_tokens=16)
