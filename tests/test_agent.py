@@ -252,3 +252,24 @@ def test_goals_are_in_the_system_prompt_and_repeated_last(tmp_path: Path) -> Non
     goal_line, question = last.rstrip().splitlines()[-2:]
     assert goal_line == "GOAL 1: Write Washington to output.txt"
     assert question.startswith("Which command does GOAL 1 need next?")
+
+
+def test_a_command_repeated_identically_is_left_out_of_the_next_grammar(tmp_path: Path) -> None:
+    write = reply("write_file", filename="a.txt", text="x")
+    agent, model, _ = make_agent(tmp_path, [write, write, FINISH])
+    schemas: list[Any] = []
+    complete = model.complete
+
+    def recording(messages: Any, *, schema: Any, max_tokens: int) -> Any:
+        schemas.append(schema)
+        return complete(messages, schema=schema, max_tokens=max_tokens)
+
+    model.complete = recording  # type: ignore[method-assign]
+    assert agent.run().status == "finished"
+
+    def offered(schema: dict[str, Any]) -> list[str]:
+        return [b["properties"]["name"]["const"] for b in schema["properties"]["command"]["anyOf"]]
+
+    assert "write_file" in offered(schemas[0]) and "write_file" in offered(schemas[1])
+    assert "write_file" not in offered(schemas[2]) and "finish" in offered(schemas[2])
+    assert "running it again changes nothing" in model.calls[2][-1]["content"]

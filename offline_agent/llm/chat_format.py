@@ -40,20 +40,13 @@ def from_template(template: str, bos: str, eos: str) -> ChatFormat:
 
 
 def _gemma(messages: Sequence[Message]) -> str:
-    """Gemma's turns; a system message is folded into the first user turn, as Gemma 3 does."""
+    """Gemma's turns. Gemma has no system role: the system message becomes its own first
+    user turn, always the same, so the prompt's opening (and llama.cpp's KV cache of it)
+    does not change as the history grows behind it."""
     parts: list[str] = []
-    system = ""
     for message in messages:
-        if message["role"] == "system":
-            system += message["content"] + "\n\n"
-            continue
         role = "model" if message["role"] == "assistant" else "user"
-        content = message["content"]
-        if role == "user" and system:
-            content, system = system + content, ""
-        parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
-    if system:  # a system message and nothing else
-        parts.append(f"<start_of_turn>user\n{system.rstrip()}<end_of_turn>\n")
+        parts.append(f"<start_of_turn>{role}\n{message['content']}<end_of_turn>\n")
     return "<bos>" + "".join(parts) + "<start_of_turn>model\n"
 
 
