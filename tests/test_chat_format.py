@@ -22,7 +22,8 @@ def test_the_system_message_is_kept_and_the_prefix_only_grows(name: str) -> None
             {"role": "user", "content": "next step 2"},
         ]
     )
-    shared = next((i for i, (a, b) in enumerate(zip(step1, step2)) if a != b), len(step1))
+    pairs = enumerate(zip(step1, step2, strict=False))
+    shared = next((i for i, (a, b) in pairs if a != b), len(step1))
     common = step1[:shared]
     assert "You are FileBot." in common
     # Everything before the volatile last message is shared, bar that message's turn header.
