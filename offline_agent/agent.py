@@ -26,7 +26,7 @@ from offline_agent.records import (
     Step,
     ToolResult,
 )
-from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.reply import parse_reply, reply_schema, schema_digest
 from offline_agent.tools.base import MemoryLike, ToolContext, ToolRegistry
 
 
@@ -188,6 +188,7 @@ class Agent:
         # The grammar does what a note cannot make a small model do: not run a command a
         # third time with the same arguments. Validation still uses the full schema.
         schema = reply_schema(self.tools.without(held_back)) if held_back else self.schema
+        step.grammar_sha256 = schema_digest(schema)
         step.completion = self.model.complete(
             step.messages, schema=schema, max_tokens=self.config.reply_tokens
         )

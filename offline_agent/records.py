@@ -93,6 +93,9 @@ class Step:
     """The messages this step added to the agent's history (what `resume` rebuilds from)."""
     status: StepStatus = "ok"
     seconds: float = 0.0
+    grammar_sha256: str = ""
+    """Digest of the reply schema the step was decoded under (it changes when a command is
+    held back), so an audit can tell which constraint produced each reply."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the run record."""

@@ -10,6 +10,7 @@ convert, and servers may ignore `response_format` altogether).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -55,6 +56,11 @@ def reply_schema(tools: ToolRegistry) -> dict[str, Any]:
         "required": ["thoughts", "command"],
         "additionalProperties": False,
     }
+
+
+def schema_digest(schema: dict[str, Any]) -> str:
+    """sha256 of a schema in its canonical JSON form."""
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def format_text() -> str:

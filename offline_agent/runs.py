@@ -92,8 +92,10 @@ class RunRecord:
         return self.folder.name
 
     def write_step(self, step: Step) -> None:
-        """Append one step."""
-        self._append({"type": "step", "step": step.to_dict()})
+        """Append one step, with the digest of what its command returned."""
+        output = step.result.output if step.result else ""
+        digest = hashlib.sha256(output.encode("utf-8", errors="surrogatepass")).hexdigest()
+        self._append({"type": "step", "step": step.to_dict(), "result_sha256": digest})
 
     def write_command(self, step: Step) -> None:
         """Append the command a step is about to run, with the reply that chose it."""

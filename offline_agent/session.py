@@ -14,8 +14,9 @@ from typing import Any
 
 from offline_agent.agent import Agent, AgentConfig, Approval, Events
 from offline_agent.errors import ConfigError, StorageError
-from offline_agent.llm import HttpOptions, LlamaOptions, ScriptedModel, open_model
+from offline_agent.llm import SCRIPTED_PREFIX, HttpOptions, LlamaOptions, ScriptedModel, open_model
 from offline_agent.memory import open_memory
+from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import Profile
 from offline_agent.records import CommandCall, Message, Reply, Step, Thoughts, ToolResult
 from offline_agent.replay import run_meta
@@ -128,10 +129,25 @@ def build_agent(
     )
 
 
+def model_digest(settings: RunSettings) -> str | None:
+    """sha256 of the model file the run uses (None for a server's model)."""
+    if settings.http is not None:
+        return None
+    model = settings.model or load_registry(user_registry_path(settings.models_dir)).default
+    if model.startswith(SCRIPTED_PREFIX):
+        return sha256_file(Path(model.removeprefix(SCRIPTED_PREFIX)))
+    registry = load_registry(user_registry_path(settings.models_dir))
+    resolved = resolve(model, registry, settings.models_dir)
+    # A registry file was checked against this digest when fetched (and its size each load).
+    return resolved.spec.sha256 if resolved.spec else sha256_file(resolved.path)
+
+
 def start(settings: RunSettings, meta: dict[str, Any]) -> RunRecord:
-    """A new run record holding `settings` (and `meta`) in its run.json."""
+    """A new run record holding `settings`, the model's digest (and `meta`) in its run.json."""
     return RunRecord.create(
-        settings.runs_dir, settings.profile.name, {**meta, "settings": settings.to_json()}
+        settings.runs_dir,
+        settings.profile.name,
+        {**meta, "model_sha256": model_digest(settings), "settings": settings.to_json()},
     )
 
 

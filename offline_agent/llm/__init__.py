@@ -51,4 +51,12 @@ def open_model(
     )
 
 
-__all__ = ["ChatModel", "HttpModel", "HttpOptions", "LlamaOptions", "ScriptedModel", "open_model"]
+__all__ = [
+    "SCRIPTED_PREFIX",
+    "ChatModel",
+    "HttpModel",
+    "HttpOptions",
+    "LlamaOptions",
+    "ScriptedModel",
+    "open_model",
+]
