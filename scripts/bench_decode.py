@@ -246,6 +246,9 @@ class StepLog:
     def __init__(self) -> None:
         self.steps: list[Step] = []
 
+    def write_command(self, step: Step) -> None:
+        pass
+
     def write_step(self, step: Step) -> None:
         self.steps.append(step)
 
@@ -297,8 +300,8 @@ def render(decodes: list[DecodeResult], steps: list[StepResult], args: argparse.
             "KV cache at the start): seconds per step and prompt tokens served from the cache.",
             "",
             "| model | engine | s/step (median) | s/step (each) | prompt tokens | cached | "
-            "cached share (steps 2+) | outcome |",
-            "|---|---|---|---|---|---|---|---|",
+            "cached share (steps 2+) | valid replies | outcome |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in steps:
             later_p, later_c = sum(s.prompt_tokens[1:]), sum(s.cached_tokens[1:])
@@ -307,7 +310,9 @@ def render(decodes: list[DecodeResult], steps: list[StepResult], args: argparse.
                 f"| {s.model} | {s.engine} | {med(s.seconds):.2f} "
                 f"| {' '.join(f'{x:.1f}' for x in s.seconds)} "
                 f"| {' '.join(map(str, s.prompt_tokens))} "
-                f"| {' '.join(map(str, s.cached_tokens))} | {share} | {s.outcome} |"
+                f"| {' '.join(map(str, s.cached_tokens))} | {share} "
+                f"| {sum(x in ('ok', 'finished') for x in s.statuses)}/{len(s.statuses)} "
+                f"| {s.outcome} |"
             )
     return "\n".join(lines)
 

@@ -162,7 +162,8 @@ def machine() -> str:
 def render(layouts: list[Layout], startup: list[str], args: argparse.Namespace) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `scripts/bench_steps.py --model "
-        f"{args.model} --steps {args.steps} --reply-tokens {args.reply_tokens}` on {machine()}.",
+        f"{args.model} --steps {args.steps} --reply-tokens {args.reply_tokens} "
+        f"--n-ctx {args.n_ctx}` on {machine()}.",
         "",
         f"{args.steps} steps of scripted history, context {args.n_ctx}, each step's prompt "
         f"evaluated and {args.reply_tokens} reply tokens decoded (unconstrained).",
@@ -200,7 +201,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--reply-tokens", type=int, default=16)
-    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--layouts", default="after,before")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
