@@ -142,6 +142,7 @@ class Agent:
         self._last_call: tuple[str, int] = ("", 0)  # (command as JSON, times in a row)
         self._held_back = ""  # a command left out of the next step's grammar
         self._notes: list[str] = []  # said once, in the next prompt's last message
+        self._agents_version = ctx.agents.version if ctx.agents is not None else 0
 
     def run(self) -> RunResult:
         """Step until the model finishes or a limit, the user or an error ends the run."""
@@ -165,6 +166,9 @@ class Agent:
             raise
         finally:
             step.history = self.history[seen:]
+            agents = self.ctx.agents
+            if agents is not None and agents.version != self._agents_version:
+                step.subagents, self._agents_version = agents.snapshot(), agents.version
             step.seconds = time.perf_counter() - start
             self.steps_taken += 1
             if self.record is not None:
@@ -179,6 +183,8 @@ class Agent:
         """Continue a recorded run: its history and step count (for resume)."""
         self.history = list(history)
         self.steps_taken = steps_taken
+        if self.ctx.agents is not None:  # sub-agents reloaded by the caller are not news
+            self._agents_version = self.ctx.agents.version
 
     def _step(self, step: Step) -> None:
         notes, self._notes = self._notes, []

@@ -93,6 +93,8 @@ class Step:
     """The messages this step added to the agent's history (what `resume` rebuilds from)."""
     status: StepStatus = "ok"
     seconds: float = 0.0
+    subagents: dict[str, Any] | None = None
+    """The sub-agents after this step, when this step changed them (what resume reloads)."""
     grammar_sha256: str = ""
     """Digest of the reply schema the step was decoded under (it changes when a command is
     held back), so an audit can tell which constraint produced each reply."""

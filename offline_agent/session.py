@@ -199,6 +199,9 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         steps.append(step.to_dict())
         history += step.history
         used_replies += 1
+    snapshots = [step["subagents"] for step in steps if step.get("subagents")]
+    if snapshots and agent.ctx.agents is not None:
+        agent.ctx.agents.load(snapshots[-1])
     agent.restore(history, len(steps))
     if isinstance(agent.model, ScriptedModel):
         # A scripted model replays a fixed transcript: skip the replies already used.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from offline_agent.errors import ToolError
 from offline_agent.llm.base import ChatModel
@@ -27,6 +28,19 @@ class SubAgents:
         self.max_agents = max_agents
         self._agents: dict[int, SubAgent] = {}
         self._next_key = 1
+        self.version = 0
+        """Bumped on every change, so the run record stores a snapshot only when needed."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON of every sub-agent and its conversation (for the run record)."""
+        agents = {str(key): asdict(agent) for key, agent in self._agents.items()}
+        return {"next_key": self._next_key, "agents": agents}
+
+    def load(self, snapshot: dict[str, Any]) -> None:
+        """Bring back the sub-agents of a `snapshot` (when a run is resumed)."""
+        self._next_key = int(snapshot["next_key"])
+        self._agents = {int(k): SubAgent(**v) for k, v in snapshot["agents"].items()}
+        self.version += 1
 
     def start(self, name: str, task: str, prompt: str) -> tuple[int, str]:
         """Create a sub-agent and send it its first message."""
@@ -35,6 +49,7 @@ class SubAgents:
         system = f"You are {name}. Your task: {task}. Answer briefly and precisely."
         key, self._next_key = self._next_key, self._next_key + 1
         self._agents[key] = SubAgent(name, task, [Message(role="system", content=system)])
+        self.version += 1
         return key, self.message(key, prompt)
 
     def message(self, key: int, message: str) -> str:
@@ -47,6 +62,7 @@ class SubAgents:
         answer = self.model.complete(agent.messages, schema=None, max_tokens=self.answer_tokens)
         text = answer.text.strip()
         agent.messages.append(Message(role="assistant", content=text))
+        self.version += 1
         return text
 
     def list(self) -> list[tuple[int, str, str]]:
@@ -57,6 +73,7 @@ class SubAgents:
         """Forget sub-agent `key`."""
         self._get(key)
         del self._agents[key]
+        self.version += 1
 
     def _get(self, key: int) -> SubAgent:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from offline_agent.errors import StorageError
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.replay import recorded_steps, replay
 from offline_agent.runs import STEPS_FILE, RunRecord, read_entries, verify
+from offline_agent.session import RunSettings, restore, start
+from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 from tests.test_agent import FINISH, PROFILE, reply
@@ -142,3 +146,50 @@ def test_restoring_from_the_record_continues_with_the_same_prompt(tmp_path: Path
         for a, b in zip(got, expected, strict=True):
             assert a == b
     assert (cut_ws.root / "a.txt").read_text() == (ws.root / "a.txt").read_text()
+
+
+def test_sub_agents_come_back_on_resume(tmp_path: Path) -> None:
+    replies: list[object] = [
+        {
+            **reply("finish"),
+            "command": {
+                "name": "start_agent",
+                "args": {"name": "helper", "task": "count", "prompt": "Count to two."},
+            },
+        },
+        "one, two",  # the sub-agent's answer comes from the same model
+        reply("message_agent", key=1, message="And to three?"),
+        "one, two, three",
+        FINISH,
+    ]
+    ws = Workspace.create(tmp_path / "ws")
+    record = RunRecord.create(tmp_path / "runs", "t", {})
+    model = ScriptedModel(replies)
+    first = Agent(PROFILE, model, builtin_tools(memory=False),
+                  ToolContext(workspace=ws, agents=SubAgents(model)), AgentConfig(max_steps=1),
+                  record=record)  # fmt: skip
+    first.run()
+    assert recorded_steps(record.folder)[0]["subagents"]["agents"]["1"]["name"] == "helper"
+
+    again = ScriptedModel(replies)
+    agents = SubAgents(again)
+    ctx = ToolContext(workspace=ws, agents=agents)
+    second = Agent(PROFILE, again, builtin_tools(memory=False), ctx, AgentConfig(), record=record)
+    restore(second, record.folder, record)
+    assert agents.list() == [(1, "helper", "count")]
+    assert second.run().status == "finished"
+    conversation = [m["content"] for m in agents.snapshot()["agents"]["1"]["messages"]]
+    assert conversation[1:] == ["Count to two.", "one, two", "And to three?", "one, two, three"]
+
+
+def test_records_carry_the_digests_of_model_grammar_and_results(tmp_path: Path) -> None:
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps([FINISH]))
+    settings = RunSettings(PROFILE, f"scripted:{script}", tmp_path, tmp_path / "ws", tmp_path / "r")
+    record = start(settings, {})
+    meta = json.loads((record.folder / "run.json").read_text())
+    assert meta["model_sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
+    folder = recorded_run(tmp_path).folder
+    first = next(e for e in read_entries(folder) if e["type"] == "step")
+    assert first["result_sha256"] == hashlib.sha256(b"Wrote 5 characters to a.txt.").hexdigest()
+    assert len(first["step"]["grammar_sha256"]) == 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -125,6 +126,13 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
 @click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to GPU.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
+@click.option(
+    "--grammar-engine",
+    type=click.Choice(["llguidance", "llama"]),
+    default="llguidance",
+    show_default=True,
+    help="Who constrains in-process replies: llguidance (fast) or llama.cpp's GBNF sampler.",
+)
 @click.option("--workspace", type=click.Path(path_type=Path), default=None)
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--memory-dir", type=click.Path(path_type=Path), default=None)
@@ -154,6 +162,7 @@ def run(
     n_gpu_layers: int,
     seed: int,
     temperature: float,
+    grammar_engine: Literal["llguidance", "llama"],
     workspace: Path | None,
     runs_dir: Path | None,
     memory_dir: Path | None,
@@ -183,7 +192,7 @@ def run(
         models_dir=models_dir or default_models_dir(),
         workspace=workspace or home / "workspaces" / profile.name,
         runs_dir=runs_dir or home / "runs",
-        llama=LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature),
+        llama=LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature, grammar_engine),
         agent=AgentConfig(
             max_steps=min(max_steps, limit) if continuous and limit else max_steps,
             max_format_errors=max_format_errors,

@@ -78,6 +78,19 @@ class SubAgentsLike(Protocol):
         """Forget sub-agent `key`; raises ToolError when there is none."""
         ...
 
+    @property
+    def version(self) -> int:
+        """A number that changes whenever any sub-agent changes."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON of all sub-agents, for the run record."""
+        ...
+
+    def load(self, snapshot: dict[str, Any]) -> None:
+        """Bring back the sub-agents of a snapshot."""
+        ...
+
 
 @dataclass(frozen=True)
 class ShellPolicy:
