@@ -350,6 +350,32 @@ def verify(spec: ModelSpec, models_dir: Path) -> Path:
     return path
 
 
+def verify_once(spec: ModelSpec, models_dir: Path) -> Path:
+    """`verify`, but only when the file changed since it last passed (a stamp beside it).
+
+    A run checks the full sha256 the first time it meets a file and after any change to
+    its size or modification time, so a corrupted model is caught without hashing
+    hundreds of megabytes on every start.
+    """
+    path = spec.location(models_dir)
+    stamp = path.with_name(f".{path.name}.verified")
+    if path.is_file():
+        state = {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+                 "sha256": spec.sha256}  # fmt: skip
+        try:
+            if json.loads(stamp.read_text(encoding="utf-8")) == state:
+                return path
+        except (OSError, ValueError):
+            pass
+    try:
+        verify(spec, models_dir)
+    except ChecksumError as err:
+        raise ChecksumError(f"{err}; run: offline-agent models fetch --force {spec.name}") from None
+    with contextlib.suppress(OSError):  # a read-only models folder just re-checks next time
+        stamp.write_text(json.dumps(state), encoding="utf-8")
+    return path
+
+
 # --- Resolve, add, list ---------------------------------------------------------------
 
 
@@ -357,15 +383,7 @@ def resolve(name_or_path: str, registry: Registry, models_dir: Path) -> Resolved
     """Turn a registry name or a path to a .gguf file into a file ready to load."""
     if name_or_path in registry:
         spec = registry.get(name_or_path)
-        path = spec.location(models_dir)
-        if not path.is_file():
-            raise _not_fetched(spec, path)
-        if not _has_right_size(spec, path):
-            raise ChecksumError(
-                f"model {spec.name}: {path} has size {path.stat().st_size}, expected "
-                f"{spec.size}; run: offline-agent models fetch {spec.name}"
-            )
-        return ResolvedModel(path, spec, spec.chat_format)
+        return ResolvedModel(verify_once(spec, models_dir), spec, spec.chat_format)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         if path.suffix != ".gguf" and len(path.parts) == 1:

@@ -447,3 +447,17 @@ def test_real_info_cli(real_models: dict[str, Path], name: str, template: str) -
     assert result.exit_code == 0, result.output
     assert f"chat template: {template}" in result.output
     assert modelstore.load_registry(None).get(name).sha256 in result.output
+
+
+def test_a_run_checks_the_sha256_once_per_file_state(tmp_path: Path) -> None:
+    data = b"GGUF" + b"\0" * 60
+    spec = ModelSpec("tiny", "tiny.gguf", hashlib.sha256(data).hexdigest(), len(data), 512,
+                     "chatml")  # fmt: skip
+    registry = modelstore.Registry("tiny", {"tiny": spec})
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(data)
+    assert modelstore.resolve("tiny", registry, tmp_path).path == path
+    assert (tmp_path / ".tiny.gguf.verified").exists()
+    path.write_bytes(b"GGUF" + b"\1" * 60)  # same size, other bytes, new mtime
+    with pytest.raises(ChecksumError, match=r"has sha256 .* run: offline-agent models fetch"):
+        modelstore.resolve("tiny", registry, tmp_path)
