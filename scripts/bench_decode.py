@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -36,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import llama_cpp
+from benchlib import machine, write_doc_block
 
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.errors import FormatError
@@ -51,7 +49,6 @@ from offline_agent.workspace import Workspace
 GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-START, END = "<!-- bench_decode:start -->", "<!-- bench_decode:end -->"
 Engine = Literal["llguidance", "llama"]
 
 
@@ -253,21 +250,6 @@ class StepLog:
         self.steps.append(step)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores (load average {load} at the end of the run), "
-        f"llama-cpp-python {llama_cpp.__version__}, Python {platform.python_version()}"
-    )
-
-
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -276,7 +258,7 @@ def render(decodes: list[DecodeResult], steps: list[StepResult], args: argparse.
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `scripts/bench_decode.py "
         f"--repeats {args.repeats} --max-tokens {args.max_tokens} --steps {args.steps}` "
-        f"on {machine()}.",
+        f"on {machine(f'llama-cpp-python {llama_cpp.__version__}')}.",
         "",
         "Decoding one reply to the first Washington prompt at temperature 0; medians over "
         "repeats. *free* is the same prompt decoded without a grammar for the same number of "
@@ -317,17 +299,6 @@ def render(decodes: list[DecodeResult], steps: list[StepResult], args: argparse.
     return "\n".join(lines)
 
 
-def write_doc(block: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Performance\n"
-    section = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Decoding speed and agent steps\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2-135m,gemma3-270m")
@@ -355,7 +326,7 @@ def main() -> None:
     block = render(decodes, steps, args)
     print(block)
     if not args.no_write:
-        write_doc(block)
+        write_doc_block(DOC, "bench_decode", block, "Performance", "Decoding speed and agent steps")
         log(f"written to {DOC}")
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from benchlib import machine, write_doc_block
 
 from offline_agent.memory import Entry, Hit, HNSWParams, MemoryStore, SentenceTransformerEmbedder
 from offline_agent.memory.embedder import Vectors, normalise
@@ -38,7 +37,6 @@ HNSW = HNSWParams(m=32, ef_construction=40, ef_search=128)
 EF_SWEEP = (32, 64, 128, 256, 512)
 REPEATS = 3  # throughput is the best of REPEATS runs: other work shares these cores
 DOC = Path(__file__).resolve().parent.parent / "docs" / "memory.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 WORDS = [
     "agent",
     "file",
@@ -343,33 +341,6 @@ def scale_rows(results: list[Scale]) -> list[str]:
 # --- report ---------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at start; "
-        f"faiss {faiss.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
-    )
-
-
-def write_doc(block: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Long-term memory\n"
-    section = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Benchmark\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000,1000000")
@@ -385,7 +356,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    header = f"Measured {time.strftime('%Y-%m-%d')} on {machine()}."
+    versions = machine(f"faiss {faiss.__version__}", f"numpy {np.__version__}")
+    header = f"Measured {time.strftime('%Y-%m-%d')} on {versions}."
     sections = [header]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -420,7 +392,7 @@ def main() -> None:
     block = "\n\n".join(sections)
     print(block)
     if not args.no_write:
-        write_doc(block)
+        write_doc_block(DOC, "bench", block, "Long-term memory", "Benchmark")
         log(f"wrote {DOC}")
 
 

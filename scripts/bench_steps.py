@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+from benchlib import machine, write_doc_block
 
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
@@ -40,7 +38,6 @@ from offline_agent.tools import builtin_tools
 GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-START, END = "<!-- bench_steps:start -->", "<!-- bench_steps:end -->"
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_TOKEN = """
 import time
@@ -144,26 +141,11 @@ def first_token_time() -> tuple[float, float, float]:
     return loaded, first, wall
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores (load average {load} at the end of the run), "
-        f"llama-cpp-python {llama_cpp.__version__}, Python {platform.python_version()}"
-    )
-
-
 def render(layouts: list[Layout], startup: list[str], args: argparse.Namespace) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `scripts/bench_steps.py --model "
         f"{args.model} --steps {args.steps} --reply-tokens {args.reply_tokens} "
-        f"--n-ctx {args.n_ctx}` on {machine()}.",
+        f"--n-ctx {args.n_ctx}` on {machine(f'llama-cpp-python {llama_cpp.__version__}')}.",
         "",
         f"{args.steps} steps of scripted history, context {args.n_ctx}, each step's prompt "
         f"evaluated and {args.reply_tokens} reply tokens decoded (unconstrained).",
@@ -182,18 +164,6 @@ def render(layouts: list[Layout], startup: list[str], args: argparse.Namespace) 
             f"| {cached:.0%} (steps 2+) |"
         )
     return "\n".join([*lines, "", *startup])
-
-
-def write_doc(block: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Performance\n"
-    section = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Prompt layout and the KV cache; start-up\n\n"
-        text += section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -227,7 +197,9 @@ def main() -> None:
     block = render(layouts, startup, args)
     print(block)
     if not args.no_write:
-        write_doc(block)
+        write_doc_block(
+            DOC, "bench_steps", block, "Performance", "Prompt layout and the KV cache; start-up"
+        )
         log(f"written to {DOC}")
 
 

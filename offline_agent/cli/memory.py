@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from offline_agent.errors import AgentError
+from offline_agent.cli.common import library_errors
 from offline_agent.memory import (
     Hit,
     clear_store,
@@ -21,16 +21,6 @@ from offline_agent.memory import (
 from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@contextlib.contextmanager
-def library_errors() -> Iterator[None]:
-    """Turn an AgentError into a one-line `Error: ...` with the error's exit code."""
-    try:
-        yield
-    except AgentError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise click.exceptions.Exit(exc.exit_code) from exc
 
 
 def _memory_dir_option(func: F) -> F:

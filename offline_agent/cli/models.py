@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from offline_agent import gguf, modelstore
-from offline_agent.errors import AgentError
+from offline_agent.cli.common import library_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@contextlib.contextmanager
-def library_errors() -> Iterator[None]:
-    """Report an AgentError as one `Error: ...` line on stderr and exit with its exit code."""
-    try:
-        yield
-    except AgentError as exc:
-        click.secho(f"Error: {exc}", fg="red", err=True)
-        raise click.exceptions.Exit(exc.exit_code) from exc
 
 
 def _models_dir_option(func: F) -> F:

@@ -1,0 +1,40 @@
+"""What the benchmark scripts share: describing the machine, writing results into docs/."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def machine(*versions: str) -> str:
+    """CPU model, cores, load average now, and the given library versions."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return ", ".join(
+        [f"{cpu}, {os.cpu_count()} cores (load average {load} at the end of the run)",
+         *versions, f"Python {platform.python_version()}"]
+    )  # fmt: skip
+
+
+def write_doc_block(doc: Path, marker: str, block: str, title: str, heading: str) -> None:
+    """Put `block` between `<!-- marker:start -->` and `<!-- marker:end -->` in `doc`.
+
+    The rest of the document is kept; without the markers, a section `heading` is added.
+    """
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else f"# {title}\n"
+    section = f"{start}\n{block}\n{end}"
+    if start in text and end in text:
+        text = re.sub(f"{re.escape(start)}.*?{re.escape(end)}", lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text, encoding="utf-8")
