@@ -175,5 +175,9 @@ def run_process(
         raise ToolError(f"cannot start {Path(argv[0]).name}: {exc}") from None
     output = _Output(output_limit)
     with proc:
-        timed_out = _supervise(proc, timeout, output)
+        try:
+            timed_out = _supervise(proc, timeout, output)
+        except BaseException:  # Ctrl-C or an error while waiting: nothing started lives on
+            _kill_group(proc.pid)
+            raise
     return ProcessResult(proc.returncode, output.text(), timed_out)

@@ -356,9 +356,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    versions = machine(f"faiss {faiss.__version__}", f"numpy {np.__version__}")
-    header = f"Measured {time.strftime('%Y-%m-%d')} on {versions}."
-    sections = [header]
+    sections: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if not args.no_embedder:
@@ -387,8 +385,10 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     sections.append(
         f"Benchmark run time: {(time.perf_counter() - started) / 60:.1f} min; load average "
-        f"{load:.1f} at the end (other work shared the cores, so single runs vary)."
+        f"{load:.1f} at the end."
     )
+    versions = machine(f"faiss {faiss.__version__}", f"numpy {np.__version__}")
+    sections.insert(0, f"Measured {time.strftime('%Y-%m-%d')} on {versions}.")
     block = "\n\n".join(sections)
     print(block)
     if not args.no_write:

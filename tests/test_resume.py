@@ -94,3 +94,17 @@ def test_a_finished_run_is_not_resumed(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == f"Error: run {run.name} already finished; nothing to resume"
+
+
+def test_ctrl_c_in_continuous_mode_stops_cleanly(tmp_path: Path) -> None:
+    proc = start_run(tmp_path)
+    wait_for(lambda: step_lines(tmp_path) >= 3)  # step 1 done, step 2's command running
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 13  # stopped by the user
+    (run,) = (tmp_path / "runs").iterdir()
+    assert verify(run) == len(read_entries(run))
+    entries = read_entries(run)
+    assert entries[-1]["result"]["status"] == "stopped_by_user"
+    assert recorded_steps(run)[-1]["status"] == "interrupted"
+    time.sleep(1.5)  # the interrupted command's process group was killed, not left running
+    assert not (tmp_path / "ws" / "b.txt").exists()
