@@ -133,12 +133,13 @@ def model_digest(settings: RunSettings) -> str | None:
     """sha256 of the model file the run uses (None for a server's model)."""
     if settings.http is not None:
         return None
-    model = settings.model or load_registry(user_registry_path(settings.models_dir)).default
+    registry = load_registry(user_registry_path(settings.models_dir))
+    model = settings.model or registry.default
     if model.startswith(SCRIPTED_PREFIX):
         return sha256_file(Path(model.removeprefix(SCRIPTED_PREFIX)))
-    registry = load_registry(user_registry_path(settings.models_dir))
     resolved = resolve(model, registry, settings.models_dir)
-    # A registry file was checked against this digest when fetched (and its size each load).
+    # resolve() has checked a registered file against its recorded sha256 (once per file
+    # state); an unregistered file is hashed here.
     return resolved.spec.sha256 if resolved.spec else sha256_file(resolved.path)
 
 
