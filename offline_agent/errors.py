@@ -19,6 +19,10 @@ class ConfigError(AgentError):
     exit_code = 2
 
 
+class ChallengeError(ConfigError):
+    """A benchmark challenge folder or its data.json is missing or malformed."""
+
+
 class ModelError(AgentError):
     """A model file is missing, unknown, corrupt or does not match its checksum."""
 

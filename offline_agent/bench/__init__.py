@@ -1,0 +1,1 @@
+"""The benchmark: agbenchmark-style challenges, their judge, runs over models, reports."""
