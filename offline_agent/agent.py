@@ -40,6 +40,8 @@ class AgentConfig:
     result_tokens: int = 1000
     memory_k: int = 10
     max_repeats: int = 3
+    time_limit: float | None = None
+    """Seconds of wall time; checked before each step, so a step under way is finished."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,11 @@ class Agent:
 
     def run(self) -> RunResult:
         """Step until the model finishes or a limit, the user or an error ends the run."""
+        limit = self.config.time_limit
+        deadline = None if limit is None else time.monotonic() + limit
         while self.steps_taken < self.config.max_steps:
+            if deadline is not None and time.monotonic() >= deadline:
+                return RunResult("time_limit", self.steps_taken, f"{limit:g} s time limit reached")
             try:
                 self.step()
             except Finished as done:

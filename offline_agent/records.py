@@ -104,7 +104,9 @@ class Step:
         return asdict(self)
 
 
-RunStatus = Literal["finished", "step_limit", "format_errors", "stopped_by_user", "loop", "error"]
+RunStatus = Literal[
+    "finished", "step_limit", "time_limit", "format_errors", "stopped_by_user", "loop", "error"
+]
 
 
 @dataclass

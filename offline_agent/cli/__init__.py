@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from offline_agent import __version__
+from offline_agent.cli.bench import bench
 from offline_agent.cli.doctor import doctor
 from offline_agent.cli.memory import memory
 from offline_agent.cli.models import models
@@ -40,6 +41,7 @@ cli.add_command(memory)
 cli.add_command(serve)
 cli.add_command(doctor)
 cli.add_command(runs)
+cli.add_command(bench)
 
 
 def main() -> None:

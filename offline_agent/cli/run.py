@@ -25,6 +25,7 @@ from offline_agent.tools.shell import DEFAULT_DENY
 EXIT_CODES: dict[RunStatus, int] = {
     "finished": 0,
     "step_limit": 10,
+    "time_limit": 14,
     "format_errors": 11,
     "loop": 12,
     "stopped_by_user": 13,
@@ -140,6 +141,9 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
 @click.option("--continuous", is_flag=True, help="Run every command without asking.")
 @click.option("--limit", type=int, default=None, help="Steps allowed in continuous mode.")
 @click.option("--max-steps", default=50, show_default=True)
+@click.option(
+    "--time-limit", type=float, default=None, help="Seconds; no new step starts after it."
+)
 @click.option("--max-format-errors", default=3, show_default=True)
 @click.option("--reply-tokens", default=512, show_default=True, help="Token limit per reply.")
 @click.option("--python-timeout", default=30.0, show_default=True, help="Seconds per program.")
@@ -170,6 +174,7 @@ def run(
     continuous: bool,
     limit: int | None,
     max_steps: int,
+    time_limit: float | None,
     max_format_errors: int,
     reply_tokens: int,
     python_timeout: float,
@@ -181,6 +186,8 @@ def run(
     profile = load_ai_settings(ai_settings) if ai_settings else make_profile(name, role, goals)
     if (limit is not None and limit < 1) or max_steps < 1:
         raise ConfigError("--limit and --max-steps must be at least 1")
+    if time_limit is not None and time_limit <= 0:
+        raise ConfigError("--time-limit must be a positive number of seconds")
     if base_url and chat_format:
         raise ConfigError("--chat-format applies to in-process models; the server picks its own")
     if (shell_allow or shell_deny) and not allow_shell:
@@ -197,6 +204,7 @@ def run(
             max_steps=min(max_steps, limit) if continuous and limit else max_steps,
             max_format_errors=max_format_errors,
             reply_tokens=reply_tokens,
+            time_limit=time_limit,
         ),
         chat_format=chat_format,
         http=HttpOptions(base_url, api_key, constraint) if base_url else None,

@@ -1,0 +1,471 @@
+"""Running a benchmark: models by challenges by repeats, each attempt in a fresh workspace.
+
+Every finished attempt is one line of `results.jsonl`, flushed and fsynced before the next
+attempt starts, so a benchmark that is interrupted (Ctrl-C, a crash, a reboot) continues
+where it stopped: attempts already in the file are skipped, and an attempt that was cut
+short is run again from a fresh workspace. `bench.json` holds the settings the results were
+made with; continuing with other settings is refused, since the numbers would not compare.
+
+Each model is loaded once per repeat, with that repeat's seed; at temperature 0 repeats are
+identical, which is why the benchmark samples (`temperature` 0.5 by default). Attempts of
+one repeat share the model's KV cache for their common prompt prefix, as steps of a run do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.bench.challenge import Challenge, prepare_workspace
+from offline_agent.bench.judge import judge
+from offline_agent.errors import AgentError, ConfigError, StorageError
+from offline_agent.llm import SCRIPTED_PREFIX, ChatModel, HttpOptions, LlamaOptions, open_model
+from offline_agent.llm.http import Constraint
+from offline_agent.memory import open_memory
+from offline_agent.prompt import Profile
+from offline_agent.records import RunResult, Step
+from offline_agent.runs import write_json_atomic
+from offline_agent.session import RunSettings, start
+from offline_agent.subagents import SubAgents
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.workspace import Workspace
+
+RESULTS_FILE = "results.jsonl"
+SETTINGS_FILE = "bench.json"
+ROLE = "an autonomous assistant that pursues its goals"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How every attempt of a benchmark is run; results made with other settings don't mix."""
+
+    suite: str
+    models: tuple[str, ...]
+    repeats: int = 3
+    seed: int = 0
+    """Repeat r runs with seed `seed + r`."""
+    max_steps: int = 10
+    temperature: float = 0.5
+    n_ctx: int = 4096
+    threads: int | None = None
+    n_gpu_layers: int = 0
+    grammar_engine: Literal["llguidance", "llama"] = "llguidance"
+    memory: bool = False
+    base_url: str | None = None
+    """Benchmark models served by an OpenAI-compatible server instead of in-process."""
+    constraint: Constraint = "json_object"
+    models_dir: Path = field(default=Path())
+
+    # What may differ between two invocations that write to the same results folder: the
+    # attempts they cover, and where the files live. Everything else changes the numbers.
+    EXTENSIBLE: ClassVar[tuple[str, ...]] = ("models", "repeats", "threads", "models_dir", "suite")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for bench.json."""
+        data = asdict(self)
+        data["models"] = list(self.models)
+        data["models_dir"] = str(self.models_dir)
+        return data
+
+    def conflicts(self, saved: dict[str, Any]) -> list[str]:
+        """The settings that differ from those saved in a results folder, as `name a → b`."""
+        mine = self.to_json()
+        return [
+            f"{f.name} {saved.get(f.name)!r} → {mine[f.name]!r}"
+            for f in fields(self)
+            if f.name not in self.EXTENSIBLE and saved.get(f.name) != mine[f.name]
+        ]
+
+
+@dataclass
+class Attempt:
+    """One model's attempt at one challenge: the line written to results.jsonl."""
+
+    model: str
+    challenge: str
+    repeat: int
+    seed: int
+    category: list[str]
+    difficulty: str
+    passed: bool = False
+    score: float = 0.0
+    judged: str = ""
+    """The judge's one-line reason."""
+    status: str = "error"
+    """How the run ended: finished, step_limit, time_limit, format_errors, loop or error."""
+    reason: str = ""
+    steps: int = 0
+    replies: int = 0
+    valid_replies: int = 0
+    invalid_constrained: int = 0
+    """Replies that were invalid although the backend said it constrained them."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    run_id: str = ""
+    started: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What identifies an attempt across invocations."""
+        return (self.model, self.challenge, self.repeat)
+
+    def count(self, step: Step) -> None:
+        """Add one model reply's validity and token usage."""
+        completion = step.completion
+        if completion is None:
+            return
+        self.replies += 1
+        valid = step.reply is not None
+        self.valid_replies += valid
+        self.invalid_constrained += completion.constrained and not valid
+        self.prompt_tokens += completion.usage.prompt_tokens
+        self.cached_tokens += completion.usage.cached_tokens
+        self.completion_tokens += completion.usage.completion_tokens
+        self.prompt_seconds += completion.prompt_seconds
+        self.decode_seconds += completion.total_seconds - completion.prompt_seconds
+
+
+class _Tally:
+    """Events that count each reply into the attempt."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+
+    def thinking(self, index: int) -> None:
+        """Nothing to count yet."""
+
+    def replied(self, step: Step) -> None:
+        """Count the reply."""
+        self.attempt.count(step)
+
+    def executed(self, step: Step) -> None:
+        """Nothing to count."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """An attempt still to run."""
+
+    model: str
+    challenge: Challenge
+    repeat: int
+
+
+class Progress:
+    """What the runner reports as it goes; the CLI prints, tests collect."""
+
+    def started(self, done: int, total: int, planned: Planned) -> None:
+        """An attempt begins; `done` of `total` attempts are finished."""
+
+    def finished(self, done: int, total: int, attempt: Attempt) -> None:
+        """An attempt ended and was saved."""
+
+
+def read_results(out: Path) -> list[Attempt]:
+    """The attempts saved in `out`; a line cut short by a crash is ignored."""
+    path = out / RESULTS_FILE
+    if not path.exists():
+        return []
+    known = {f.name for f in fields(Attempt)}
+    attempts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and {"model", "challenge", "repeat"} <= data.keys():
+            attempts.append(Attempt(**{k: v for k, v in data.items() if k in known}))
+    return attempts
+
+
+def read_settings(out: Path) -> dict[str, Any]:
+    """The bench.json of a results folder (its settings and the machine it ran on)."""
+    try:
+        data = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{out} holds no benchmark ({SETTINGS_FILE} is missing)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise StorageError(f"cannot read {out / SETTINGS_FILE}: {err}") from None
+    if not isinstance(data, dict) or "settings" not in data:
+        raise StorageError(f"{out / SETTINGS_FILE} is not a benchmark's settings file")
+    return data
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU, cores, memory and library versions: where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for package in ("offline-agent", "llama-cpp-python", "llguidance"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if "/" in text else text)
+
+
+class PeakMemory:
+    """Peak resident memory of this process during an attempt (model and agent together).
+
+    Linux lets a process reset its high-water mark (`/proc/self/clear_refs`, value 5), so the
+    peak is per attempt; elsewhere it is the peak since the process started.
+    """
+
+    def reset(self) -> None:
+        """Start a new measurement."""
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        """The peak since the last reset, in MiB."""
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Runner:
+    """Runs the planned attempts of a benchmark into a results folder."""
+
+    def __init__(
+        self,
+        settings: BenchSettings,
+        challenges: list[Challenge],
+        out: Path,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.challenges = challenges
+        self.out = out
+        self.progress = progress or Progress()
+        self._memory = PeakMemory()
+
+    def plan(self) -> tuple[list[Planned], int]:
+        """The attempts still to run, model by model and repeat by repeat; and the total."""
+        done = {attempt.key for attempt in read_results(self.out)}
+        every = [
+            Planned(model, challenge, repeat)
+            for model in self.settings.models
+            for repeat in range(self.settings.repeats)
+            for challenge in self.challenges
+        ]
+        todo = [p for p in every if (p.model, p.challenge.name, p.repeat) not in done]
+        return todo, len(every)
+
+    def run(self) -> list[Attempt]:
+        """Run every attempt not yet in the results; return the ones run now."""
+        self.prepare()
+        todo, total = self.plan()
+        done = total - len(todo)
+        ran: list[Attempt] = []
+        with (self.out / RESULTS_FILE).open("a", encoding="utf-8") as results:
+            for name, repeat, model in self._models(todo):
+                for planned in (p for p in todo if (p.model, p.repeat) == (name, repeat)):
+                    self.progress.started(done, total, planned)
+                    attempt = self.attempt(planned, model())
+                    results.write(json.dumps(asdict(attempt)) + "\n")
+                    results.flush()
+                    os.fsync(results.fileno())
+                    done += 1
+                    ran.append(attempt)
+                    self.progress.finished(done, total, attempt)
+        return ran
+
+    def prepare(self) -> None:
+        """Create the results folder, or check that it holds results of the same settings.
+
+        `run` does this first; call it earlier to fail before anything is printed.
+        """
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            path = self.out / SETTINGS_FILE
+            if path.exists():
+                conflicts = self.settings.conflicts(read_settings(self.out)["settings"])
+                if conflicts:
+                    raise ConfigError(
+                        f"{self.out} holds results made with other settings "
+                        f"({'; '.join(conflicts)}); use another --out"
+                    )
+            write_json_atomic(
+                path,
+                {
+                    "settings": self.settings.to_json(),
+                    "machine": describe_machine(),
+                    "challenges": [c.name for c in self.challenges],
+                    "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+            )
+            _drop_partial_line(self.out / RESULTS_FILE)
+        except OSError as err:
+            raise StorageError(f"cannot write to {self.out}: {err.strerror or err}") from None
+
+    def _options(self, seed: int) -> LlamaOptions:
+        s = self.settings
+        return LlamaOptions(
+            s.n_ctx, s.threads, s.n_gpu_layers, seed, s.temperature, s.grammar_engine
+        )
+
+    def _http(self) -> HttpOptions | None:
+        s = self.settings
+        return HttpOptions(s.base_url, None, s.constraint) if s.base_url else None
+
+    def _models(self, todo: list[Planned]) -> Iterator[tuple[str, int, Callable[[], ChatModel]]]:
+        """Each (model, repeat) with attempts to run, and how to get its model for an attempt.
+
+        One model is held at a time, loaded with the repeat's seed. A scripted model replays
+        its replies from the start in every attempt, so it is reopened for each.
+        """
+        for name, repeat in dict.fromkeys((p.model, p.repeat) for p in todo):
+            seed = self.settings.seed + repeat
+            if name.startswith(SCRIPTED_PREFIX):
+                yield name, repeat, functools.partial(self._open, name, seed)
+            else:
+                loaded = self._open(name, seed)
+
+                def same(loaded: ChatModel = loaded) -> ChatModel:
+                    return loaded
+
+                yield name, repeat, same
+                del loaded, same
+
+    def _open(self, name: str, seed: int) -> ChatModel:
+        return open_model(name, self._options(seed), self.settings.models_dir, http=self._http())
+
+    def _run_settings(self, planned: Planned, workspace: Path, memory: Path | None) -> RunSettings:
+        s = self.settings
+        return RunSettings(
+            profile=Profile("Agent", ROLE, (planned.challenge.task,)),
+            model=planned.model,
+            models_dir=s.models_dir,
+            workspace=workspace,
+            runs_dir=self.out / "runs",
+            llama=self._options(s.seed + planned.repeat),
+            agent=AgentConfig(max_steps=s.max_steps, time_limit=float(planned.challenge.cutoff)),
+            http=self._http(),
+            memory_dir=memory,
+            continuous=True,
+            python_timeout=min(30.0, float(planned.challenge.cutoff)),
+        )
+
+    def attempt(self, planned: Planned, model: ChatModel) -> Attempt:
+        """Run one attempt in a fresh workspace and judge it."""
+        challenge, s = planned.challenge, self.settings
+        attempt = Attempt(
+            model=planned.model,
+            challenge=challenge.name,
+            repeat=planned.repeat,
+            seed=s.seed + planned.repeat,
+            category=list(challenge.category),
+            difficulty=challenge.difficulty,
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        folder = self.out / "workspaces" / _slug(planned.model) / f"r{planned.repeat}"
+        workspace = folder / _slug(challenge.name)
+        memory_dir = folder / f"{_slug(challenge.name)}.memory" if s.memory else None
+        for stale in (workspace, memory_dir):
+            if stale is not None and stale.exists():
+                shutil.rmtree(stale)  # a previous try of this attempt was cut short
+        prepare_workspace(challenge, workspace)
+        _reseed(model, attempt.seed)
+        settings = self._run_settings(planned, workspace, memory_dir)
+        self._memory.reset()
+        begin = time.perf_counter()
+        result = self._run_agent(settings, model, attempt)
+        attempt.wall_seconds = time.perf_counter() - begin
+        attempt.peak_rss_mb = self._memory.peak_mb()
+        attempt.status, attempt.reason, attempt.steps = result.status, result.reason, result.steps
+        verdict = judge(challenge, workspace)
+        attempt.passed, attempt.score, attempt.judged = (
+            verdict.passed,
+            verdict.score,
+            verdict.reason,
+        )
+        return attempt
+
+    def _run_agent(self, settings: RunSettings, model: ChatModel, attempt: Attempt) -> RunResult:
+        """The agent's run, recorded in `runs/`; a backend failure ends it as an error."""
+        memory = open_memory(settings.memory_dir) if settings.memory_dir else None
+        if memory is not None:
+            memory.preload()
+        ctx = ToolContext(
+            workspace=Workspace.create(settings.workspace),
+            memory=memory,
+            agents=SubAgents(model),
+            python_timeout=settings.python_timeout,
+        )
+        agent = Agent(
+            settings.profile,
+            model,
+            builtin_tools(memory=memory is not None),
+            ctx,
+            settings.agent,
+            memory=memory,
+            events=_Tally(attempt),
+        )
+        record = start(settings, {"model": model.name, "bench": list(attempt.key)})
+        attempt.run_id = record.id
+        agent.record = record
+        try:
+            try:
+                result = agent.run()
+            except AgentError as err:  # e.g. a server that went away: this attempt failed
+                result = RunResult("error", agent.steps_taken, str(err))
+            record.write_end(result)
+        finally:
+            record.close()
+        return result
+
+
+def _reseed(model: ChatModel, seed: int) -> None:
+    """Restart the sampler's random numbers, so an attempt does not depend on the ones before."""
+    guided = getattr(model, "guided", None)
+    if guided is not None:
+        guided.seed(seed)
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a results file back to its last whole line (a crash can leave half of one)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)

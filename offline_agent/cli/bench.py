@@ -1,0 +1,189 @@
+"""`offline-agent bench`: run a challenge suite over models and repeats; `bench report`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import click
+
+from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.report import write_report
+from offline_agent.bench.runner import (
+    Attempt,
+    BenchSettings,
+    Planned,
+    Progress,
+    Runner,
+    read_results,
+)
+from offline_agent.bench.scoreboard import score
+from offline_agent.errors import ConfigError
+from offline_agent.llm.http import CONSTRAINTS, Constraint
+from offline_agent.modelstore import default_models_dir, load_registry, user_registry_path
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ConsoleProgress(Progress):
+    """A line per attempt with a bar and the time left, estimated from this session's pace."""
+
+    def __init__(self) -> None:
+        self._began = time.monotonic()
+        self._done_here = 0
+        self._tty = sys.stdout.isatty()
+
+    def _bar(self, done: int, total: int) -> str:
+        width = 20
+        filled = width * done // max(1, total)
+        return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+    def started(self, done: int, total: int, planned: Planned) -> None:
+        """Show what runs now (on a terminal, overwritten by its result)."""
+        if self._tty:
+            click.echo(
+                f"{self._bar(done, total)}  {planned.model} r{planned.repeat} "
+                f"{planned.challenge.name} ...",
+                nl=False,
+            )
+            click.echo("\r", nl=False)
+
+    def finished(self, done: int, total: int, attempt: Attempt) -> None:
+        """Print the attempt's outcome and the estimated time left."""
+        self._done_here += 1
+        pace = (time.monotonic() - self._began) / self._done_here
+        eta = _duration(pace * (total - done))
+        mark = click.style("pass", fg="green") if attempt.passed else click.style("fail", fg="red")
+        line = (
+            f"{self._bar(done, total)} ETA {eta}  {attempt.model} r{attempt.repeat} "
+            f"{attempt.challenge}: {mark} ({attempt.status}, {attempt.steps} steps, "
+            f"{attempt.wall_seconds:.1f} s)"
+        )
+        click.echo(line + ("\x1b[K" if self._tty else ""))  # clear the rest of a started line
+
+
+def _print_report(out: Path) -> None:
+    report = write_report(out)
+    click.echo(f"Report of {report.attempts} attempts: {report.markdown}, {report.html}")
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--suite",
+    default="builtin",
+    show_default=True,
+    help="'builtin', or a folder of agbenchmark-style challenges (data.json each).",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Registry name, GGUF path or scripted:FILE; repeat to compare (default: the default).",
+)
+@click.option("--repeats", default=3, show_default=True, help="Attempts per model and challenge.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Results folder; run the same command again to continue an interrupted benchmark.",
+)
+@click.option("--challenge", "only", multiple=True, help="Run only these challenges (by name).")
+@click.option("--seed", default=0, show_default=True, help="Repeat r uses seed SEED+r.")
+@click.option("--max-steps", default=10, show_default=True, help="Step limit per attempt.")
+@click.option("--temperature", default=0.5, show_default=True)
+@click.option("--n-ctx", default=4096, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
+@click.option("--n-gpu-layers", default=0, show_default=True)
+@click.option(
+    "--grammar-engine",
+    type=click.Choice(["llguidance", "llama"]),
+    default="llguidance",
+    show_default=True,
+)
+@click.option("--memory", is_flag=True, help="Give each attempt a fresh long-term memory.")
+@click.option("--base-url", default=None, help="Benchmark models served at this URL instead.")
+@click.option(
+    "--constraint", type=click.Choice(CONSTRAINTS), default="json_object", show_default=True
+)
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--no-report", is_flag=True, help="Do not rebuild the report at the end.")
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    suite: str,
+    models: tuple[str, ...],
+    repeats: int,
+    out: Path,
+    only: tuple[str, ...],
+    seed: int,
+    max_steps: int,
+    temperature: float,
+    n_ctx: int,
+    threads: int | None,
+    n_gpu_layers: int,
+    grammar_engine: Literal["llguidance", "llama"],
+    memory: bool,
+    base_url: str | None,
+    constraint: Constraint,
+    models_dir: Path | None,
+    no_report: bool,
+) -> None:
+    """Benchmark models on a challenge suite: each attempt in a fresh workspace, judged."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if repeats < 1 or max_steps < 1:
+        raise ConfigError("--repeats and --max-steps must be at least 1")
+    challenges = load_suite(suite)
+    if only:
+        unknown = sorted(set(only) - {c.name for c in challenges})
+        if unknown:
+            raise ConfigError(f"no challenge named {', '.join(unknown)} in suite {suite}")
+        challenges = [c for c in challenges if c.name in only]
+    models_dir = models_dir or default_models_dir()
+    if not models:
+        models = (load_registry(user_registry_path(models_dir)).default,)
+    settings = BenchSettings(
+        suite=suite if suite == "builtin" else str(Path(suite).resolve()),
+        models=models,
+        repeats=repeats,
+        seed=seed,
+        max_steps=max_steps,
+        temperature=temperature,
+        n_ctx=n_ctx,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        grammar_engine=grammar_engine,
+        memory=memory,
+        base_url=base_url,
+        constraint=constraint,
+        models_dir=models_dir,
+    )
+    runner = Runner(settings, challenges, out, ConsoleProgress())
+    runner.prepare()
+    todo, total = runner.plan()
+    click.echo(
+        f"{len(challenges)} challenges × {len(models)} models × {repeats} repeats: "
+        f"{total - len(todo)} of {total} attempts already in {out}"
+    )
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted; finished attempts are saved in {out}. Run again to continue.")
+        sys.exit(130)
+    for row in score([a for a in read_results(out) if a.model in models]):
+        click.echo(f"{row.model}: {row.passed}/{row.attempts} passed ({row.rate:.0%})")
+    if not no_report:
+        _print_report(out)
+
+
+@bench.command("report")
+@click.argument("out", type=click.Path(path_type=Path))
+def report(out: Path) -> None:
+    """Rebuild report.md, report.html and charts/ from the results saved in OUT."""
+    _print_report(out)

@@ -1,0 +1,273 @@
+"""The benchmark runner, its resume, the scoreboard and the report, with scripted models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from offline_agent.agent import AgentConfig
+from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.runner import (
+    RESULTS_FILE,
+    Attempt,
+    BenchSettings,
+    Planned,
+    Progress,
+    Runner,
+    read_results,
+)
+from offline_agent.bench.scoreboard import score, wilson
+from offline_agent.cli import cli
+from offline_agent.records import Completion, Step
+from offline_agent.runs import verify
+from tests.test_agent import FINISH, make_agent, reply
+
+
+def challenge(root: Path, name: str, word: str, filename: str, cutoff: int = 60) -> None:
+    folder = root / name.lower()
+    (folder / "artifacts_in").mkdir(parents=True)
+    (folder / "artifacts_in" / "notes.txt").write_text("keep me\n")
+    data = {
+        "name": name,
+        "task": f"Write the word {word} to a file named {filename}",
+        "category": ["general"],
+        "cutoff": cutoff,
+        "info": {"difficulty": "basic", "description": "d", "side_effects": []},
+        "ground": {
+            "answer": word,
+            "should_contain": [word],
+            "should_not_contain": [],
+            "files": [filename],
+            "eval": {"type": "file"},
+        },
+    }
+    (folder / "data.json").write_text(json.dumps(data))
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    root = tmp_path / "suite"
+    challenge(root, "WriteWashington", "Washington", "output.txt")
+    challenge(root, "WriteParis", "Paris", "city.txt")
+    return root
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> str:
+    """A scripted model that always writes Washington to output.txt, then finishes."""
+    path = tmp_path / "replies.json"
+    path.write_text(
+        json.dumps([reply("write_file", filename="output.txt", text="Washington"), FINISH])
+    )
+    return f"scripted:{path}"
+
+
+def settings(suite: Path, script: str, **overrides: Any) -> BenchSettings:
+    values: dict[str, Any] = {"suite": str(suite), "models": (script,), "repeats": 2}
+    return BenchSettings(**{**values, **overrides})
+
+
+class Recorder(Progress):
+    """Collects what ran; can stop the benchmark as Ctrl-C would, before attempt `stop_at`."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.started_names: list[tuple[str, int]] = []
+        self.stop_at = stop_at
+
+    def started(self, done: int, total: int, planned: Planned) -> None:
+        if self.stop_at is not None and len(self.started_names) == self.stop_at:
+            raise KeyboardInterrupt
+        self.started_names.append((planned.challenge.name, planned.repeat))
+
+
+def test_runs_every_attempt_in_a_fresh_workspace_and_judges_it(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    out = tmp_path / "out"
+    Runner(settings(suite, script), load_suite(suite), out).run()
+    attempts = read_results(out)
+    assert sorted((a.challenge, a.repeat, a.passed) for a in attempts) == [
+        ("WriteParis", 0, False),
+        ("WriteParis", 1, False),
+        ("WriteWashington", 0, True),
+        ("WriteWashington", 1, True),
+    ]
+    for a in attempts:
+        assert (a.status, a.steps, a.replies, a.valid_replies) == ("finished", 2, 2, 2)
+        assert a.wall_seconds > 0 and a.peak_rss_mb > 0
+        run = out / "runs" / a.run_id
+        assert verify(run) > 0  # each attempt leaves an intact run record
+        assert json.loads((run / "run.json").read_text())["bench"] == [
+            a.model,
+            a.challenge,
+            a.repeat,
+        ]
+    paris = out / "workspaces" / "replies.json" / "r1" / "WriteParis"
+    assert sorted(p.name for p in paris.iterdir()) == ["notes.txt", "output.txt"]
+    assert paris.joinpath("notes.txt").read_text() == "keep me\n"  # artifacts_in copied first
+    assert next(a for a in attempts if a.challenge == "WriteParis").judged != ""
+
+
+def test_an_interrupted_benchmark_continues_where_it_stopped(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    out = tmp_path / "out"
+    first = Recorder(stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(settings(suite, script), load_suite(suite), out, first).run()
+    assert len(read_results(out)) == 2
+    # A crash while writing leaves half a line: it is dropped, not parsed nor appended to.
+    with (out / RESULTS_FILE).open("a") as f:
+        f.write('{"model": "scripted:x", "chall')
+    second = Recorder()
+    Runner(settings(suite, script), load_suite(suite), out, second).run()
+    assert first.started_names + second.started_names == [
+        ("WriteParis", 0),
+        ("WriteWashington", 0),
+        ("WriteParis", 1),
+        ("WriteWashington", 1),
+    ]
+    lines = (out / RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+    # Nothing left to do: a third invocation runs nothing.
+    third = Recorder()
+    Runner(settings(suite, script), load_suite(suite), out, third).run()
+    assert third.started_names == []
+
+
+def test_more_repeats_extend_a_benchmark_but_other_settings_are_refused(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["bench", "--suite", str(suite), "--model", script, "--out", str(out), "--no-report"]
+    assert runner.invoke(cli, [*args, "--repeats", "1"]).exit_code == 0
+    assert len(read_results(out)) == 2
+    assert runner.invoke(cli, [*args, "--repeats", "2"]).exit_code == 0
+    assert len(read_results(out)) == 4
+    refused = runner.invoke(cli, [*args, "--temperature", "0.9"])
+    assert refused.exit_code != 0
+    assert "other settings (temperature 0.5 → 0.9)" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+
+
+def test_cli_runs_a_suite_and_writes_the_report(tmp_path: Path, suite: Path, script: str) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "--suite", str(suite), "--model", script, "--repeats", "1", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2/2" in result.output and "ETA" in result.output
+    assert "scripted:" in result.output and "1/2 passed (50%)" in result.output
+    md = (out / "report.md").read_text()
+    assert "| WriteWashington | basic | ✅ 1/1 |" in md
+    assert "| WriteParis | basic | ❌ 0/1 |" in md
+    assert "finished 2" in md
+    page = (out / "report.html").read_text()
+    for chart in ("success_by_model", "time_by_model", "success_by_challenge"):
+        assert (out / "charts" / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"charts/{chart}.png" in page and f"charts/{chart}.png" in md
+
+
+def test_bad_input_gets_one_line(tmp_path: Path, suite: Path, script: str) -> None:
+    runner = CliRunner()
+    cases = [
+        ["bench", "--suite", str(tmp_path / "nowhere"), "--model", script],
+        ["bench", "--suite", str(suite), "--model", script, "--challenge", "Nope"],
+        ["bench", "--suite", str(suite), "--model", script, "--repeats", "0"],
+        ["bench", "report", str(tmp_path / "empty")],
+    ]
+    for args in cases:
+        result = runner.invoke(
+            cli, [*args, "--out", str(tmp_path / "o")] if args[1] != "report" else args
+        )
+        assert result.exit_code != 0, args
+        assert "Traceback" not in result.output
+        assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+
+
+def attempt(model: str, name: str, repeat: int, passed: bool, **kw: Any) -> Attempt:
+    values: dict[str, Any] = {
+        "model": model,
+        "challenge": name,
+        "repeat": repeat,
+        "seed": repeat,
+        "category": ["c"],
+        "difficulty": "basic",
+        "passed": passed,
+        "status": "finished" if passed else "step_limit",
+        "steps": 3,
+        "replies": 3,
+        "valid_replies": 3,
+        "prompt_tokens": 3000,
+        "cached_tokens": 2400,
+        "completion_tokens": 300,
+        "prompt_seconds": 2.0,
+        "decode_seconds": 6.0,
+        "wall_seconds": 10.0,
+        "peak_rss_mb": 500.0,
+    }
+    return Attempt(**{**values, **kw})
+
+
+def test_scoreboard_numbers() -> None:
+    rows = [
+        attempt("a", "X", 0, True),
+        attempt("a", "X", 1, False, wall_seconds=30.0, peak_rss_mb=700.0),
+        attempt("a", "Y", 0, True),
+        attempt("a", "Y", 1, True, valid_replies=2, invalid_constrained=1, status="finished"),
+        attempt("b", "X", 0, False, status="format_errors"),
+    ]
+    a, b = score(rows)
+    assert (a.model, a.attempts, a.passed, a.rate) == ("a", 4, 3, 0.75)
+    assert a.repeat_rates == [1.0, 0.5]
+    assert a.per_challenge == {"X": (1, 2), "Y": (2, 2)}
+    assert a.ci == pytest.approx(wilson(3, 4))
+    assert a.tokens_per_second == pytest.approx(50.0)
+    assert a.cached_share == pytest.approx(0.8)
+    assert (a.wall_mean, a.wall_median, a.peak_rss_mb) == (15.0, 10.0, 700.0)
+    assert a.valid_share == pytest.approx(11 / 12) and a.invalid_constrained == 1
+    assert a.endings == {"finished": 3, "step_limit": 1}
+    assert (b.rate, b.endings) == (0.0, {"format_errors": 1})
+
+
+def test_wilson_interval() -> None:
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+
+
+def test_report_is_rebuilt_from_saved_results_alone(tmp_path: Path) -> None:
+    out = tmp_path / "copied"
+    out.mkdir()
+    saved = BenchSettings(suite="builtin", models=("a", "b"), repeats=2)
+    (out / "bench.json").write_text(json.dumps({"settings": saved.to_json(), "machine": {}}))
+    rows = [attempt("a", "X", 0, True), attempt("a", "X", 1, True), attempt("b", "X", 0, False)]
+    (out / RESULTS_FILE).write_text("".join(json.dumps(r.__dict__) + "\n" for r in rows))
+    result = CliRunner().invoke(cli, ["bench", "report", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    assert "| a | 100% (2/2) | 34%–100% | 100% 100% |" in md
+    assert "| X | basic | ✅ 2/2 | ❌ 0/1 |" in md
+    assert "temperature 0.5" in md
+
+
+def test_invalid_reply_from_a_constraining_backend_is_counted_apart() -> None:
+    a = attempt("m", "X", 0, False, replies=0, valid_replies=0)
+    a.count(Step(1, completion=Completion("{", "stop", constrained=True)))
+    a.count(Step(1, completion=Completion("{", "stop", constrained=False)))
+    assert (a.replies, a.valid_replies, a.invalid_constrained) == (2, 0, 1)
+
+
+def test_time_limit_ends_a_run_between_steps(tmp_path: Path) -> None:
+    slow = reply("execute_python_code", code="import time; time.sleep(0.5)")
+    agent, _, _ = make_agent(
+        tmp_path, [slow, slow, FINISH], config=AgentConfig(max_steps=10, time_limit=0.3)
+    )
+    result = agent.run()
+    assert (result.status, result.steps) == ("time_limit", 1)
