@@ -271,3 +271,22 @@ def test_time_limit_ends_a_run_between_steps(tmp_path: Path) -> None:
     )
     result = agent.run()
     assert (result.status, result.steps) == ("time_limit", 1)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_real_model_benchmark_through_the_cli(tmp_path: Path, real_models: dict[str, Path]) -> None:
+    """SmolLM2 on two built-in challenges: every reply constrained and valid, all recorded."""
+    out = tmp_path / "out"
+    args = ["bench", "--model", "smollm2-135m", "--repeats", "1", "--max-steps", "3"]
+    args += ["--challenge", "WriteFile", "--challenge", "ReadFile", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    attempts = read_results(out)
+    assert sorted(a.challenge for a in attempts) == ["ReadFile", "WriteFile"]
+    for a in attempts:
+        assert a.replies >= 1 and a.valid_replies == a.replies and a.invalid_constrained == 0
+        assert a.status in {"finished", "step_limit", "loop", "time_limit"}
+        assert a.completion_tokens > 0 and a.decode_seconds > 0 and a.peak_rss_mb > 100
+        assert verify(out / "runs" / a.run_id) > 0
+    assert (out / "report.html").exists() and (out / "charts" / "success_by_model.png").exists()

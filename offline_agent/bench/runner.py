@@ -271,8 +271,10 @@ class Runner:
         challenges: list[Challenge],
         out: Path,
         progress: Progress | None = None,
+        command: str = "",
     ) -> None:
         self.settings = settings
+        self.command = command
         self.challenges = challenges
         self.out = out
         self.progress = progress or Progress()
@@ -330,6 +332,7 @@ class Runner:
                     "settings": self.settings.to_json(),
                     "machine": describe_machine(),
                     "challenges": [c.name for c in self.challenges],
+                    "command": self.command,
                     "updated": datetime.now(UTC).isoformat(timespec="seconds"),
                 },
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -164,7 +165,8 @@ def bench(
         constraint=constraint,
         models_dir=models_dir,
     )
-    runner = Runner(settings, challenges, out, ConsoleProgress())
+    command = shlex.join(["offline-agent", *sys.argv[1:]])
+    runner = Runner(settings, challenges, out, ConsoleProgress(), command)
     runner.prepare()
     todo, total = runner.plan()
     click.echo(
