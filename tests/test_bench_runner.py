@@ -290,3 +290,21 @@ def test_real_model_benchmark_through_the_cli(tmp_path: Path, real_models: dict[
         assert a.completion_tokens > 0 and a.decode_seconds > 0 and a.peak_rss_mb > 100
         assert verify(out / "runs" / a.run_id) > 0
     assert (out / "report.html").exists() and (out / "charts" / "success_by_model.png").exists()
+
+
+def test_llm_evals_are_scored_by_the_judge_model(tmp_path: Path, script: str) -> None:
+    root = tmp_path / "suite"
+    challenge(root, "JudgedWashington", "Washington", "output.txt")
+    data_file = root / "judgedwashington" / "data.json"
+    data = json.loads(data_file.read_text())
+    data["ground"].update(
+        should_contain=[], eval={"type": "llm", "scoring": "binary", "template": "reference"}
+    )
+    data_file.write_text(json.dumps(data))
+    judge_script = tmp_path / "judge.json"
+    judge_script.write_text(json.dumps([{"score": 1}]))
+    judged = settings(root, script, repeats=1, judge_model=f"scripted:{judge_script}")
+    [with_judge] = Runner(judged, load_suite(root), tmp_path / "a").run()
+    assert (with_judge.passed, with_judge.judged) == (True, "passed: llm: output.txt")
+    [without] = Runner(settings(root, script, repeats=1), load_suite(root), tmp_path / "b").run()
+    assert not without.passed and "judge model" in without.judged

@@ -23,7 +23,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -68,6 +68,8 @@ class BenchSettings:
     base_url: str | None = None
     """Benchmark models served by an OpenAI-compatible server instead of in-process."""
     constraint: Constraint = "json_object"
+    judge_model: str | None = None
+    """The local model that scores `llm` evals (greedy, in-process); without one they fail."""
     models_dir: Path = field(default=Path())
 
     # What may differ between two invocations that write to the same results folder: the
@@ -279,6 +281,7 @@ class Runner:
         self.out = out
         self.progress = progress or Progress()
         self._memory = PeakMemory()
+        self._judge_model: ChatModel | None = None
 
     def plan(self) -> tuple[list[Planned], int]:
         """The attempts still to run, model by model and repeat by repeat; and the total."""
@@ -372,6 +375,16 @@ class Runner:
     def _open(self, name: str, seed: int) -> ChatModel:
         return open_model(name, self._options(seed), self.settings.models_dir, http=self._http())
 
+    def _judge(self, challenge: Challenge) -> ChatModel | None:
+        """The judge model for an `llm` eval, loaded on first use."""
+        name = self.settings.judge_model
+        if challenge.ground.eval.type != "llm" or name is None:
+            return None
+        if self._judge_model is None:
+            options = replace(self._options(0), temperature=0.0)
+            self._judge_model = open_model(name, options, self.settings.models_dir)
+        return self._judge_model
+
     def _run_settings(self, planned: Planned, workspace: Path, memory: Path | None) -> RunSettings:
         s = self.settings
         return RunSettings(
@@ -415,7 +428,7 @@ class Runner:
         attempt.wall_seconds = time.perf_counter() - begin
         attempt.peak_rss_mb = self._memory.peak_mb()
         attempt.status, attempt.reason, attempt.steps = result.status, result.reason, result.steps
-        verdict = judge(challenge, workspace)
+        verdict = judge(challenge, workspace, llm=self._judge(challenge))
         attempt.passed, attempt.score, attempt.judged = (
             verdict.passed,
             verdict.score,

@@ -112,6 +112,7 @@ def _print_report(out: Path) -> None:
 @click.option(
     "--constraint", type=click.Choice(CONSTRAINTS), default="json_object", show_default=True
 )
+@click.option("--judge-model", default=None, help="Local model that scores `llm` evals.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--no-report", is_flag=True, help="Do not rebuild the report at the end.")
 @click.pass_context
@@ -132,6 +133,7 @@ def bench(
     memory: bool,
     base_url: str | None,
     constraint: Constraint,
+    judge_model: str | None,
     models_dir: Path | None,
     no_report: bool,
 ) -> None:
@@ -163,6 +165,7 @@ def bench(
         memory=memory,
         base_url=base_url,
         constraint=constraint,
+        judge_model=judge_model,
         models_dir=models_dir,
     )
     command = shlex.join(["offline-agent", *sys.argv[1:]])
