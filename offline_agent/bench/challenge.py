@@ -88,7 +88,8 @@ class _Fields:
 
     def __init__(self, data: object, where: str, path: Path) -> None:
         if not isinstance(data, dict):
-            raise ChallengeError(f"{path}: {where or 'the top level'} must be a JSON object")
+            shown = where.rstrip(".") or "the top level"
+            raise ChallengeError(f"{path}: {shown} must be a JSON object")
         self.data: Mapping[str, Any] = data
         self.where = where
         self.path = path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -213,9 +214,10 @@ def _parse_score(text: str) -> float | None:
     if isinstance(reply, bool):
         return None
     try:
-        return float(reply)
+        score = float(reply)
     except (TypeError, ValueError):
         return None
+    return score if math.isfinite(score) else None
 
 
 def _llm_output(challenge: Challenge, found: list[_File], llm: ChatModel) -> _Judged:
