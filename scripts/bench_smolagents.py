@@ -449,9 +449,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--n-ctx", type=int, default=4096)
-    parser.add_argument(
-        "--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="both agents"
-    )
+    # The agents take turns, so each may use every core while the other waits.
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="both agents")
     parser.add_argument("--out", type=Path, default=None, help="workspaces and logs (kept)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
