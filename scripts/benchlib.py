@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 from pathlib import Path
+
+from offline_agent.bench.runner import describe_machine
 
 
 def machine(*versions: str) -> str:
     """CPU model, cores, load average now, and the given library versions."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    info = describe_machine()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return ", ".join(
-        [f"{cpu}, {os.cpu_count()} cores (load average {load} at the end of the run)",
-         *versions, f"Python {platform.python_version()}"]
+        [f"{info['cpu']}, {info['cores']} cores (load average {load} at the end of the run)",
+         *versions, f"Python {info['python']}"]
     )  # fmt: skip
 
 
