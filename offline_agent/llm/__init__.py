@@ -1,6 +1,7 @@
 """Model backends behind one protocol, chosen by name.
 
-- a registry name (`smollm2-135m`) or the path of a GGUF file: in-process llama.cpp;
+- a registry name (`smollm2-135m`) or the path of a GGUF file: in-process llama.cpp, its
+  prompt openings' KV states kept in `$OFFLINE_AGENT_HOME/kv-cache` for the next process;
 - `scripted:PATH`: replay the replies in a JSON/JSONL file (tests, demos);
 - with `HttpOptions` (a base URL): any OpenAI-compatible server, `model` being the name
   the server knows (or None: the first model it lists).
@@ -41,6 +42,7 @@ def open_model(
     model = model or registry.default
     resolved = resolve(model, registry, models_dir)
     # Imported here: loading llama.cpp's library is not needed for --help or scripted runs.
+    from offline_agent.llm.kvcache import default_state_dir  # noqa: PLC0415
     from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415
 
     return LlamaModel(
@@ -48,6 +50,7 @@ def open_model(
         chat_format or resolved.chat_format or "template",
         options,
         name=resolved.spec.name if resolved.spec else resolved.path.stem,
+        state_dir=default_state_dir(),
     )
 
 

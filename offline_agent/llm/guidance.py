@@ -109,7 +109,7 @@ class GuidedDecoder:
         self, prompt: list[int], matcher: LLMatcher, max_tokens: int, temperature: float
     ) -> Decoded:
         llm = self._llm
-        cached = _common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt[:-1])
+        cached = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt[:-1])
         llm.n_tokens = cached
         start = time.perf_counter()
         llm.eval(prompt[cached:])
@@ -198,7 +198,7 @@ def _masked(
     return np.where(allowed.astype(bool), logits, np.float32(-np.inf))
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
     for i in range(n):

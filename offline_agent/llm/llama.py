@@ -7,7 +7,7 @@ import io
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +17,8 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from offline_agent.errors import BackendError, ContextOverflowError, ModelError
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
-from offline_agent.llm.guidance import GuidedDecoder
+from offline_agent.llm.guidance import GuidedDecoder, common_prefix
+from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.records import Completion, Message, Usage
 
 
@@ -43,9 +44,20 @@ def _quiet() -> Iterator[None]:
 
 
 class LlamaModel:
-    """A `ChatModel` running a GGUF file in this process."""
+    """A `ChatModel` running a GGUF file in this process.
 
-    def __init__(self, path: Path, chat_format: str, options: LlamaOptions, name: str = ""):
+    With `state_dir`, the KV state of each prompt's opening is saved there and restored by
+    later processes (`kvcache.py`), so a run's first step does not evaluate it again.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        chat_format: str,
+        options: LlamaOptions,
+        name: str = "",
+        state_dir: Path | None = None,
+    ):
         self.name = name or path.stem
         self.options = options
         trained = describe(path).context_length  # checked before llama.cpp allocates it
@@ -74,6 +86,7 @@ class LlamaModel:
         )
         self._grammars: dict[str, LlamaGrammar] = {}
         self._guided: GuidedDecoder | None = None
+        self._prefixes = PrefixCache(self._llm, path, state_dir) if state_dir else None
 
     def _token_text(self, token: int) -> str:
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
@@ -107,8 +120,25 @@ class LlamaModel:
                 f"prompt of {len(tokens)} tokens plus {max_tokens} for the reply exceeds the "
                 f"context of {self.context_length}"
             )
+        warmed, warm_seconds = self._warm_start(tokens)
         if schema is not None and self.options.grammar_engine == "llguidance":
-            return self._complete_guided(tokens, schema, max_tokens)
+            completion = self._complete_guided(tokens, schema, max_tokens)
+        else:
+            completion = self._complete_llama(tokens, schema, max_tokens)
+        if not warm_seconds:  # nothing was restored or evaluated ahead of the decoder
+            return completion
+        usage = completion.usage
+        return replace(
+            completion,
+            usage=replace(usage, cached_tokens=usage.cached_tokens - warmed),
+            prompt_seconds=completion.prompt_seconds + warm_seconds,
+            total_seconds=completion.total_seconds + warm_seconds,
+        )
+
+    def _complete_llama(
+        self, tokens: list[int], schema: dict[str, Any] | None, max_tokens: int
+    ) -> Completion:
+        """Decode with llama-cpp-python's sampler, and its GBNF grammar when given a schema."""
         grammar = self.grammar(schema) if schema is not None else None
         ctx = self._llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
@@ -141,6 +171,35 @@ class LlamaModel:
             total_seconds=total,
             constrained=grammar is not None,
         )
+
+    def _warm_start(self, tokens: list[int]) -> tuple[int, float]:
+        """Have the KV cache hold the prompt's whole leading batches, restored from disk if saved.
+
+        Only when memory holds less than one batch of the prompt (a new process, or a wholly
+        different prompt): later steps of a run find their prefix in memory. The batches are
+        evaluated one by one from position 0, as a cold evaluation splits them, and saved.
+        Returns how many tokens were evaluated here and the seconds spent ((0, 0.0): nothing).
+        """
+        llm, cache = self._llm, self._prefixes
+        n_batch = llm.n_batch
+        top = (len(tokens) - 1) // n_batch * n_batch
+        if cache is None or top == 0:
+            return 0, 0.0
+        if common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens[:top]) >= n_batch:
+            return 0, 0.0
+        start = time.perf_counter()
+        llm.n_tokens = 0
+        for end in range(top, 0, -n_batch):
+            if cache.load(tokens[:end]):
+                break
+        restored = llm.n_tokens
+        try:
+            for end in range(restored + n_batch, top + 1, n_batch):
+                llm.eval(tokens[llm.n_tokens : end])
+                cache.save(tokens[:end])
+        except (RuntimeError, ValueError) as err:
+            raise BackendError(f"llama.cpp failed: {err}") from None
+        return top - restored, time.perf_counter() - start
 
     @property
     def guided(self) -> GuidedDecoder:

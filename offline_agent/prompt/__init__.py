@@ -1,7 +1,9 @@
 """Building each step's prompt so that it fits the context window and keeps the KV cache warm.
 
 Layout, oldest to newest:
-1. the system message: identity, goals, constraints, commands, reply format (static);
+1. the system message: constraints, commands, reply format, then identity and goals (fixed
+   for the run; its goal-independent opening is the same for every run, so its KV state can be
+   restored from disk by a new process, see `llm/kvcache.py`);
 2. the history: past replies and command results, chronological, appended to;
 3. the next-step message: this step's relevant memories and the goals, repeated.
 
