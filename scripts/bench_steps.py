@@ -6,10 +6,16 @@ three recalled memories that change every step), fed to the real model in two la
     after   ours: system message, history (appended to), then the volatile last message
     before  the volatile message (memories, notes, goals) right after the system message,
             as classic Auto-GPT laid it out: everything behind it is re-evaluated each step
+    kept    (only with --layouts) as after, but each step's last message stays in the
+            history before its reply, so a prompt plus its reply is a prefix of the next;
+            the history grows by (next-step message, reply, result) and is dropped, when
+            full, at the builder's pair boundaries, which is good enough to measure the cache
 
 Each step evaluates the prompt and decodes a short reply, so the seconds per step are
 prompt evaluation plus a fixed decode. Also `offline-agent --help` start-up time and the time
-from a cold interpreter to the first model token with the default model.
+from a cold interpreter to the first model token with the default model: with no saved KV
+state, then with the state of the prompt's opening that the first process saved (see
+`offline_agent/llm/kvcache.py`), for the same goal and for another.
 
 Usage: python scripts/bench_steps.py [--model smollm2-135m] [--steps 30] [--reply-tokens 16]
        [--no-write]
@@ -19,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +44,7 @@ from offline_agent.records import Message
 from offline_agent.tools import builtin_tools
 
 GOAL = "Write the word Washington to a file named output.txt"
+OTHER_GOAL = "Find the capital of France and write it to a file named capital.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +115,8 @@ def run_layout(model: LlamaModel, name: str, steps: int, reply_tokens: int) -> L
         messages = builder.build(history, memories(i))
         if name == "before":
             messages = [messages[0], messages[-1], *messages[1:-1]]
+        if name == "kept":  # the next-step message stays in the history, before its reply
+            history.append(messages[-1])
         start = time.perf_counter()
         completion = model.complete(messages, schema=None, max_tokens=reply_tokens)
         out.seconds.append(time.perf_counter() - start)
@@ -126,19 +137,51 @@ def help_time(repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def first_token_time() -> tuple[float, float, float]:
-    """(seconds to a loaded model, to the first token, wall of the whole process)."""
+def first_token_time(goal: str, home: Path) -> tuple[float, float, float]:
+    """(seconds to a loaded model, to the first token, wall of the whole process).
+
+    `home` is the process's $OFFLINE_AGENT_HOME, where the KV states of prompt openings are
+    saved (the models stay where they are).
+    """
+    env = {
+        **os.environ,
+        "OFFLINE_AGENT_HOME": str(home),
+        "OFFLINE_AGENT_MODELS": str(default_models_dir()),
+    }
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", FIRST_TOKEN.format(goal=GOAL)],
+        [sys.executable, "-c", FIRST_TOKEN.format(goal=goal)],
         check=True,
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     wall = time.perf_counter() - start
     loaded, first = (float(x) for x in done.stdout.split()[-2:])
     return loaded, first, wall
+
+
+def startup_rows() -> list[str]:
+    """The start-up table: --help, and the first token without and with a saved KV state."""
+    help_s = help_time()
+    with tempfile.TemporaryDirectory() as home:
+        loaded, cold, cold_wall = first_token_time(GOAL, Path(home))
+        _, same, _ = first_token_time(GOAL, Path(home))
+        _, other, other_wall = first_token_time(OTHER_GOAL, Path(home))
+    return [
+        "| start-up | seconds |",
+        "|---|---|",
+        f"| `offline-agent --help` (median of 5) | {help_s:.2f} |",
+        f"| cold interpreter to the default model loaded | {loaded:.2f} |",
+        "| cold interpreter to the first model token (first prompt evaluated), no saved KV "
+        f"state | {cold:.2f} |",
+        "| the same, the prompt's opening restored from the state the run above saved, "
+        f"same goal | {same:.2f} |",
+        f"| the same, another goal (its first run) | {other:.2f} |",
+        "| the whole process, interpreter start and exit included: no saved state / "
+        f"restored | {cold_wall:.2f} / {other_wall:.2f} |",
+    ]
 
 
 def render(layouts: list[Layout], startup: list[str], args: argparse.Namespace) -> str:
@@ -175,16 +218,7 @@ def main() -> None:
     parser.add_argument("--layouts", default="after,before")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    help_s = help_time()
-    loaded, first, wall = first_token_time()
-    startup = [
-        "| start-up | seconds |",
-        "|---|---|",
-        f"| `offline-agent --help` (median of 5) | {help_s:.2f} |",
-        f"| cold interpreter to the default model loaded | {loaded:.2f} |",
-        f"| cold interpreter to the first model token (first prompt evaluated) | {first:.2f} |",
-        f"| the whole process, interpreter start and exit included | {wall:.2f} |",
-    ]
+    startup = startup_rows()
     log("\n".join(startup))
     resolved = resolve(args.model, load_registry(None), default_models_dir())
     model = LlamaModel(
