@@ -259,9 +259,11 @@ def test_report_is_rebuilt_from_saved_results_alone(tmp_path: Path) -> None:
 
 def test_invalid_reply_from_a_constraining_backend_is_counted_apart() -> None:
     a = attempt("m", "X", 0, False, replies=0, valid_replies=0)
-    a.count(Step(1, completion=Completion("{", "stop", constrained=True)))
-    a.count(Step(1, completion=Completion("{", "stop", constrained=False)))
-    assert (a.replies, a.valid_replies, a.invalid_constrained) == (2, 0, 1)
+    a.count(Step(1, completion=Completion("{", "stop", constrained=True), status="format_error"))
+    a.count(Step(2, completion=Completion("{", "stop", constrained=False), status="format_error"))
+    # Cut off by the token limit: invalid, but no sign that the constraint failed.
+    a.count(Step(3, completion=Completion('{"th', "length", constrained=True), status="truncated"))
+    assert (a.replies, a.valid_replies, a.truncated, a.invalid_constrained) == (3, 0, 1, 1)
 
 
 def test_time_limit_ends_a_run_between_steps(tmp_path: Path) -> None:

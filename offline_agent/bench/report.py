@@ -65,6 +65,7 @@ def scoreboard_rows(rows: list[ModelScore]) -> list[list[str]]:
             "s/attempt (mean / median)",
             "peak MiB",
             "valid replies",
+            "cut off at the token limit",
             "invalid though constrained",
             "how runs ended",
         ]
@@ -84,6 +85,7 @@ def scoreboard_rows(rows: list[ModelScore]) -> list[list[str]]:
                 f"{r.wall_mean:.1f} / {r.wall_median:.1f}",
                 f"{r.peak_rss_mb:,.0f}",
                 f"{_pct(r.valid_share)} of {r.replies}",
+                str(r.truncated),
                 str(r.invalid_constrained),
                 _endings(r),
             ]
@@ -129,7 +131,7 @@ def describe(meta: dict[str, Any]) -> str:
         f"{engine}, long-term memory {'on' if s.get('memory') else 'off'}. "
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
         f"{m.get('memory_gib', '?')} GiB; llama-cpp-python {m.get('llama-cpp-python')}, "
-        f"Python {m.get('python')}. Last updated {meta.get('updated', '?')}."
+        f"Python {m.get('python')}. Last invocation started {meta.get('updated', '?')}."
     )
 
 
@@ -209,7 +211,7 @@ def draw_charts(attempts: list[Attempt], folder: Path) -> list[Path]:
     paths.append(_save(fig, folder / "time_by_model.png"))
 
     names = [name for name, _ in challenge_order(attempts)]
-    fig = Figure(figsize=(8, 0.32 * len(names) * max(1, len(rows)) + 1.5))
+    fig = Figure(figsize=(8, 0.25 * len(names) * (1 + 0.3 * len(rows)) + 1.5))
     ax = fig.subplots()
     height = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):

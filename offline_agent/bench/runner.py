@@ -113,8 +113,10 @@ class Attempt:
     steps: int = 0
     replies: int = 0
     valid_replies: int = 0
+    truncated: int = 0
+    """Replies cut off by the token limit before the reply was complete."""
     invalid_constrained: int = 0
-    """Replies that were invalid although the backend said it constrained them."""
+    """Complete replies that were invalid although the backend said it constrained them."""
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -137,8 +139,12 @@ class Attempt:
             return
         self.replies += 1
         valid = step.reply is not None
+        truncated = step.status == "truncated"
         self.valid_replies += valid
-        self.invalid_constrained += completion.constrained and not valid
+        self.truncated += truncated
+        # A grammar cannot stop the token limit from cutting a reply short; a complete but
+        # invalid reply under a constraint means the backend did not really constrain.
+        self.invalid_constrained += completion.constrained and not valid and not truncated
         self.prompt_tokens += completion.usage.prompt_tokens
         self.cached_tokens += completion.usage.cached_tokens
         self.completion_tokens += completion.usage.completion_tokens

@@ -50,6 +50,7 @@ class ModelScore:
     peak_rss_mb: float = 0.0
     valid_share: float = 0.0
     replies: int = 0
+    truncated: int = 0
     invalid_constrained: int = 0
     endings: dict[str, int] = field(default_factory=dict)
 
@@ -100,6 +101,7 @@ def _score_model(model: str, rows: list[Attempt]) -> ModelScore:
         peak_rss_mb=max(a.peak_rss_mb for a in rows),
         valid_share=sum(a.valid_replies for a in rows) / replies if replies else 0.0,
         replies=replies,
+        truncated=sum(a.truncated for a in rows),
         invalid_constrained=sum(a.invalid_constrained for a in rows),
         endings=dict(Counter(a.status for a in rows).most_common()),
     )
