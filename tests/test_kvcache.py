@@ -99,10 +99,15 @@ def test_an_unwritable_folder_only_costs_the_saving(smollm2: Path, tmp_path: Pat
 def test_only_the_most_recently_used_files_are_kept(smollm2: Path, tmp_path: Path) -> None:
     model = load(smollm2, None)
     cache = PrefixCache(model._llm, smollm2, tmp_path, max_files=2)
+    stale, fresh = tmp_path / "killed.tmp", tmp_path / "saving.tmp"
+    stale.write_bytes(b"half a state")
+    fresh.write_bytes(b"half a state")
+    os.utime(stale, ns=(0, 0))
     for i in range(3):
         cache.save([i])
         os.utime(cache.path([i]), ns=(i * 10**9, i * 10**9))
     assert not cache.path([0]).exists()
+    assert not stale.exists() and fresh.exists()  # another process may be writing it
     assert cache.path([1]).exists() and cache.path([2]).exists()
     assert cache.load([1])  # a hit marks the file as used just now
     cache.save([3])

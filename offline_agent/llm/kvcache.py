@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 
 MAGIC = b"OAKV0001"
 SUFFIX = ".kv"
+STALE_TMP_SECONDS = 3600
 
 
 def default_state_dir() -> Path:
@@ -82,7 +84,7 @@ class PrefixCache:
         return self.folder / f"{digest.hexdigest()[:40]}{SUFFIX}"
 
     def load(self, tokens: Sequence[int]) -> bool:
-        """Restore the state saved for `tokens`; False (model state reset) on any miss."""
+        """Restore the state saved for `tokens`; False on any miss."""
         path = self.path(tokens)
         try:
             payload = self._read(path, tokens)
@@ -146,6 +148,10 @@ class PrefixCache:
 
     def _prune(self) -> None:
         """Drop the least recently used files beyond `max_files` or `max_bytes`."""
+        for tmp in self.folder.glob("*.tmp"):  # left by a process killed while saving
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    _discard(tmp)
         files = []
         for path in self.folder.glob(f"*{SUFFIX}"):
             with contextlib.suppress(OSError):
