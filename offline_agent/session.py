@@ -14,7 +14,14 @@ from typing import Any
 
 from offline_agent.agent import Agent, AgentConfig, Approval, Events
 from offline_agent.errors import ConfigError, StorageError
-from offline_agent.llm import SCRIPTED_PREFIX, HttpOptions, LlamaOptions, ScriptedModel, open_model
+from offline_agent.llm import (
+    SCRIPTED_PREFIX,
+    ChatModel,
+    HttpOptions,
+    LlamaOptions,
+    ScriptedModel,
+    open_model,
+)
 from offline_agent.memory import open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import Profile
@@ -94,17 +101,22 @@ class RunSettings:
 
 
 def build_agent(
-    settings: RunSettings, events: Events, approve: Callable[[Step], Approval] | None
+    settings: RunSettings,
+    events: Events,
+    approve: Callable[[Step], Approval] | None,
+    model: ChatModel | None = None,
 ) -> Agent:
     """Open the workspace, the model and memory named by `settings`, and make the agent.
 
-    The caller gives it its run record once the model has loaded, so that a model that
-    fails to load leaves no empty run behind.
+    `model`, when given, is the already loaded model `settings` names (the benchmark loads
+    one for many runs). The caller gives the agent its run record once the model has
+    loaded, so that a model that fails to load leaves no empty run behind.
     """
     workspace = Workspace.create(settings.workspace)
-    model = open_model(
-        settings.model, settings.llama, settings.models_dir, settings.chat_format, settings.http
-    )
+    if model is None:
+        model = open_model(
+            settings.model, settings.llama, settings.models_dir, settings.chat_format, settings.http
+        )
     memory = None
     if settings.memory_dir is not None:
         memory = open_memory(settings.memory_dir)

@@ -29,20 +29,16 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from offline_agent.agent import Agent, AgentConfig
+from offline_agent.agent import AgentConfig, SilentEvents
 from offline_agent.bench.challenge import Challenge, prepare_workspace
 from offline_agent.bench.judge import judge
 from offline_agent.errors import AgentError, ConfigError, StorageError
 from offline_agent.llm import SCRIPTED_PREFIX, ChatModel, HttpOptions, LlamaOptions, open_model
 from offline_agent.llm.http import Constraint
-from offline_agent.memory import open_memory
 from offline_agent.prompt import Profile
 from offline_agent.records import RunResult, Step
 from offline_agent.runs import write_json_atomic
-from offline_agent.session import RunSettings, start
-from offline_agent.subagents import SubAgents
-from offline_agent.tools import ToolContext, builtin_tools
-from offline_agent.workspace import Workspace
+from offline_agent.session import RunSettings, build_agent, start
 
 RESULTS_FILE = "results.jsonl"
 SETTINGS_FILE = "bench.json"
@@ -152,21 +148,15 @@ class Attempt:
         self.decode_seconds += completion.total_seconds - completion.prompt_seconds
 
 
-class _Tally:
+class _Tally(SilentEvents):
     """Events that count each reply into the attempt."""
 
     def __init__(self, attempt: Attempt) -> None:
         self.attempt = attempt
 
-    def thinking(self, index: int) -> None:
-        """Nothing to count yet."""
-
     def replied(self, step: Step) -> None:
         """Count the reply."""
         self.attempt.count(step)
-
-    def executed(self, step: Step) -> None:
-        """Nothing to count."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +166,11 @@ class Planned:
     model: str
     challenge: Challenge
     repeat: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The key of the attempt this will produce (`Attempt.key`)."""
+        return (self.model, self.challenge.name, self.repeat)
 
 
 class Progress:
@@ -298,7 +293,7 @@ class Runner:
             for repeat in range(self.settings.repeats)
             for challenge in self.challenges
         ]
-        todo = [p for p in every if (p.model, p.challenge.name, p.repeat) not in done]
+        todo = [p for p in every if p.key not in done]
         return todo, len(every)
 
     def run(self) -> list[Attempt]:
@@ -444,24 +439,7 @@ class Runner:
 
     def _run_agent(self, settings: RunSettings, model: ChatModel, attempt: Attempt) -> RunResult:
         """The agent's run, recorded in `runs/`; a backend failure ends it as an error."""
-        memory = open_memory(settings.memory_dir) if settings.memory_dir else None
-        if memory is not None:
-            memory.preload()
-        ctx = ToolContext(
-            workspace=Workspace.create(settings.workspace),
-            memory=memory,
-            agents=SubAgents(model),
-            python_timeout=settings.python_timeout,
-        )
-        agent = Agent(
-            settings.profile,
-            model,
-            builtin_tools(memory=memory is not None),
-            ctx,
-            settings.agent,
-            memory=memory,
-            events=_Tally(attempt),
-        )
+        agent = build_agent(settings, _Tally(attempt), None, model)
         record = start(settings, {"model": model.name, "bench": list(attempt.key)})
         attempt.run_id = record.id
         agent.record = record
