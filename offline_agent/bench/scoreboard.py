@@ -44,9 +44,8 @@ class ModelScore:
     cached_share: float = 0.0
     tokens_per_second: float = 0.0
     """Completion tokens over decoding time, prompt evaluation excluded."""
-    wall_mean: float = 0.0
-    wall_median: float = 0.0
     walls: list[float] = field(default_factory=list)
+    """Wall seconds of each attempt."""
     peak_rss_mb: float = 0.0
     valid_share: float = 0.0
     replies: int = 0
@@ -58,6 +57,16 @@ class ModelScore:
     def rate(self) -> float:
         """Share of attempts that passed."""
         return self.passed / self.attempts if self.attempts else 0.0
+
+    @property
+    def wall_mean(self) -> float:
+        """Mean wall seconds per attempt."""
+        return statistics.fmean(self.walls) if self.walls else 0.0
+
+    @property
+    def wall_median(self) -> float:
+        """Median wall seconds per attempt."""
+        return statistics.median(self.walls) if self.walls else 0.0
 
 
 def score(attempts: list[Attempt]) -> list[ModelScore]:
@@ -82,7 +91,6 @@ def _score_model(model: str, rows: list[Attempt]) -> ModelScore:
     completion = sum(a.completion_tokens for a in rows)
     decode = sum(a.decode_seconds for a in rows)
     replies = sum(a.replies for a in rows)
-    walls = [a.wall_seconds for a in rows]
     return ModelScore(
         model=model,
         attempts=n,
@@ -95,9 +103,7 @@ def _score_model(model: str, rows: list[Attempt]) -> ModelScore:
         completion_tokens=completion / n,
         cached_share=sum(a.cached_tokens for a in rows) / prompt if prompt else 0.0,
         tokens_per_second=completion / decode if decode > 0 else 0.0,
-        wall_mean=statistics.fmean(walls),
-        wall_median=statistics.median(walls),
-        walls=walls,
+        walls=[a.wall_seconds for a in rows],
         peak_rss_mb=max(a.peak_rss_mb for a in rows),
         valid_share=sum(a.valid_replies for a in rows) / replies if replies else 0.0,
         replies=replies,
