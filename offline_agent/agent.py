@@ -8,6 +8,8 @@ leaves a record of what happened.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ class AgentConfig:
     result_tokens: int = 1000
     memory_k: int = 10
     max_repeats: int = 3
+    """Stale steps in a row that end a run: a command returning what it returned before."""
     time_limit: float | None = None
     """Seconds of wall time; checked before each step, so a step under way is finished."""
 
@@ -141,7 +144,9 @@ class Agent:
         self.steps_taken = 0
         self._format_errors = 0
         self._preapproved = 0
-        self._last_call: tuple[str, int] = ("", 0)  # (command as JSON, times in a row)
+        self._seen: set[str] = set()  # digests of the (command, result) pairs seen so far
+        self._last_call = ""  # the last command run, as JSON
+        self._stale = 0  # steps in a row whose command returned what it returned before
         self._held_back = ""  # a command left out of the next step's grammar
         self._notes: list[str] = []  # said once, in the next prompt's last message
         self._agents_version = ctx.agents.version if ctx.agents is not None else 0
@@ -196,6 +201,7 @@ class Agent:
         notes, self._notes = self._notes, []
         held_back, self._held_back = self._held_back, ""
         step.messages = self.prompt.build(self.history, self._recall(), notes)
+        request = step.messages[-1]
         self.events.thinking(step.index)
         # The grammar does what a note cannot make a small model do: not run a command a
         # third time with the same arguments. Validation still uses the full schema.
@@ -211,7 +217,7 @@ class Agent:
             step.status = "truncated" if isinstance(err, TruncatedReplyError) else "format_error"
             step.error = str(err)
             self.events.replied(step)
-            self._add_exchange(raw, render("result.j2", feedback=None, error=step.error))
+            self._add_exchange(request, raw, render("result.j2", feedback=None, error=step.error))
             self._format_errors += 1
             if self._format_errors >= self.config.max_format_errors:
                 raise RunEnded(
@@ -226,7 +232,7 @@ class Agent:
         if approval.decision == "feedback":
             step.status, step.human_feedback = "rejected", approval.feedback
             feedback = render("result.j2", feedback=approval.feedback, error=None)
-            self._add_exchange(raw, feedback)
+            self._add_exchange(request, raw, feedback)
             return
         try:
             if self.record is not None:  # so a crash mid-command is known on resume
@@ -241,8 +247,8 @@ class Agent:
         message = render(
             "result.j2", feedback=None, error=None, command=step.reply.command.name, output=output
         )
-        self._add_exchange(raw, message)
-        self._check_loop(step.reply)
+        self._add_exchange(request, raw, message)
+        self._check_loop(step.reply, message)
 
     def _ask(self, step: Step) -> Approval:
         """The user's approval, unless running continuously or pre-approved with `y -N`."""
@@ -256,22 +262,33 @@ class Agent:
             self._preapproved = approval.count - 1
         return approval
 
-    def _check_loop(self, reply: Reply) -> None:
-        """Tell the model when it repeats itself; end the run if it keeps on."""
-        key = json.dumps([reply.command.name, reply.command.args], sort_keys=True)
-        count = self._last_call[1] + 1 if key == self._last_call[0] else 1
-        self._last_call = (key, count)
-        if count > self.config.max_repeats:
-            raise RunEnded("loop", f"{reply.command.name} repeated {count} times with same args")
-        if count > 1:
+    def _check_loop(self, reply: Reply, result: str) -> None:
+        """Tell the model when a command only repeats what it already saw; end the run if it
+        keeps on. A step is stale when the same command with the same arguments returned the
+        same result before (A B A B), or ran just before (A A: a second write of the same
+        text says "nothing changed", which is no news either)."""
+        call = json.dumps([reply.command.name, reply.command.args], sort_keys=True)
+        digest = hashlib.sha256(f"{call}\n{result}".encode()).hexdigest()
+        repeated = call == self._last_call or digest in self._seen
+        self._stale = self._stale + 1 if repeated else 0
+        self._seen.add(digest)
+        self._last_call = call
+        if self._stale >= self.config.max_repeats:
+            raise RunEnded(
+                "loop", f"{self._stale} commands in a row returned what they returned before"
+            )
+        if self._stale:
+            # The grammar does what the note cannot make a small model do: try something else.
             self._held_back = reply.command.name
             self._notes.append(
-                f"you ran {reply.command.name} with the same arguments {count} times in a row; "
-                "running it again changes nothing. If every goal is done, use finish."
+                f"{reply.command.name} with these arguments ran before with this result "
+                f"({self._stale} such step{'s' if self._stale > 1 else ''} in a row); running "
+                "it again changes nothing. If every goal is done, use finish."
             )
 
-    def _add_exchange(self, reply_text: str, result_text: str) -> None:
-        """Append a reply and its outcome to history, and remember the exchange."""
+    def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:
+        """Append the step's request, reply and outcome to history; remember the exchange."""
+        self.history.append(request)
         self.history.append(Message(role="assistant", content=reply_text))
         self.history.append(Message(role="user", content=result_text))
         if self.memory is not None:
@@ -280,14 +297,18 @@ class Agent:
             )
 
     def _recall(self) -> list[str]:
-        """Memories relevant to the latest exchange, best first, minus what is in view."""
+        """Memories relevant to the latest exchange, best first, minus what is in view: an
+        exchange still in the history, or a memory shown in a request still in it."""
         if self.memory is None or not self.history:
             return []
         shown = self.history[self.prompt.first_kept :]
-        in_view = {
+        exchanges = {
             f"Assistant reply: {a['content']}\nResult: {r['content']}"
-            for a, r in zip(shown[::2], shown[1::2], strict=True)
+            for a, r in itertools.pairwise(shown)
+            if a["role"] == "assistant"
         }
+        requests = "\n".join(m["content"] for m in shown if m["role"] == "user")
         query = "\n".join(m["content"] for m in self.history[-2:])
-        hits = self.memory.recall(query, self.config.memory_k + len(in_view))
-        return [text for _, text in hits if text not in in_view][: self.config.memory_k]
+        hits = self.memory.recall(query, self.config.memory_k + len(shown))
+        fresh = [text for _, text in hits if text not in exchanges and text not in requests]
+        return fresh[: self.config.memory_k]

@@ -1,24 +1,28 @@
 """Benchmark the KV-cache effect of the prompt layout, and start-up; write docs/performance.md.
 
 A 30-step run with a scripted history (the same replies and command results each time, and
-three recalled memories that change every step), fed to the real model in two layouts:
+recalled memories: the three latest "earlier" events, so one new each step), fed to the real
+model in three layouts:
 
-    after   ours: system message, history (appended to), then the volatile last message
-    before  the volatile message (memories, notes, goals) right after the system message,
-            as classic Auto-GPT laid it out: everything behind it is re-evaluated each step
-    kept    (only with --layouts) as after, but each step's last message stays in the
-            history before its reply, so a prompt plus its reply is a prefix of the next;
-            the history grows by (next-step message, reply, result) and is dropped, when
-            full, at the builder's pair boundaries, which is good enough to measure the cache
+    append         ours: system message, then per step its request, reply and result; the
+                   request stays in the history, so a prompt plus its reply begins the next
+                   prompt, and a memory is shown once while it is in view
+    rebuild-last   the layout before that: the request (all three memories, the goals) is
+                   rebuilt at the end of every prompt and not kept, so the reply after it is
+                   evaluated again
+    rebuild-early  the request right after the system message, as classic Auto-GPT laid it
+                   out: everything behind it is evaluated again every step
 
-Each step evaluates the prompt and decodes a short reply, so the seconds per step are
-prompt evaluation plus a fixed decode. Also `offline-agent --help` start-up time and the time
-from a cold interpreter to the first model token with the default model: with no saved KV
-state, then with the state of the prompt's opening that the first process saved (see
+Each step evaluates the prompt, then the scripted reply is put in the KV cache as decoding
+it would (its tokens evaluated after the prompt's, in one batch: faster than decoding them
+one by one, the same for every layout). What the next prompt finds of it in the cache is the
+layout's doing. Also `offline-agent --help` start-up time and the time from a cold
+interpreter to the first model token with the default model: with no saved KV state, then
+with the state of the prompt's opening that the first process saved (see
 `offline_agent/llm/kvcache.py`), for the same goal and for another.
 
-Usage: python scripts/bench_steps.py [--model smollm2-135m] [--steps 30] [--reply-tokens 16]
-       [--no-write]
+Usage: python scripts/bench_steps.py [--model smollm2-135m] [--steps 30] [--n-ctx 4096]
+       [--layouts append,rebuild-last,rebuild-early] [--no-write]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 import llama_cpp
 from benchlib import machine, write_doc_block
 
-from offline_agent.llm.llama import LlamaModel, LlamaOptions
+from offline_agent.llm.llama import LlamaModel, LlamaOptions, _Decode
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
 from offline_agent.prompt import Profile, PromptBuilder
 from offline_agent.records import Message
@@ -91,10 +95,8 @@ def exchange(i: int) -> tuple[Message, Message]:
 
 
 def memories(i: int) -> list[str]:
-    """Three memories recalled at step i: they change every step, as real recall does."""
-    return [
-        f"Assistant reply: wrote notes_{j}.txt\nResult: ok" for j in range(i, max(0, i - 3), -1)
-    ]
+    """Memories recalled at step i: the three latest earlier events, so one is new each step."""
+    return [f"Earlier: wrote notes_{j}.txt, result ok" for j in range(i, max(0, i - 3), -1)]
 
 
 @dataclass
@@ -105,24 +107,42 @@ class Layout:
     prompt: list[int]
 
 
-def run_layout(model: LlamaModel, name: str, steps: int, reply_tokens: int) -> Layout:
+def decode_scripted(model: LlamaModel, messages: list[Message], reply: str) -> None:
+    """Leave the model as if it had decoded `reply` after `messages`: its tokens evaluated
+    behind the prompt's in the KV cache, and known to the model as its last reply."""
+    text, tokens = model._tokens(messages)
+    reply_tokens = model._tokenize(reply.encode("utf-8"))
+    model._llm.n_tokens = len(tokens)
+    model._llm.eval(reply_tokens)
+    model._last = _Decode(text, tokens, reply_tokens)
+
+
+def run_layout(model: LlamaModel, name: str, steps: int) -> Layout:
     tools = builtin_tools(memory=True)
-    builder = PromptBuilder(PROFILE, tools, model, 512)
+    if name == "append":
+        builder = PromptBuilder(PROFILE, tools, model, 512)
+    else:  # the builder's settings before requests were kept
+        builder = PromptBuilder(PROFILE, tools, model, 512, memory_share=0.25, keep_share=0.5)
     model._llm.reset()
+    model._last = None
     history: list[Message] = []
     out = Layout(name, [], [], [])
     for i in range(steps):
-        messages = builder.build(history, memories(i))
-        if name == "before":
+        recalled = memories(i)
+        if name == "append":  # as the agent recalls: not what a request in view shows
+            in_view = "\n".join(m["content"] for m in history[builder.first_kept :])
+            recalled = [m for m in recalled if m not in in_view]
+        messages = builder.build(history, recalled)
+        if name == "rebuild-early":
             messages = [messages[0], messages[-1], *messages[1:-1]]
-        if name == "kept":  # the next-step message stays in the history, before its reply
-            history.append(messages[-1])
+        reply, result = exchange(i)
         start = time.perf_counter()
-        completion = model.complete(messages, schema=None, max_tokens=reply_tokens)
+        completion = model.complete(messages, schema=None, max_tokens=1)
+        decode_scripted(model, messages, reply["content"])
         out.seconds.append(time.perf_counter() - start)
         out.prompt.append(completion.usage.prompt_tokens)
         out.evaluated.append(completion.usage.prompt_tokens - completion.usage.cached_tokens)
-        history += exchange(i)
+        history += [messages[-1], reply, result] if name == "append" else [reply, result]
     log(f"  {name}: evaluated {out.evaluated}")
     return out
 
@@ -187,21 +207,23 @@ def startup_rows() -> list[str]:
 def render(layouts: list[Layout], startup: list[str], args: argparse.Namespace) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `scripts/bench_steps.py --model "
-        f"{args.model} --steps {args.steps} --reply-tokens {args.reply_tokens} "
-        f"--n-ctx {args.n_ctx}` on {machine(f'llama-cpp-python {llama_cpp.__version__}')}.",
+        f"{args.model} --steps {args.steps} --n-ctx {args.n_ctx}` on "
+        f"{machine(f'llama-cpp-python {llama_cpp.__version__}')}.",
         "",
-        f"{args.steps} steps of scripted history, context {args.n_ctx}, each step's prompt "
-        f"evaluated and {args.reply_tokens} reply tokens decoded (unconstrained).",
+        f"{args.steps} steps of scripted history, context {args.n_ctx}: each step's prompt "
+        "evaluated, then its scripted reply (about 125 tokens) put in the KV cache as "
+        "decoding it would. *Evaluated per step*: the prompt's tokens not found in the cache.",
         "",
-        "| layout | s/step, mean | s/step, steps 1-10 / 11-20 / 21-30 | prompt tokens, mean "
-        "| evaluated per step, mean | served from the KV cache |",
-        "|---|---|---|---|---|---|",
+        "| layout | s/step, mean | s/step, median | s/step, steps 1-10 / 11-20 / 21-30 "
+        "| prompt tokens, mean | evaluated per step, mean | served from the KV cache |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lay in layouts:
         thirds = [lay.seconds[i : i + 10] for i in range(0, len(lay.seconds), 10)]
         cached = 1 - sum(lay.evaluated[1:]) / max(1, sum(lay.prompt[1:]))
         lines.append(
             f"| {lay.name} | {statistics.mean(lay.seconds):.2f} "
+            f"| {statistics.median(lay.seconds):.2f} "
             f"| {' / '.join(f'{statistics.mean(t):.2f}' for t in thirds if t)} "
             f"| {statistics.mean(lay.prompt):.0f} | {statistics.mean(lay.evaluated):.0f} "
             f"| {cached:.0%} (steps 2+) |"
@@ -213,9 +235,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--reply-tokens", type=int, default=16)
     parser.add_argument("--n-ctx", type=int, default=4096)
-    parser.add_argument("--layouts", default="after,before")
+    parser.add_argument("--layouts", default="append,rebuild-last,rebuild-early")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     startup = startup_rows()
@@ -227,7 +248,7 @@ def main() -> None:
         LlamaOptions(n_ctx=args.n_ctx),
         name=args.model,
     )
-    layouts = [run_layout(model, n, args.steps, args.reply_tokens) for n in args.layouts.split(",")]
+    layouts = [run_layout(model, n, args.steps) for n in args.layouts.split(",")]
     block = render(layouts, startup, args)
     print(block)
     if not args.no_write:

@@ -34,14 +34,27 @@ def test_memories_from_an_earlier_run_reach_the_prompt(tmp_path: Path) -> None:
     )
     model = run_agent(
         tmp_path,
+        [reply("list_files", directory="."), reply("list_files", directory="sub"), FINISH],
+        memory_dir,
+    )
+    # Step 2's request recalls the fact; step 3's does not repeat it: it is still in view.
+    second, third = model.calls[1][-1]["content"], model.calls[2][-1]["content"]
+    assert second.startswith("This reminds you of these events from your past:")
+    assert "- The vault code is 4711." in second
+    assert "- The vault code is 4711.\n" not in third and model.calls[2][-4]["content"] == second
+
+
+def test_a_memory_in_view_is_not_recalled(tmp_path: Path) -> None:
+    memory_dir = tmp_path / "mem"
+    run_agent(tmp_path, [reply("memory_add", text="The vault code is 4711."), FINISH], memory_dir)
+    model = run_agent(
+        tmp_path,
         [reply("memory_search", query="vault code"), reply("list_files", directory="."), FINISH],
         memory_dir,
     )
-    # The memory command finds the fact; later prompts show it in the memory slot.
+    # The search's result shows the fact, so no later request repeats it.
     assert "The vault code is 4711." in model.calls[1][-2]["content"]
-    last = model.calls[2][-1]["content"]
-    assert last.startswith("This reminds you of these events from your past:")
-    assert "4711" in last
+    assert all("- The vault code is 4711.\n" not in call[-1]["content"] for call in model.calls)
 
 
 def test_each_step_is_remembered_once(tmp_path: Path) -> None:

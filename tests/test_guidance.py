@@ -63,6 +63,26 @@ def test_replies_validate_against_the_schema(model: LlamaModel) -> None:
 
 @pytest.mark.model
 @pytest.mark.slow
+def test_the_next_prompt_reuses_the_replys_own_tokens(model: LlamaModel) -> None:
+    tools = builtin_tools(memory=False)
+    schema = reply_schema(tools)
+    messages = _prompt(model, tools)
+    first = model.complete(messages, schema=schema, max_tokens=512)
+    following: list[Message] = [
+        *messages,
+        {"role": "assistant", "content": first.text.strip()},
+        {"role": "user", "content": "Command write_file returned: done."},
+    ]
+    text, tokens = model._tokens(following)
+    assert model._llm.detokenize(tokens, special=True) == text  # the same text, split as decoded
+    second = model.complete(following, schema=schema, max_tokens=512)
+    # All but the reply's last token (sampled, never evaluated) come from the KV cache.
+    reused = first.usage.prompt_tokens + first.usage.completion_tokens - 1
+    assert second.usage.cached_tokens >= reused
+
+
+@pytest.mark.model
+@pytest.mark.slow
 def test_a_schema_with_one_command_always_yields_it(model: LlamaModel) -> None:
     everything = builtin_tools(memory=False)
     only = ToolRegistry([everything.get("list_files")])

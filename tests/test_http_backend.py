@@ -350,7 +350,9 @@ def test_same_commands_in_process_and_through_the_server(
     # llama.cpp's GBNF from LlamaGrammar.from_json_schema. The default in-process engine,
     # llguidance, writes compact JSON ('{"thoughts"') where the GBNF grammar lets the model
     # choose its whitespace ('{ "thoughts"'), so with it the texts differ from the first
-    # token on (see docs/servers.md).
+    # token on (see docs/servers.md). Only the first step is compared token for token: from
+    # the second on, the in-process model gives its own reply back as the tokens it decoded
+    # (`LlamaModel._splice`), where the server tokenises the reply's text again.
     from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415
 
     options = LlamaOptions(n_ctx=2048, grammar_engine="llama")
@@ -358,16 +360,14 @@ def test_same_commands_in_process_and_through_the_server(
     remote = HttpModel(HttpOptions(server.url), context_length=2048)
     _, local_steps = run_agent(local, tmp_path / "local", 2)
     _, remote_steps = run_agent(remote, tmp_path / "remote", 2)
-    assert [s["messages"] for s in local_steps] == [s["messages"] for s in remote_steps]
-    assert [s["completion"]["text"] for s in local_steps] == [
-        s["completion"]["text"] for s in remote_steps
-    ]
-    assert [s["reply"]["command"] for s in local_steps] == [
-        s["reply"]["command"] for s in remote_steps
-    ]
-    assert [s["completion"]["usage"]["prompt_tokens"] for s in local_steps] == [
-        s["completion"]["usage"]["prompt_tokens"] for s in remote_steps
-    ]
+    first, remote_first = local_steps[0], remote_steps[0]
+    assert first["messages"] == remote_first["messages"]
+    assert first["completion"]["text"] == remote_first["completion"]["text"]
+    assert first["reply"]["command"] == remote_first["reply"]["command"]
+    usage, remote_usage = first["completion"]["usage"], remote_first["completion"]["usage"]
+    assert usage["prompt_tokens"] == remote_usage["prompt_tokens"]
+    if len(local_steps) > 1 and len(remote_steps) > 1:
+        assert local_steps[1]["messages"] == remote_steps[1]["messages"]
 
 
 @pytest.mark.model

@@ -36,6 +36,15 @@ class LlamaOptions:
     `guidance.py`) or llama.cpp's GBNF grammar sampler (a full mask every token)."""
 
 
+@dataclass(frozen=True)
+class _Decode:
+    """The last prompt decoded from (rendered text and tokens) and the reply's tokens."""
+
+    prompt: bytes
+    prompt_tokens: list[int]
+    reply: list[int]
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Keep llama.cpp's Python-side chatter off the terminal."""
@@ -86,21 +95,53 @@ class LlamaModel:
         )
         self._grammars: dict[str, LlamaGrammar] = {}
         self._guided: GuidedDecoder | None = None
+        self._last: _Decode | None = None
+        self._pieces: dict[int, bytes] = {}
         self._prefixes = PrefixCache(self._llm, path, state_dir) if state_dir else None
 
     def _token_text(self, token: int) -> str:
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
-    def _tokens(self, messages: Sequence[Message]) -> list[int]:
-        return list(
-            self._llm.tokenize(
-                self.format.render(messages).encode("utf-8"), add_bos=False, special=True
-            )
-        )
+    def _tokenize(self, text: bytes) -> list[int]:
+        return list(self._llm.tokenize(text, add_bos=False, special=True))
+
+    def _tokens(self, messages: Sequence[Message]) -> tuple[bytes, list[int]]:
+        """The rendered prompt and its tokens.
+
+        When the prompt continues the last one decoded with the reply that was decoded, the
+        reply keeps the very tokens the model produced, which the KV cache still holds.
+        Tokenising its text again would often split it differently (the grammar makes the
+        model pick tokens a tokenizer would merge), and everything from the first difference
+        on would be evaluated again.
+        """
+        text = self.format.render(messages).encode("utf-8")
+        return text, self._splice(text) or self._tokenize(text)
+
+    def _splice(self, text: bytes) -> list[int] | None:
+        """`text`'s tokens reusing the last decode's prompt and reply tokens; None if it does
+        not continue them."""
+        last = self._last
+        if last is None or not text.startswith(last.prompt):
+            return None
+        rest, size, kept = text[len(last.prompt) :], 0, 0
+        for token in last.reply:  # the reply as far as the text still has it (it is stripped)
+            piece = self._piece(token)
+            if not rest.startswith(piece, size):
+                break
+            size, kept = size + len(piece), kept + 1
+        tail = self._tokenize(rest[size:])
+        if kept == 0 or self._llm.detokenize(tail, special=True) != rest[size:]:
+            return None  # e.g. a tokenizer that adds a space to text it starts with
+        return [*last.prompt_tokens, *last.reply[:kept], *tail]
+
+    def _piece(self, token: int) -> bytes:
+        if token not in self._pieces:
+            self._pieces[token] = self._llm.detokenize([token], special=True)
+        return self._pieces[token]
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of the rendered prompt, with the model's tokenizer."""
-        return len(self._tokens(messages))
+        return len(self._tokens(messages)[1])
 
     def grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
         """The GBNF grammar for `schema`, converted once and cached."""
@@ -114,7 +155,8 @@ class LlamaModel:
         self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
     ) -> Completion:
         """Decode one answer; constrained by a grammar when a schema is given."""
-        tokens = self._tokens(messages)
+        text, tokens = self._tokens(messages)
+        self._last = None
         if len(tokens) + max_tokens > self.context_length:
             raise ContextOverflowError(
                 f"prompt of {len(tokens)} tokens plus {max_tokens} for the reply exceeds the "
@@ -122,9 +164,10 @@ class LlamaModel:
             )
         warmed, warm_seconds = self._warm_start(tokens)
         if schema is not None and self.options.grammar_engine == "llguidance":
-            completion = self._complete_guided(tokens, schema, max_tokens)
+            completion, reply = self._complete_guided(tokens, schema, max_tokens)
         else:
-            completion = self._complete_llama(tokens, schema, max_tokens)
+            completion, reply = self._complete_llama(tokens, schema, max_tokens)
+        self._last = _Decode(text, tokens, reply)
         if not warm_seconds:  # nothing was restored or evaluated ahead of the decoder
             return completion
         usage = completion.usage
@@ -137,11 +180,15 @@ class LlamaModel:
 
     def _complete_llama(
         self, tokens: list[int], schema: dict[str, Any] | None, max_tokens: int
-    ) -> Completion:
-        """Decode with llama-cpp-python's sampler, and its GBNF grammar when given a schema."""
+    ) -> tuple[Completion, list[int]]:
+        """Decode with llama-cpp-python's sampler, and its GBNF grammar when given a schema;
+        with the reply's tokens (those evaluated: the text may end before them)."""
         grammar = self.grammar(schema) if schema is not None else None
         ctx = self._llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
+        # What llama-cpp-python will reuse; llama.cpp's own count of evaluated prompt tokens
+        # can include tokens evaluated before the reset (it counts them when it next syncs).
+        cached = common_prefix(self._llm.input_ids[: self._llm.n_tokens].tolist(), tokens[:-1])
         start = time.perf_counter()
         try:
             out: Any = self._llm.create_completion(
@@ -161,8 +208,9 @@ class LlamaModel:
         usage = Usage(
             prompt_tokens=len(tokens),
             completion_tokens=int(out["usage"]["completion_tokens"]),
-            cached_tokens=max(0, len(tokens) - int(perf.n_p_eval)),
+            cached_tokens=cached,
         )
+        reply = self._llm.input_ids[len(tokens) : self._llm.n_tokens].tolist()
         return Completion(
             text=choice["text"],
             finish_reason="length" if choice["finish_reason"] == "length" else "stop",
@@ -170,7 +218,7 @@ class LlamaModel:
             prompt_seconds=perf.t_p_eval_ms / 1000,
             total_seconds=total,
             constrained=grammar is not None,
-        )
+        ), reply
 
     def _warm_start(self, tokens: list[int]) -> tuple[int, float]:
         """Have the KV cache hold the prompt's whole leading batches, restored from disk if saved.
@@ -211,8 +259,9 @@ class LlamaModel:
 
     def _complete_guided(
         self, tokens: list[int], schema: dict[str, Any], max_tokens: int
-    ) -> Completion:
-        """Decode with llguidance; BackendError rather than ever returning unconstrained text."""
+    ) -> tuple[Completion, list[int]]:
+        """Decode with llguidance, with the reply's tokens; BackendError rather than ever
+        returning unconstrained text."""
         start = time.perf_counter()
         decoded = self.guided.decode(
             tokens,
@@ -231,4 +280,4 @@ class LlamaModel:
             prompt_seconds=decoded.prompt_seconds,
             total_seconds=time.perf_counter() - start,
             constrained=True,
-        )
+        ), decoded.tokens

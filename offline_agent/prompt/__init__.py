@@ -4,13 +4,16 @@ Layout, oldest to newest:
 1. the system message: constraints, commands, reply format, then identity and goals (fixed
    for the run; its goal-independent opening is the same for every run, so its KV state can be
    restored from disk by a new process, see `llm/kvcache.py`);
-2. the history: past replies and command results, chronological, appended to;
-3. the next-step message: this step's relevant memories and the goals, repeated.
+2. the history: for each past step, the request it was asked with, the reply and the
+   command's result, chronological, appended to;
+3. this step's request: new relevant memories, notes, the goals repeated, the question.
 
-Everything that changes every step sits in the last message, so between two steps the prompt
-only grows at its end and llama.cpp re-evaluates just the new tokens. When the history no
-longer fits, the oldest exchanges are dropped in one large block (down to half the room),
-not one per step, so the cache is rebuilt rarely.
+The request stays in the history once answered, so a prompt plus its reply is the start of
+the next prompt: between two steps the prompt only grows at its end, and llama.cpp evaluates
+just the command's result and the new request (the reply's tokens are already in its KV
+cache, see `LlamaModel._splice`). A memory is shown once, while it is in view. When the
+history no longer fits, the oldest steps are dropped in one large block (down to a third of
+the room), not one per step, so the cache is rebuilt rarely.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def render(template: str, **variables: Any) -> str:
     return load_template(template).render(**variables).strip()
 
 
+def step_starts(history: Sequence[Message]) -> list[int]:
+    """Where each step's messages begin: after a command's result, which follows a reply.
+
+    A step adds (request, reply, result); runs recorded before requests were kept added
+    (reply, result), and the rule finds both.
+    """
+    return [
+        i
+        for i in range(len(history))
+        if i == 0
+        or (i >= 2 and history[i - 1]["role"] == "user" and history[i - 2]["role"] == "assistant")
+    ]
+
+
 class PromptBuilder:
     """Assembles the messages for each model call within `model.context_length`."""
 
@@ -59,12 +76,15 @@ class PromptBuilder:
         tools: ToolRegistry,
         model: ChatModel,
         reply_reserve: int,
-        memory_share: float = 0.25,
+        *,
+        memory_share: float = 0.1,
+        keep_share: float = 1 / 3,
     ) -> None:
         self.profile = profile
         self.model = model
         self.reply_reserve = reply_reserve
         self.memory_share = memory_share
+        self.keep_share = keep_share
         self.system = Message(
             role="system",
             content=render(
@@ -88,7 +108,7 @@ class PromptBuilder:
     def next_step_message(
         self, memories: Sequence[str] = (), notes: Sequence[str] = (), *, started: bool = False
     ) -> Message:
-        """The last message of a prompt: memories, notes, the goals, the request for a reply.
+        """A step's request: memories, notes, the goals, the question.
 
         `started` says whether commands have run: only then is finishing offered, because
         small models take "use finish" at face value before they have done anything.
@@ -108,7 +128,7 @@ class PromptBuilder:
     def _fit_memories(
         self, memories: Sequence[str], notes: Sequence[str], started: bool
     ) -> Message:
-        """The next-step message with as many memories as fit in their share of the room."""
+        """The request with as many memories as fit in their share of the room."""
         base = self._count([], self.next_step_message((), notes, started=started))
         if base > self.budget:
             raise ContextOverflowError(
@@ -126,25 +146,26 @@ class PromptBuilder:
     def build(
         self, history: Sequence[Message], memories: Sequence[str] = (), notes: Sequence[str] = ()
     ) -> list[Message]:
-        """The messages for the next call: never more than the budget allows."""
+        """The messages for the next call, never more than the budget allows; the last one is
+        this step's request, which the caller keeps in the history with the reply."""
         last = self._fit_memories(memories, notes, started=bool(history))
         if self._count(history[self.first_kept :], last) > self.budget:
             self.first_kept = self._drop_block(history, last)
         return [self.system, *history[self.first_kept :], last]
 
     def _drop_block(self, history: Sequence[Message], last: Message) -> int:
-        """The first index to keep so that history uses at most half of the free room."""
+        """The first index to keep so that history uses at most `keep_share` of the room."""
         fixed = self._count([], last)
-        target = fixed + (self.budget - fixed) // 2
-        # History is made of (reply, result) pairs: search over pair boundaries only.
-        low, high = (self.first_kept + 1) // 2, len(history) // 2
+        target = fixed + int((self.budget - fixed) * self.keep_share)
+        starts = [i for i in step_starts(history) if i > self.first_kept] + [len(history)]
+        low, high = 0, len(starts) - 1  # cut only where a step begins
         while low < high:
             mid = (low + high) // 2
-            if self._count(history[2 * mid :], last) <= target:
+            if self._count(history[starts[mid] :], last) <= target:
                 high = mid
             else:
                 low = mid + 1
-        return 2 * high
+        return starts[high]
 
     def cut_to_tokens(self, text: str, max_tokens: int) -> str:
         """`text` shortened to about `max_tokens`, with a notice saying it was cut."""
