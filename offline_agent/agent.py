@@ -148,7 +148,7 @@ class Agent:
         self._last_call = ""  # the last command run, as JSON
         self._stale = 0  # steps in a row whose command returned what it returned before
         self._held_back = ""  # a command left out of the next step's grammar
-        self._notes: list[str] = []  # said once, in the next prompt's last message
+        self._notes: list[str] = []  # said once, in the next step's request
         self._agents_version = ctx.agents.version if ctx.agents is not None else 0
 
     def run(self) -> RunResult:
@@ -203,8 +203,8 @@ class Agent:
         step.messages = self.prompt.build(self.history, self._recall(), notes)
         request = step.messages[-1]
         self.events.thinking(step.index)
-        # The grammar does what a note cannot make a small model do: not run a command a
-        # third time with the same arguments. Validation still uses the full schema.
+        # A command held back by `_check_loop` is left out of this step's grammar; validation
+        # still uses the full schema.
         schema = reply_schema(self.tools.without(held_back)) if held_back else self.schema
         step.grammar_sha256 = schema_digest(schema)
         step.completion = self.model.complete(

@@ -126,7 +126,7 @@ def constrained(
 
 def free(model: LlamaModel, messages: list[Message], n_tokens: int) -> Run:
     llm = model._llm
-    tokens = model._tokens(messages)
+    _, tokens = model._tokens(messages)
     ban = {
         t: -1e9 for t in range(llm.n_vocab()) if llama_cpp.llama_token_is_eog(llm._model.vocab, t)
     }

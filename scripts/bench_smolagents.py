@@ -246,6 +246,10 @@ def run_smolagents(
         # content would not render.
         flatten_messages_as_text=True,
         client_kwargs={"max_retries": 0},
+        # smolagents retries "rate limit" errors after 60 s, 120 s...; it takes any error
+        # whose text holds "429" for one, such as a 400 that says a prompt of 4290 tokens
+        # is too long. A local server has no rate limit: no retries, no sleeping.
+        retry=False,
         temperature=args.temperature,
         seed=args.seed,
         max_tokens=REPLY_TOKENS,

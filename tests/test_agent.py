@@ -12,7 +12,7 @@ import pytest
 from offline_agent.agent import Agent, AgentConfig, Approval
 from offline_agent.errors import BackendError
 from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.prompt import Profile
+from offline_agent.prompt import Profile, step_starts
 from offline_agent.records import Step
 from offline_agent.runs import RunRecord, read_entries, verify
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool
@@ -257,6 +257,16 @@ def test_prompt_never_exceeds_the_context_and_drops_history_in_blocks(tmp_path: 
     # The oldest reply in view changes only when a block is dropped, not every step.
     changes = sum(1 for a, b in itertools.pairwise(firsts) if a != b)
     assert 1 <= changes <= len(firsts) // 3
+
+
+def test_steps_begin_after_a_result_in_new_and_old_histories() -> None:
+    def history(roles: str) -> list[Any]:
+        names = {"u": "user", "a": "assistant"}
+        return [{"role": names[r], "content": ""} for r in roles]
+
+    assert step_starts(history("uau" * 3)) == [0, 3, 6]  # (request, reply, result)
+    assert step_starts(history("au" * 3)) == [0, 2, 4]  # recorded before requests were kept
+    assert step_starts(history("auau" + "uau")) == [0, 2, 4]  # such a run, resumed
 
 
 def test_an_oversized_result_is_cut_with_a_notice(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def test_a_failure_inside_decoding_is_a_backend_error(real_models: dict[str, Pat
     # A matcher built on Gemma's 262k vocabulary cannot follow SmolLM2's tokens: the
     # decoder must stop with an error, never hand back what it decoded so far unconstrained.
     wrong = GuidedDecoder(gemma._llm).matcher(schema)
-    prompt = smol._tokens(_prompt(smol, tools))
+    _, prompt = smol._tokens(_prompt(smol, tools))
     with pytest.raises(BackendError):
         smol.guided.decode(prompt, wrong, max_tokens=64, temperature=0.0)
 
