@@ -15,9 +15,11 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from offline_agent.errors import ToolError
 
@@ -132,6 +134,33 @@ def _supervise(proc: subprocess.Popen[bytes], timeout: float, output: _Output) -
     return timed_out
 
 
+class _HeldInterrupt:
+    """Ctrl-C held back while a child starts, and delivered by `release()`.
+
+    A KeyboardInterrupt inside `Popen` would leave the child running with nothing to kill it
+    (it leads a session of its own, so the terminal's Ctrl-C does not reach it either).
+    Python runs signal handlers in the main thread only, so only there is anything held.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        """Put the previous handler back and give it the Ctrl-C held, if one came."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return
+        signal.signal(signal.SIGINT, previous)
+        if self.held and callable(previous):
+            previous(signal.SIGINT, None)
+
+
 def run_python(
     args: list[str],
     *,
@@ -161,6 +190,7 @@ def run_process(
     """Run `argv` (no shell) in `cwd` under the same limits as `run_python`."""
     limit = (memory_limit_mb or 0) * _MIB
     command = [sys.executable, "-c", _LAUNCHER, str(limit), *argv]
+    ctrl_c = _HeldInterrupt()
     try:
         proc = subprocess.Popen(
             command,
@@ -172,10 +202,15 @@ def run_process(
             start_new_session=True,
         )
     except (OSError, ValueError) as exc:
+        ctrl_c.release()
         raise ToolError(f"cannot start {Path(argv[0]).name}: {exc}") from None
+    except BaseException:
+        ctrl_c.release()
+        raise
     output = _Output(output_limit)
     with proc:
         try:
+            ctrl_c.release()  # a Ctrl-C during the start arrives here, where it kills the child
             timed_out = _supervise(proc, timeout, output)
         except BaseException:  # Ctrl-C or an error while waiting: nothing started lives on
             _kill_group(proc.pid)

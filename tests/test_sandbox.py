@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from offline_agent import sandbox
 from offline_agent.errors import ToolError
 from offline_agent.sandbox import run_python
 
@@ -194,3 +198,23 @@ def test_null_byte_in_arguments_is_a_tool_error(tmp_path: Path) -> None:
 def test_missing_cwd_is_a_tool_error(tmp_path: Path) -> None:
     with pytest.raises(ToolError, match="cannot start python"):
         run("print(1)", tmp_path / "gone")
+
+
+def test_ctrl_c_while_the_child_starts_still_kills_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_popen = subprocess.Popen
+
+    def interrupted_popen(*args: Any, **kwargs: Any) -> Any:
+        proc = real_popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands before Popen has returned
+        time.sleep(0.05)  # where a KeyboardInterrupt would leave the child unkilled
+        return proc
+
+    monkeypatch.setattr(sandbox.subprocess, "Popen", interrupted_popen)
+    code = "import os, time; time.sleep(1); open('late.txt', 'w').write(str(os.getpid()))"
+    with pytest.raises(KeyboardInterrupt):
+        run(code, tmp_path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    time.sleep(1.5)
+    assert not (tmp_path / "late.txt").exists()
