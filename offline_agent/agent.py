@@ -42,7 +42,8 @@ class AgentConfig:
     result_tokens: int = 1000
     memory_k: int = 10
     max_repeats: int = 3
-    """Stale steps in a row that end a run: a command returning what it returned before."""
+    """Stale steps in a row that end a run: a command that ran just before, or that returned
+    the same result before."""
     time_limit: float | None = None
     """Seconds of wall time; checked before each step, so a step under way is finished."""
 
@@ -187,7 +188,8 @@ class Agent:
         return step
 
     def add_note(self, text: str) -> None:
-        """Say `text` to the model once, in the next prompt (e.g. feedback after Ctrl-C)."""
+        """Say `text` to the model in the next step's request (e.g. feedback after Ctrl-C);
+        like any request it stays in the history while in view."""
         self._notes.append(text)
 
     def restore(self, history: list[Message], steps_taken: int) -> None:
@@ -275,15 +277,16 @@ class Agent:
         self._last_call = call
         if self._stale >= self.config.max_repeats:
             raise RunEnded(
-                "loop", f"{self._stale} commands in a row returned what they returned before"
+                "loop",
+                f"{self._stale} commands in a row ran just before or returned the same as before",
             )
         if self._stale:
             # The grammar does what the note cannot make a small model do: try something else.
             self._held_back = reply.command.name
             self._notes.append(
-                f"{reply.command.name} with these arguments ran before with this result "
-                f"({self._stale} such step{'s' if self._stale > 1 else ''} in a row); running "
-                "it again changes nothing. If every goal is done, use finish."
+                f"{reply.command.name} with these arguments ran just before or returned the "
+                f"same before ({self._stale} such step{'s' if self._stale > 1 else ''} in a "
+                "row); running it again changes nothing. If every goal is done, use finish."
             )
 
     def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:
@@ -298,7 +301,9 @@ class Agent:
 
     def _recall(self) -> list[str]:
         """Memories relevant to the latest exchange, best first, minus what is in view: an
-        exchange still in the history, or a memory shown in a request still in it."""
+        exchange still in the history, or a text that a message still in it shows (a
+        request's memory, a result). "In view" is as of the last prompt: a block dropped by
+        this step's prompt counts as in view once more."""
         if self.memory is None or not self.history:
             return []
         shown = self.history[self.prompt.first_kept :]
@@ -307,8 +312,8 @@ class Agent:
             for a, r in itertools.pairwise(shown)
             if a["role"] == "assistant"
         }
-        requests = "\n".join(m["content"] for m in shown if m["role"] == "user")
+        shown_text = "\n".join(m["content"] for m in shown if m["role"] == "user")
         query = "\n".join(m["content"] for m in self.history[-2:])
         hits = self.memory.recall(query, self.config.memory_k + len(shown))
-        fresh = [text for _, text in hits if text not in exchanges and text not in requests]
+        fresh = [text for _, text in hits if text not in exchanges and text not in shown_text]
         return fresh[: self.config.memory_k]

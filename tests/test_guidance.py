@@ -73,8 +73,13 @@ def test_the_next_prompt_reuses_the_replys_own_tokens(model: LlamaModel) -> None
         {"role": "assistant", "content": first.text.strip()},
         {"role": "user", "content": "Command write_file returned: done."},
     ]
+    decoded = model._last
+    assert decoded is not None
     text, tokens = model._tokens(following)
     assert model._llm.detokenize(tokens, special=True) == text  # the same text, split as decoded
+    reply_at = len(decoded.prompt_tokens)
+    assert tokens[:reply_at] == decoded.prompt_tokens
+    assert tokens[reply_at : reply_at + len(decoded.reply)] == decoded.reply
     second = model.complete(following, schema=schema, max_tokens=512)
     # All but the reply's last token (sampled, never evaluated) come from the KV cache.
     reused = first.usage.prompt_tokens + first.usage.completion_tokens - 1

@@ -366,8 +366,8 @@ def test_same_commands_in_process_and_through_the_server(
     assert first["reply"]["command"] == remote_first["reply"]["command"]
     usage, remote_usage = first["completion"]["usage"], remote_first["completion"]["usage"]
     assert usage["prompt_tokens"] == remote_usage["prompt_tokens"]
-    if len(local_steps) > 1 and len(remote_steps) > 1:
-        assert local_steps[1]["messages"] == remote_steps[1]["messages"]
+    assert len(local_steps) == len(remote_steps) == 2
+    assert local_steps[1]["messages"] == remote_steps[1]["messages"]
 
 
 @pytest.mark.model

@@ -126,7 +126,7 @@ class LlamaModel:
         rest, size, kept = text[len(last.prompt) :], 0, 0
         for token in last.reply:  # the reply as far as the text still has it (it is stripped)
             piece = self._piece(token)
-            if not rest.startswith(piece, size):
+            if not piece or not rest.startswith(piece, size):  # b"": not a text token
                 break
             size, kept = size + len(piece), kept + 1
         tail = self._tokenize(rest[size:])
@@ -140,7 +140,8 @@ class LlamaModel:
         return self._pieces[token]
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Tokens of the rendered prompt, with the model's tokenizer."""
+        """Tokens of the rendered prompt, with the model's tokenizer; a prompt continuing the
+        last decode counts the reply's decoded tokens (see `_tokens`)."""
         return len(self._tokens(messages)[1])
 
     def grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
