@@ -39,7 +39,14 @@ def start_run(tmp_path: Path) -> subprocess.Popen[bytes]:
             "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
         ),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=default_ctrl_c,  # noqa: PLW1509 (no threads are running here)
     )  # fmt: skip
+
+
+def default_ctrl_c() -> None:
+    """Ctrl-C as at a terminal, even under a shell that started pytest ignoring SIGINT (a
+    background job of a script), whose children would ignore it too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition: object, timeout: float = 30) -> None:

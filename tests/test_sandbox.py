@@ -213,8 +213,12 @@ def test_ctrl_c_while_the_child_starts_still_kills_it(
 
     monkeypatch.setattr(sandbox.subprocess, "Popen", interrupted_popen)
     code = "import os, time; time.sleep(1); open('late.txt', 'w').write(str(os.getpid()))"
-    with pytest.raises(KeyboardInterrupt):
-        run(code, tmp_path)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # maybe SIG_IGN
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(code, tmp_path)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     time.sleep(1.5)
     assert not (tmp_path / "late.txt").exists()
