@@ -129,8 +129,10 @@ class LlamaModel:
             if not piece or not rest.startswith(piece, size):  # b"": not a text token
                 break
             size, kept = size + len(piece), kept + 1
+        if kept == 0:
+            return None
         tail = self._tokenize(rest[size:])
-        if kept == 0 or self._llm.detokenize(tail, special=True) != rest[size:]:
+        if self._llm.detokenize(tail, special=True) != rest[size:]:
             return None  # e.g. a tokenizer that adds a space to text it starts with
         return [*last.prompt_tokens, *last.reply[:kept], *tail]
 
