@@ -92,11 +92,13 @@ def test_kill_then_resume_completes_with_nothing_lost(
     for step in steps:
         if step["status"] == "interrupted":
             assert "may or may not have taken effect" in step["history"][1]["content"]
-    status = {s["reply"]["command"]["args"].get("code", "")[-20:]: s["status"] for s in steps}
+    by_code = {s["reply"]["command"]["args"].get("code"): s for s in steps}
     for name in ("b.txt", "c.txt"):
-        code_tail = SLOW.format(name=name)[-20:]
-        if status[code_tail] == "ok":
-            assert (ws / name).read_text() == "done"
+        # An interrupted command's child outlives the SIGKILLed agent and may write its file
+        # later, so only commands that ran to the end are checked.
+        step = by_code[SLOW.format(name=name)]
+        if step["status"] == "ok":
+            assert (ws / name).read_text() == "done", step
     by_name = {s["reply"]["command"]["name"]: s["status"] for s in steps}
     firsts = ["first"] if by_name["write_file"] == "ok" else ["first", ""]
     seconds = [" second"] if by_name["append_file"] == "ok" else [" second", ""]
