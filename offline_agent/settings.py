@@ -22,6 +22,13 @@ def home_dir() -> Path:
     return Path(os.environ.get("OFFLINE_AGENT_HOME") or "~/.offline-agent").expanduser()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: the default thread count for llama.cpp."""
+    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset and container CPU sets
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Profile:
     """A checked profile; ConfigError names the first problem."""
     name, role = name.strip(), role.strip()

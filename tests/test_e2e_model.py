@@ -12,6 +12,7 @@ from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.prompt import Profile
 from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.runs import RunRecord, read_entries
+from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 
@@ -50,6 +51,12 @@ def test_smollm2_run_every_reply_validates_and_is_dispatched(
     if len(steps) > 1:
         usage = steps[1]["completion"]["usage"]
         assert usage["cached_tokens"] > usage["prompt_tokens"] // 2
+
+
+def test_the_model_runs_on_every_usable_core_by_default(smollm2: LlamaModel) -> None:
+    # llama-cpp-python's own default decodes on half the cores (~1.5x slower on 2 cores).
+    params = smollm2._llm.context_params
+    assert params.n_threads == params.n_threads_batch == usable_cores()
 
 
 def test_smollm2_token_count_matches_llama_cpp(smollm2: LlamaModel) -> None:

@@ -24,11 +24,14 @@ from click.testing import CliRunner
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli import cli
 from offline_agent.cli.run import _redacted
+from offline_agent.cli.serve import server_argv
 from offline_agent.errors import BackendError, ConfigError
 from offline_agent.llm import HttpModel, HttpOptions, LlamaOptions, open_model
 from offline_agent.llm.http import MESSAGE_OVERHEAD, response_format
+from offline_agent.modelstore import ResolvedModel
 from offline_agent.prompt import Profile
 from offline_agent.runs import RunRecord, read_entries, verify
+from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 
@@ -221,6 +224,18 @@ def test_token_count_estimates_without_a_server_tokenizer(fake: FakeServer) -> N
 
 
 # --- A real llama_cpp.server ---------------------------------------------------------
+
+
+def test_serve_uses_every_usable_core_unless_told(tmp_path: Path) -> None:
+    model = ResolvedModel(tmp_path / "m.gguf", None, "chatml")
+    argv = server_argv(model, host="h", port=1, n_ctx=2, n_gpu_layers=0, threads=None,
+                       chat_format=None)  # fmt: skip
+    cores = str(usable_cores())
+    assert argv[argv.index("--n_threads") + 1] == argv[argv.index("--n_threads_batch") + 1]
+    assert argv[argv.index("--n_threads") + 1] == cores  # the server's own default is half
+    argv = server_argv(model, host="h", port=1, n_ctx=2, n_gpu_layers=0, threads=3,
+                       chat_format=None)  # fmt: skip
+    assert argv[argv.index("--n_threads") + 1] == argv[argv.index("--n_threads_batch") + 1] == "3"
 
 
 @dataclass

@@ -10,6 +10,7 @@ import click
 
 from offline_agent import modelstore
 from offline_agent.errors import ConfigError
+from offline_agent.settings import usable_cores
 
 
 def server_argv(
@@ -36,8 +37,9 @@ def server_argv(
         "--n_ctx", str(n_ctx),
         "--n_gpu_layers", str(n_gpu_layers),
     ]  # fmt: skip
-    if threads is not None:
-        argv += ["--n_threads", str(threads)]
+    # The server's own default is half the cores; ours (and the in-process model's) is all.
+    threads = threads or usable_cores()
+    argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     if fmt != modelstore.TEMPLATE_FORMAT:  # "template": the server reads the GGUF's own
         argv += ["--chat_format", fmt]
     return argv
@@ -56,7 +58,7 @@ def server_argv(
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context window in tokens.")
 @click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to GPU.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: half the cores).")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
 @click.option(
     "--chat-format", default=None, help="Override the chat format (default: the model's)."
 )
