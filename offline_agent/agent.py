@@ -212,6 +212,11 @@ class Agent:
         step.completion = self.model.complete(
             step.messages, schema=schema, max_tokens=self.config.reply_tokens
         )
+        if self.memory is not None:
+            # Step 1 needs no memory (nothing to recall yet), and the embedder's loading takes
+            # seconds of CPU and Python's lock, so it starts only now, not during the model's
+            # first call: with the user's approval and the command, not against the model.
+            self.memory.preload()
         raw = step.completion.text.strip()
         try:
             step.reply = parse_reply(step.completion, self.tools, self.schema)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offline_agent.agent import Agent, AgentConfig, Approval, Events
 from offline_agent.errors import ConfigError, StorageError
@@ -24,7 +24,7 @@ from offline_agent.llm import (
 )
 from offline_agent.memory import open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
-from offline_agent.prompt import Profile
+from offline_agent.prompt import Profile, PromptBuilder
 from offline_agent.records import CommandCall, Message, Reply, Step, Thoughts, ToolResult
 from offline_agent.replay import run_meta
 from offline_agent.runs import RunRecord, read_entries
@@ -32,6 +32,9 @@ from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.tools.base import ShellPolicy
 from offline_agent.workspace import Workspace
+
+if TYPE_CHECKING:
+    from offline_agent.llm.llama import LlamaModel
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,7 @@ def build_agent(
         )
     memory = None
     if settings.memory_dir is not None:
-        memory = open_memory(settings.memory_dir)
-        memory.preload()
+        memory = open_memory(settings.memory_dir)  # loaded by the agent after its first reply
     tools = builtin_tools(memory=memory is not None, shell=settings.shell is not None)
     ctx = ToolContext(
         workspace=workspace,
@@ -139,6 +141,15 @@ def build_agent(
         events=events,
         approve=None if settings.continuous else approve,
     )
+
+
+def warm_up(model: LlamaModel, *, memory: bool) -> int:
+    """Save the KV state of the opening that every run's first prompt with these commands
+    shares (the system message up to the agent's name and goals), so that even the first
+    run on a machine restores it; the tokens evaluated (0: saved already)."""
+    tools = builtin_tools(memory=memory)
+    anyone = Profile("Agent", "an assistant", ("a goal",))  # the opening comes before these
+    return model.prepare(PromptBuilder(anyone, tools, model, AgentConfig().reply_tokens).build([]))
 
 
 def model_digest(settings: RunSettings) -> str | None:

@@ -107,7 +107,8 @@ def run(goal: str, memory: bool, steps: int, folder: Path, *, wait: bool) -> lis
     """One real run; the times of each of its steps.
 
     With memory, `wait` lets the embedder finish loading before the first step; otherwise it
-    loads in the background during step 1, as in `offline-agent run`.
+    loads in the background from step 1's reply on, as in `offline-agent run`, and storing
+    step 1's exchange waits for it.
     """
     settings = RunSettings(
         profile=Profile("FileBot", ROLE, (GOALS[goal],)),
@@ -185,7 +186,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     runs = {  # the first run is the first in this process to load the embedder (and torch)
-        "write, memory on, embedder loading during step 1": ("write", True, False),
+        "write, memory on, embedder loading after step 1's reply": ("write", True, False),
         "write, memory off": ("write", False, True),
         "write, memory on": ("write", True, True),
         "read-write, memory off": ("read-write", False, True),

@@ -19,7 +19,8 @@ one by one, the same for every layout). What the next prompt finds of it in the 
 layout's doing. Also `offline-agent --help` start-up time and the time from a cold
 interpreter to the first model token with the default model: with no saved KV state, then
 with the state of the prompt's opening that the first process saved (see
-`offline_agent/llm/kvcache.py`), for the same goal and for another.
+`offline_agent/llm/kvcache.py`), for the same goal and for another; and the same from
+the start of a real `offline-agent run` with long-term memory on, as by default.
 
 Usage: python scripts/bench_steps.py [--model smollm2-135m] [--steps 30] [--n-ctx 4096]
        [--layouts append,rebuild-last,rebuild-early] [--no-write]
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -182,6 +184,36 @@ def first_token_time(goal: str, home: Path) -> tuple[float, float, float]:
     return loaded, first, wall
 
 
+def run_first_token(goal: str, home: Path) -> tuple[float, float]:
+    """A real `offline-agent run` (one step, continuous, long-term memory on as by default):
+    (seconds from starting the process to the first token, to the end of step 1).
+
+    The first token comes when step 1's prompt has been evaluated: the step's start (its
+    record's time less its duration) plus the model call's prompt seconds. Building the
+    prompt before the call (under 10 ms) and sampling that token are left out.
+    """
+    env = {
+        **os.environ,
+        "OFFLINE_AGENT_HOME": str(home),
+        "OFFLINE_AGENT_MODELS": str(default_models_dir()),
+    }
+    exe = Path(sys.executable).parent / "offline-agent"
+    with tempfile.TemporaryDirectory() as workspace:
+        start = time.time()
+        # check=False: exit 10 is the one-step limit reached without finishing.
+        subprocess.run(
+            [str(exe), "run", "--goal", goal, "--continuous", "--max-steps", "1",
+             "--workspace", workspace],
+            check=False, capture_output=True, env=env,
+        )  # fmt: skip
+    (steps,) = (home / "runs").glob("*/steps.jsonl")
+    entry = next(e for e in map(json.loads, steps.read_text().splitlines()) if e["type"] == "step")
+    shutil.rmtree(steps.parent)  # the next run's record is then the only one
+    step = entry["step"]
+    step_start = entry["time"] - step["seconds"] - start
+    return step_start + step["completion"]["prompt_seconds"], entry["time"] - start
+
+
 def startup_rows() -> list[str]:
     """The start-up table: --help, and the first token without and with a saved KV state."""
     help_s = help_time()
@@ -189,6 +221,9 @@ def startup_rows() -> list[str]:
         loaded, cold, cold_wall = first_token_time(GOAL, Path(home))
         _, same, _ = first_token_time(GOAL, Path(home))
         _, other, other_wall = first_token_time(OTHER_GOAL, Path(home))
+    with tempfile.TemporaryDirectory() as home:
+        run_cold, run_cold_step = run_first_token(GOAL, Path(home))
+        run_warm, run_warm_step = run_first_token(OTHER_GOAL, Path(home))
     return [
         "| start-up | seconds |",
         "|---|---|",
@@ -201,6 +236,11 @@ def startup_rows() -> list[str]:
         f"| the same, another goal (its first run) | {other:.2f} |",
         "| the whole process, interpreter start and exit included: no saved state / "
         f"restored | {cold_wall:.2f} / {other_wall:.2f} |",
+        "| `offline-agent run` (long-term memory on, the default), from the process's start "
+        f"to the first token: no saved state / restored, another goal | {run_cold:.2f} / "
+        f"{run_warm:.2f} |",
+        "| the same, to the end of step 1 (its reply, the command, and the memory of the "
+        f"step stored: the embedder loaded) | {run_cold_step:.2f} / {run_warm_step:.2f} |",
     ]
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from offline_agent.agent import Agent, AgentConfig
+import pytest
+
+from offline_agent import session
+from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.memory import HashEmbedder, open_memory
+from offline_agent.memory import HashEmbedder, LongTermMemory, open_memory
 from offline_agent.prompt import Profile
+from offline_agent.records import Completion
+from offline_agent.session import RunSettings
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 from tests.test_agent import FINISH, reply
@@ -64,3 +70,39 @@ def test_each_step_is_remembered_once(tmp_path: Path) -> None:
     hits = memory.recall("list_files", k=10)
     steps = [text for _, text in hits if text.startswith("Assistant reply:")]
     assert len(steps) == 1 and "list_files" in steps[0]
+
+
+class LoadWatcher(ScriptedModel):
+    """A scripted model that notes, at each call, whether memory had begun to load."""
+
+    def __init__(self, replies: list[object], memories: list[LongTermMemory]) -> None:
+        super().__init__(replies)
+        self.memories = memories  # the one the agent opens
+        self.loading: list[bool] = []
+
+    def complete(self, *args: Any, **kwargs: Any) -> Completion:
+        (memory,) = self.memories
+        self.loading.append(memory._preload is not None or memory._store is not None)
+        return super().complete(*args, **kwargs)
+
+
+def test_memory_loads_after_the_first_reply_not_during_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading the embedder takes seconds of CPU (and Python's lock) that the first prompt's
+    # evaluation would lose: step 1 has nothing to recall, so loading waits for its reply.
+    memories: list[LongTermMemory] = []
+
+    def hashed_memory(memory_dir: Path) -> LongTermMemory:
+        memories.append(open_memory(memory_dir, embedder=HashEmbedder()))
+        return memories[-1]
+
+    monkeypatch.setattr(session, "open_memory", hashed_memory)
+    settings = RunSettings(
+        PROFILE, None, tmp_path, tmp_path / "ws", tmp_path / "runs", memory_dir=tmp_path / "mem"
+    )
+    model = LoadWatcher([reply("list_files", directory="."), FINISH], memories)
+    agent = session.build_agent(settings, SilentEvents(), None, model)
+    assert agent.run().status == "finished"
+    memories[0].close()
+    assert model.loading == [False, True]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,29 @@ def test_only_the_most_recently_used_files_are_kept(smollm2: Path, tmp_path: Pat
     assert sorted(p.name for p in tmp_path.glob("*.kv")) == sorted(
         [cache.path([1]).name, cache.path([3]).name]
     )
+
+
+def test_models_warm_saves_what_a_first_run_then_restores(smollm2: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "OFFLINE_AGENT_HOME": str(tmp_path / "home"),
+        "OFFLINE_AGENT_MODELS": str(smollm2.parent),
+    }
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "offline_agent", *args],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode in (0, 10), done.stderr  # 10: a run's step limit
+        return done.stdout
+
+    assert "prompt openings 1024 tokens evaluated" in cli("models", "warm")
+    # One opening with long-term memory's commands, one without.
+    assert len(list((tmp_path / "home" / "kv-cache").glob("*.kv"))) == 2
+    assert "saved already" in cli("models", "warm", "smollm2-135m")
+    cli("run", "--goal", WASHINGTON, "--continuous", "--max-steps", "1", "--no-memory",
+        "--workspace", str(tmp_path / "ws"))  # fmt: skip
+    (steps,) = (tmp_path / "home" / "runs").glob("*/steps.jsonl")
+    first = next(e for e in map(json.loads, steps.read_text().splitlines()) if e["type"] == "step")
+    assert first["step"]["completion"]["usage"]["cached_tokens"] == 512  # restored, not evaluated

@@ -11,6 +11,7 @@ import click
 
 from offline_agent import gguf, modelstore
 from offline_agent.cli.common import library_errors
+from offline_agent.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +74,30 @@ def fetch(names: tuple[str, ...], fetch_all: bool, force: bool, models_dir: Path
             start = time.monotonic()
             path = modelstore.fetch(spec, models_dir, force=force, progress=_echo_err)
             click.echo(f"{spec.name}: {path} ({time.monotonic() - start:.1f}s)")
+
+
+@models.command(short_help="Save the prompt opening's KV state, for a fast first run.")
+@click.argument("names", nargs=-1)
+@_models_dir_option
+def warm(names: tuple[str, ...], models_dir: Path) -> None:
+    """Evaluate the opening every run's first prompt shares and save its KV state (default:
+    the default model), with and without long-term memory's commands. A run saves it too,
+    so this only spares the first run on a machine the seconds of evaluating it."""
+    # Imported here: llama.cpp's library is not needed for the other model commands.
+    from offline_agent.llm import LlamaOptions, open_model  # noqa: PLC0415
+    from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415
+    from offline_agent.session import warm_up  # noqa: PLC0415
+
+    with library_errors():
+        registry = _registry(models_dir)
+        for name in names or (registry.default,):
+            start = time.monotonic()
+            model = open_model(name, LlamaOptions(), models_dir)
+            if not isinstance(model, LlamaModel):
+                raise ConfigError(f"{name} is not a GGUF model; nothing to warm")
+            evaluated = warm_up(model, memory=True) + warm_up(model, memory=False)
+            done = f"{evaluated} tokens evaluated" if evaluated else "saved already"
+            click.echo(f"{model.name}: prompt openings {done} ({time.monotonic() - start:.1f}s)")
 
 
 @models.command(short_help="Check models' size and sha256.")

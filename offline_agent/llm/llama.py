@@ -151,6 +151,12 @@ class LlamaModel:
         last decode counts the reply's decoded tokens (see `_tokens`)."""
         return len(self._tokens(messages)[1])
 
+    def prepare(self, messages: Sequence[Message]) -> int:
+        """Have the saved KV states hold the leading batches of the prompt `messages` make, as
+        a first call would leave them, for later processes to restore; the tokens evaluated
+        (0: saved already, or no state directory)."""
+        return self._warm_start(self._tokens(messages)[1])[0]
+
     def grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
         """The GBNF grammar for `schema`, converted once and cached."""
         key = json.dumps(schema)  # not sorted: property order is the order the model writes

@@ -58,6 +58,10 @@ class MemoryLike(Protocol):
         """The k memories most similar to `query`, as (score, text), best first."""
         ...
 
+    def preload(self) -> None:
+        """Start loading what `remember` and `recall` need, in the background."""
+        ...
+
 
 class SubAgentsLike(Protocol):
     """What commands need to run sub-agents (see `offline_agent.subagents`)."""
