@@ -213,9 +213,10 @@ class Agent:
             step.messages, schema=schema, max_tokens=self.config.reply_tokens
         )
         if self.memory is not None:
-            # Step 1 needs no memory (nothing to recall yet), and the embedder's loading takes
-            # seconds of CPU and Python's lock, so it starts only now, not during the model's
-            # first call: with the user's approval and the command, not against the model.
+            # Loading the embedder takes seconds of CPU and of the GIL, which a model in this
+            # process would lose; a new run's first prompt recalls nothing, so the load starts
+            # once that reply is in (a no-op once started). It then overlaps the user's
+            # approval and the command; storing this step's exchange waits for it.
             self.memory.preload()
         raw = step.completion.text.strip()
         try:

@@ -17,6 +17,7 @@ from offline_agent.errors import ConfigError, StorageError
 from offline_agent.llm import (
     SCRIPTED_PREFIX,
     ChatModel,
+    HttpModel,
     HttpOptions,
     LlamaOptions,
     ScriptedModel,
@@ -122,7 +123,10 @@ def build_agent(
         )
     memory = None
     if settings.memory_dir is not None:
-        memory = open_memory(settings.memory_dir)  # loaded by the agent after its first reply
+        memory = open_memory(settings.memory_dir)
+        if isinstance(model, HttpModel):  # the model computes elsewhere: load memory now
+            memory.preload()
+        # Otherwise the agent starts loading it once the first reply is in (`Agent._step`).
     tools = builtin_tools(memory=memory is not None, shell=settings.shell is not None)
     ctx = ToolContext(
         workspace=workspace,
@@ -143,13 +147,18 @@ def build_agent(
     )
 
 
-def warm_up(model: LlamaModel, *, memory: bool) -> int:
-    """Save the KV state of the opening that every run's first prompt with these commands
-    shares (the system message up to the agent's name and goals), so that even the first
-    run on a machine restores it; the tokens evaluated (0: saved already)."""
+def opening_prompt(model: ChatModel, *, memory: bool) -> list[Message]:
+    """The first prompt of a run without a shell, for a placeholder agent: the system message
+    opens with what every such run's shares (its name, role and goals come last)."""
+    placeholder = Profile("Agent", "an assistant", ("a goal",))
     tools = builtin_tools(memory=memory)
-    anyone = Profile("Agent", "an assistant", ("a goal",))  # the opening comes before these
-    return model.prepare(PromptBuilder(anyone, tools, model, AgentConfig().reply_tokens).build([]))
+    return PromptBuilder(placeholder, tools, model, AgentConfig().reply_tokens).build([])
+
+
+def warm_up(model: LlamaModel, *, memory: bool) -> int:
+    """Save the KV state of that opening, so that even the first run on a machine restores
+    it; the tokens evaluated (0: it was saved already)."""
+    return model.save_opening(opening_prompt(model, memory=memory))
 
 
 def model_digest(settings: RunSettings) -> str | None:

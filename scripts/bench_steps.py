@@ -200,12 +200,13 @@ def run_first_token(goal: str, home: Path) -> tuple[float, float]:
     exe = Path(sys.executable).parent / "offline-agent"
     with tempfile.TemporaryDirectory() as workspace:
         start = time.time()
-        # check=False: exit 10 is the one-step limit reached without finishing.
-        subprocess.run(
+        done = subprocess.run(
             [str(exe), "run", "--goal", goal, "--continuous", "--max-steps", "1",
              "--workspace", workspace],
-            check=False, capture_output=True, env=env,
+            check=False, capture_output=True, text=True, env=env,
         )  # fmt: skip
+    if done.returncode not in (0, 10):  # 10: the one-step limit reached without finishing
+        raise SystemExit(f"offline-agent run failed ({done.returncode}): {done.stderr.strip()}")
     (steps,) = (home / "runs").glob("*/steps.jsonl")
     entry = next(e for e in map(json.loads, steps.read_text().splitlines()) if e["type"] == "step")
     shutil.rmtree(steps.parent)  # the next run's record is then the only one

@@ -9,10 +9,11 @@ import pytest
 
 from offline_agent import session
 from offline_agent.agent import Agent, AgentConfig, SilentEvents
+from offline_agent.llm import HttpModel, HttpOptions
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.memory import HashEmbedder, LongTermMemory, open_memory
 from offline_agent.prompt import Profile
-from offline_agent.records import Completion
+from offline_agent.records import Completion, Step
 from offline_agent.session import RunSettings
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
@@ -72,25 +73,30 @@ def test_each_step_is_remembered_once(tmp_path: Path) -> None:
     assert len(steps) == 1 and "list_files" in steps[0]
 
 
-class LoadWatcher(ScriptedModel):
-    """A scripted model that notes, at each call, whether memory had begun to load."""
+def loading(memory: LongTermMemory) -> bool:
+    """Whether the embedder has begun to load (in the background or not)."""
+    return memory._preload is not None or memory._store is not None
 
-    def __init__(self, replies: list[object], memories: list[LongTermMemory]) -> None:
+
+class LoadWatcher(ScriptedModel, SilentEvents):
+    """A scripted model and its agent's events, noting whether memory had begun to load when
+    the model was called and when it had replied."""
+
+    def __init__(self, replies: list[Any], memories: list[LongTermMemory]) -> None:
         super().__init__(replies)
         self.memories = memories  # the one the agent opens
-        self.loading: list[bool] = []
+        self.seen: list[tuple[str, bool]] = []
 
     def complete(self, *args: Any, **kwargs: Any) -> Completion:
-        (memory,) = self.memories
-        self.loading.append(memory._preload is not None or memory._store is not None)
+        self.seen.append(("called", loading(self.memories[0])))
         return super().complete(*args, **kwargs)
 
+    def replied(self, step: Step) -> None:
+        self.seen.append(("replied", loading(self.memories[0])))
 
-def test_memory_loads_after_the_first_reply_not_during_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Loading the embedder takes seconds of CPU (and Python's lock) that the first prompt's
-    # evaluation would lose: step 1 has nothing to recall, so loading waits for its reply.
+
+def hashed_memories(monkeypatch: pytest.MonkeyPatch) -> list[LongTermMemory]:
+    """The memories `build_agent` opens from now on, with the fast hashing embedder."""
     memories: list[LongTermMemory] = []
 
     def hashed_memory(memory_dir: Path) -> LongTermMemory:
@@ -98,11 +104,33 @@ def test_memory_loads_after_the_first_reply_not_during_it(
         return memories[-1]
 
     monkeypatch.setattr(session, "open_memory", hashed_memory)
+    return memories
+
+
+def test_memory_loads_once_the_first_reply_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading the embedder takes seconds of CPU and of the GIL that the in-process model's
+    # first prompt would lose; that prompt recalls nothing, so the load waits for its reply.
+    memories = hashed_memories(monkeypatch)
     settings = RunSettings(
         PROFILE, None, tmp_path, tmp_path / "ws", tmp_path / "runs", memory_dir=tmp_path / "mem"
     )
-    model = LoadWatcher([reply("list_files", directory="."), FINISH], memories)
-    agent = session.build_agent(settings, SilentEvents(), None, model)
+    watcher = LoadWatcher([reply("list_files", directory="."), FINISH], memories)
+    agent = session.build_agent(settings, watcher, None, watcher)
     assert agent.run().status == "finished"
     memories[0].close()
-    assert model.loading == [False, True]
+    assert watcher.seen[:2] == [("called", False), ("replied", True)]
+
+
+def test_memory_loads_at_once_when_the_model_is_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memories = hashed_memories(monkeypatch)
+    settings = RunSettings(
+        PROFILE, None, tmp_path, tmp_path / "ws", tmp_path / "runs", memory_dir=tmp_path / "mem"
+    )
+    server = HttpModel(HttpOptions("http://127.0.0.1:9/v1"), "m")  # not called: no step runs
+    session.build_agent(settings, SilentEvents(), None, server)
+    assert loading(memories[0])
+    memories[0].close()

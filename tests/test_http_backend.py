@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from offline_agent import settings
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli import cli
 from offline_agent.cli.run import _redacted
@@ -236,6 +237,19 @@ def test_serve_uses_every_usable_core_unless_told(tmp_path: Path) -> None:
     argv = server_argv(model, host="h", port=1, n_ctx=2, n_gpu_layers=0, threads=3,
                        chat_format=None)  # fmt: skip
     assert argv[argv.index("--n_threads") + 1] == argv[argv.index("--n_threads_batch") + 1] == "3"
+
+
+@pytest.mark.parametrize(
+    ("quota", "cap"), [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1), ("", None)]
+)
+def test_usable_cores_is_capped_by_the_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quota: str, cap: int | None
+) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(settings, "CPU_QUOTA", cpu_max)
+    free = usable_cores()  # no such file: the CPUs this process may run on
+    cpu_max.write_text(quota + "\n")
+    assert usable_cores() == (free if cap is None else min(free, cap))
 
 
 @dataclass

@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
+from offline_agent.agent import SilentEvents
+from offline_agent.llm.guidance import common_prefix
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.prompt import Profile, PromptBuilder
 from offline_agent.records import Completion, Message
 from offline_agent.reply import reply_schema
+from offline_agent.session import RunSettings, build_agent, opening_prompt
 from offline_agent.tools import builtin_tools
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -143,3 +146,19 @@ def test_models_warm_saves_what_a_first_run_then_restores(smollm2: Path, tmp_pat
     (steps,) = (tmp_path / "home" / "runs").glob("*/steps.jsonl")
     first = next(e for e in map(json.loads, steps.read_text().splitlines()) if e["type"] == "step")
     assert first["step"]["completion"]["usage"]["cached_tokens"] == 512  # restored, not evaluated
+
+
+@pytest.mark.parametrize("memory", [True, False])
+def test_what_models_warm_saves_opens_a_real_runs_first_prompt(
+    smollm2: Path, tmp_path: Path, memory: bool
+) -> None:
+    model = load(smollm2, None)
+    settings = RunSettings(
+        Profile("FileBot", "an assistant that manages files", (WASHINGTON,)), None,
+        smollm2.parent, tmp_path / "ws", tmp_path / "runs",
+        memory_dir=tmp_path / "mem" if memory else None,
+    )  # fmt: skip
+    agent = build_agent(settings, SilentEvents(), None, model)
+    first = model._tokens(agent.prompt.build([], [], []))[1]
+    warmed = model._tokens(opening_prompt(model, memory=memory))[1]
+    assert common_prefix(first, warmed) >= model._llm.n_batch  # the saved batch is a hit

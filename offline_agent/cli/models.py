@@ -80,9 +80,11 @@ def fetch(names: tuple[str, ...], fetch_all: bool, force: bool, models_dir: Path
 @click.argument("names", nargs=-1)
 @_models_dir_option
 def warm(names: tuple[str, ...], models_dir: Path) -> None:
-    """Evaluate the opening every run's first prompt shares and save its KV state (default:
-    the default model), with and without long-term memory's commands. A run saves it too,
-    so this only spares the first run on a machine the seconds of evaluating it."""
+    """Evaluate the opening that the first prompt of every run with default options shares,
+    and save its KV state (default: the default model), with and without long-term memory's
+    commands. A run saves it too, so this only spares the first such run on a machine the
+    seconds of evaluating it; runs with --allow-shell, another --n-ctx or a GPU save their
+    own on their first run."""
     # Imported here: llama.cpp's library is not needed for the other model commands.
     from offline_agent.llm import LlamaOptions, open_model  # noqa: PLC0415
     from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from offline_agent.errors import BackendError, ContextOverflowError, ModelError
+from offline_agent.errors import BackendError, ContextOverflowError, ModelError, StorageError
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
 from offline_agent.llm.guidance import GuidedDecoder, common_prefix
@@ -151,11 +151,19 @@ class LlamaModel:
         last decode counts the reply's decoded tokens (see `_tokens`)."""
         return len(self._tokens(messages)[1])
 
-    def prepare(self, messages: Sequence[Message]) -> int:
-        """Have the saved KV states hold the leading batches of the prompt `messages` make, as
-        a first call would leave them, for later processes to restore; the tokens evaluated
-        (0: saved already, or no state directory)."""
-        return self._warm_start(self._tokens(messages)[1])[0]
+    def save_opening(self, messages: Sequence[Message]) -> int:
+        """Evaluate the whole leading batches of the prompt `messages` make and save their KV
+        state, as a first call does on its way, for later processes to restore; the tokens
+        evaluated (0: the state was on disk already). StorageError when it is not saved."""
+        tokens = self._tokens(messages)[1]
+        self._llm.n_tokens = 0  # from the disk, not from what this process holds
+        evaluated = self._warm_start(tokens)[0]
+        top = (len(tokens) - 1) // self._llm.n_batch * self._llm.n_batch
+        cache = self._prefixes
+        if cache is None or top == 0 or not cache.path(tokens[:top]).is_file():
+            where = cache.folder if cache is not None else "(no state folder)"
+            raise StorageError(f"no KV state saved under {where} for a {len(tokens)}-token prompt")
+        return evaluated
 
     def grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
         """The GBNF grammar for `schema`, converted once and cached."""

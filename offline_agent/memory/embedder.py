@@ -105,6 +105,9 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
+        # One encode at a time: a background warm-up and the first real embed may overlap,
+        # and a fast tokenizer refuses use from two threads at once ("Already borrowed").
+        self._encoding = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -156,11 +159,12 @@ class SentenceTransformerEmbedder:
         model = self.load()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._encoding:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
