@@ -107,17 +107,21 @@ def hashed_memories(monkeypatch: pytest.MonkeyPatch) -> list[LongTermMemory]:
     return memories
 
 
+def memory_settings(tmp_path: Path) -> RunSettings:
+    """A run's settings with long-term memory on, everything under `tmp_path`."""
+    return RunSettings(
+        PROFILE, None, tmp_path, tmp_path / "ws", tmp_path / "runs", memory_dir=tmp_path / "mem"
+    )
+
+
 def test_memory_loads_once_the_first_reply_is_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Loading the embedder takes seconds of CPU and of the GIL that the in-process model's
     # first prompt would lose; that prompt recalls nothing, so the load waits for its reply.
     memories = hashed_memories(monkeypatch)
-    settings = RunSettings(
-        PROFILE, None, tmp_path, tmp_path / "ws", tmp_path / "runs", memory_dir=tmp_path / "mem"
-    )
     watcher = LoadWatcher([reply("list_files", directory="."), FINISH], memories)
-    agent = session.build_agent(settings, watcher, None, watcher)
+    agent = session.build_agent(memory_settings(tmp_path), watcher, None, watcher)
     assert agent.run().status == "finished"
     memories[0].close()
     assert watcher.seen[:2] == [("called", False), ("replied", True)]
@@ -127,10 +131,7 @@ def test_memory_loads_at_once_when_the_model_is_a_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memories = hashed_memories(monkeypatch)
-    settings = RunSettings(
-        PROFILE, None, tmp_path, tmp_path / "ws", tmp_path / "runs", memory_dir=tmp_path / "mem"
-    )
     server = HttpModel(HttpOptions("http://127.0.0.1:9/v1"), "m")  # not called: no step runs
-    session.build_agent(settings, SilentEvents(), None, server)
+    session.build_agent(memory_settings(tmp_path), SilentEvents(), None, server)
     assert loading(memories[0])
     memories[0].close()
