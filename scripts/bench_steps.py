@@ -159,17 +159,23 @@ def help_time(repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def environment(home: Path) -> dict[str, str]:
+    """A child process's environment: `home` as $OFFLINE_AGENT_HOME (its KV states and
+    runs), the models where they are."""
+    return {
+        **os.environ,
+        "OFFLINE_AGENT_HOME": str(home),
+        "OFFLINE_AGENT_MODELS": str(default_models_dir()),
+    }
+
+
 def first_token_time(goal: str, home: Path) -> tuple[float, float, float]:
     """(seconds to a loaded model, to the first token, wall of the whole process).
 
     `home` is the process's $OFFLINE_AGENT_HOME, where the KV states of prompt openings are
     saved (the models stay where they are).
     """
-    env = {
-        **os.environ,
-        "OFFLINE_AGENT_HOME": str(home),
-        "OFFLINE_AGENT_MODELS": str(default_models_dir()),
-    }
+    env = environment(home)
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", FIRST_TOKEN.format(goal=goal)],
@@ -192,11 +198,7 @@ def run_first_token(goal: str, home: Path) -> tuple[float, float]:
     record's time less its duration) plus the model call's prompt seconds. Building the
     prompt before the call (under 10 ms) and sampling that token are left out.
     """
-    env = {
-        **os.environ,
-        "OFFLINE_AGENT_HOME": str(home),
-        "OFFLINE_AGENT_MODELS": str(default_models_dir()),
-    }
+    env = environment(home)
     exe = Path(sys.executable).parent / "offline-agent"
     with tempfile.TemporaryDirectory() as workspace:
         start = time.time()

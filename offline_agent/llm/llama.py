@@ -158,7 +158,7 @@ class LlamaModel:
         tokens = self._tokens(messages)[1]
         self._llm.n_tokens = 0  # from the disk, not from what this process holds
         evaluated = self._warm_start(tokens)[0]
-        top = (len(tokens) - 1) // self._llm.n_batch * self._llm.n_batch
+        top = self._leading_batches(tokens)
         cache = self._prefixes
         if cache is None or top == 0 or not cache.path(tokens[:top]).is_file():
             where = cache.folder if cache is not None else "(no state folder)"
@@ -242,6 +242,11 @@ class LlamaModel:
             constrained=grammar is not None,
         ), reply
 
+    def _leading_batches(self, tokens: list[int]) -> int:
+        """How many of a prompt's tokens fill whole batches before its last token (which is
+        evaluated with the decoding): what is saved and restored."""
+        return (len(tokens) - 1) // self._llm.n_batch * self._llm.n_batch
+
     def _warm_start(self, tokens: list[int]) -> tuple[int, float]:
         """Have the KV cache hold the prompt's whole leading batches, restored from disk if saved.
 
@@ -252,7 +257,7 @@ class LlamaModel:
         """
         llm, cache = self._llm, self._prefixes
         n_batch = llm.n_batch
-        top = (len(tokens) - 1) // n_batch * n_batch
+        top = self._leading_batches(tokens)
         if cache is None or top == 0:
             return 0, 0.0
         if common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens[:top]) >= n_batch:
