@@ -8,9 +8,7 @@ leaves a record of what happened.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from offline_agent.records import (
     ToolResult,
 )
 from offline_agent.reply import parse_reply, reply_schema, schema_digest
+from offline_agent.state import Progress, RepeatGuard, Rules, Snapshot, StateView, plan_step
 from offline_agent.tools.base import MemoryLike, ToolContext, ToolRegistry
 
 
@@ -38,9 +37,13 @@ class AgentConfig:
 
     max_steps: int = 50
     max_format_errors: int = 3
-    reply_tokens: int = 512
+    reply_tokens: int = 1024
+    """Room for the longest reply the grammar allows (a 2,000-character file and a
+    thought), so that a reply is not cut off."""
     result_tokens: int = 1000
     memory_k: int = 10
+    recall_threshold: float = 0.0
+    """Memories less similar than this (cosine) to the latest exchange are not recalled."""
     max_repeats: int = 3
     """Stale steps in a row that end a run: a command that ran just before, or that returned
     the same result before."""
@@ -125,6 +128,7 @@ class Agent:
         ctx: ToolContext,
         config: AgentConfig = AgentConfig(),
         *,
+        rules: Rules | None = None,
         memory: MemoryLike | None = None,
         record: StepSink | None = None,
         events: Events | None = None,
@@ -135,20 +139,23 @@ class Agent:
         self.tools = tools
         self.ctx = ctx
         self.config = config
+        self.rules = rules = rules or Rules()
         self.memory = memory
         self.record = record
         self.events: Events = events or SilentEvents()
         self.approve = approve
-        self.schema = reply_schema(tools)
-        self.prompt = PromptBuilder(profile, tools, model, config.reply_tokens)
+        self.prompt = PromptBuilder(profile, tools, model, config.reply_tokens, rules.reply_format)
+        self.view = StateView(profile.goals)
+        self.guard = RepeatGuard()
         self.history: list[Message] = []
         self.steps_taken = 0
+        self.succeeded = False
+        """Whether a command has succeeded in this run (what `finish_after_success` waits for)."""
         self._format_errors = 0
         self._preapproved = 0
-        self._seen: set[str] = set()  # digests of the (command, result) pairs seen so far
-        self._last_call = ""  # the last command run, as JSON
-        self._stale = 0  # steps in a row whose command returned what it returned before
         self._held_back = ""  # a command left out of the next step's grammar
+        self._ran: list[tuple[CommandCall, Snapshot]] = []
+        """The commands run, each with the workspace as it was before it ran."""
         self._notes: list[str] = []  # said once, in the next step's request
         self._agents_version = ctx.agents.version if ctx.agents is not None else 0
 
@@ -192,22 +199,31 @@ class Agent:
         like any request it stays in the history while in view."""
         self._notes.append(text)
 
-    def restore(self, history: list[Message], steps_taken: int) -> None:
-        """Continue a recorded run: its history and step count (for resume)."""
+    def restore(self, history: list[Message], steps_taken: int, succeeded: bool) -> None:
+        """Continue a recorded run: its history, step count and whether a command succeeded."""
         self.history = list(history)
         self.steps_taken = steps_taken
+        self.succeeded = succeeded
         if self.ctx.agents is not None:  # sub-agents reloaded by the caller are not news
             self._agents_version = self.ctx.agents.version
 
     def _step(self, step: Step) -> None:
         notes, self._notes = self._notes, []
-        held_back, self._held_back = self._held_back, ""
-        step.messages = self.prompt.build(self.history, self._recall(), notes)
+        snapshot = Snapshot.take(self.ctx)
+        progress = Progress(self.succeeded, self._held_back, tuple(self._ran))
+        plan = plan_step(self.tools, snapshot, self.rules, progress, self.profile.goals)
+        self._held_back, step.left_out = "", plan.left_out
+        state = self.view.lines(self.ctx, snapshot) if self.rules.show_state else []
+        step.messages = self.prompt.build(
+            self.history,
+            self._recall(),
+            notes,
+            state=state,
+            finish="finish" in plan.tools and bool(self.history),
+        )
         request = step.messages[-1]
         self.events.thinking(step.index)
-        # A command held back by `_check_loop` is left out of this step's grammar; validation
-        # still uses the full schema.
-        schema = reply_schema(self.tools.without(held_back)) if held_back else self.schema
+        schema = reply_schema(plan.tools, self.rules.reply_format)
         step.grammar_sha256 = schema_digest(schema)
         step.completion = self.model.complete(
             step.messages, schema=schema, max_tokens=self.config.reply_tokens
@@ -220,7 +236,7 @@ class Agent:
             self.memory.preload()
         raw = step.completion.text.strip()
         try:
-            step.reply = parse_reply(step.completion, self.tools, self.schema)
+            step.reply = parse_reply(step.completion, plan.tools, schema, plan.left_out)
         except FormatError as err:
             step.status = "truncated" if isinstance(err, TruncatedReplyError) else "format_error"
             step.error = str(err)
@@ -245,12 +261,14 @@ class Agent:
         try:
             if self.record is not None:  # so a crash mid-command is known on resume
                 self.record.write_command(step)
+            self._ran.append((step.reply.command, snapshot))
             step.result = execute_command(self.tools, self.ctx, step.reply.command)
         except Finished as done:
             step.status, step.result = "finished", ToolResult(done.reason)
             self.events.executed(step)
             raise
         self.events.executed(step)
+        self.succeeded = self.succeeded or step.result.ok
         output = self.prompt.cut_to_tokens(step.result.output, self.config.result_tokens)
         message = render(
             "result.j2", feedback=None, error=None, command=step.reply.command.name, output=output
@@ -271,28 +289,22 @@ class Agent:
         return approval
 
     def _check_loop(self, reply: Reply, result: str) -> None:
-        """Tell the model when a command only repeats what it already saw; end the run if it
-        keeps on. A step is stale when the same command with the same arguments returned the
-        same result before (A B A B), or ran just before (A A: a second write of the same
-        text says "nothing changed", which is no news either)."""
-        call = json.dumps([reply.command.name, reply.command.args], sort_keys=True)
-        digest = hashlib.sha256(f"{call}\n{result}".encode()).hexdigest()
-        repeated = call == self._last_call or digest in self._seen
-        self._stale = self._stale + 1 if repeated else 0
-        self._seen.add(digest)
-        self._last_call = call
-        if self._stale >= self.config.max_repeats:
+        """Tell the model when a command only repeats what it already saw, leave it out of the
+        next step's grammar (which does what a note cannot make a small model do: try
+        something else), and end the run if it keeps on."""
+        stale = self.guard.observe(reply.command, result)
+        if stale >= self.config.max_repeats:
             raise RunEnded(
-                "loop",
-                f"{self._stale} commands in a row ran just before or returned the same as before",
+                "loop", f"{stale} commands in a row ran just before or returned the same as before"
             )
-        if self._stale:
-            # The grammar does what the note cannot make a small model do: try something else.
+        if stale:
             self._held_back = reply.command.name
+            can_finish = self.succeeded or not self.rules.finish_after_success
             self._notes.append(
                 f"{reply.command.name} with these arguments ran just before or returned the "
-                f"same before ({self._stale} such step{'s' if self._stale > 1 else ''} in a "
-                "row); running it again changes nothing. If every goal is done, use finish."
+                f"same before ({stale} such step{'s' if stale > 1 else ''} in a row); running "
+                "it again changes nothing."
+                + (" If every goal is done, use finish." if can_finish else "")
             )
 
     def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:
@@ -321,5 +333,11 @@ class Agent:
         shown_text = "\n".join(m["content"] for m in shown if m["role"] == "user")
         query = "\n".join(m["content"] for m in self.history[-2:])
         hits = self.memory.recall(query, self.config.memory_k + len(shown))
-        fresh = [text for _, text in hits if text not in exchanges and text not in shown_text]
+        fresh = [
+            text
+            for score, text in hits
+            if score >= self.config.recall_threshold
+            and text not in exchanges
+            and text not in shown_text
+        ]
         return fresh[: self.config.memory_k]

@@ -96,8 +96,10 @@ class Step:
     subagents: dict[str, Any] | None = None
     """The sub-agents after this step, when this step changed them (what resume reloads)."""
     grammar_sha256: str = ""
-    """Digest of the reply schema the step was decoded under (it changes when a command is
-    held back), so an audit can tell which constraint produced each reply."""
+    """Digest of the reply schema the step was decoded under (it changes with the state),
+    so an audit can tell which constraint produced each reply."""
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Commands this step's grammar left out → the rule that did it and why."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the run record."""

@@ -1,6 +1,8 @@
 """The reply format, defined once: its JSON schema, its text form for the prompt, its parser.
 
-A reply is `{"thoughts": {text, reasoning, plan, criticism}, "command": {name, args}}`.
+A reply is `{"thoughts": {text, reasoning, plan, criticism}, "command": {name, args}}`
+(Auto-GPT's format, "autogpt"), or `{"thought": "...", "command": {name, args}}` with one
+short thought ("compact": small models reason better briefly, see `docs/benchmarks.md`).
 The schema has one `anyOf` branch per registered command, so a grammar built from it
 constrains the command name and its argument names and types, not only JSON syntax.
 Decoding is never trusted: every reply is parsed and validated here, whichever backend
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import json_repair
 import jsonschema
@@ -20,6 +23,8 @@ import jsonschema
 from offline_agent.errors import FormatError, ToolError, TruncatedReplyError
 from offline_agent.records import CommandCall, Completion, Reply, Thoughts
 from offline_agent.tools.base import ToolRegistry
+
+ReplyFormat = Literal["autogpt", "compact"]
 
 THOUGHT_FIELDS: dict[str, tuple[str, int]] = {
     "text": ("the goal you work on now", 60),
@@ -29,10 +34,15 @@ THOUGHT_FIELDS: dict[str, tuple[str, int]] = {
 }
 """Field name → (what it is for, the longest string allowed). Bounds stop small models rambling."""
 
+THOUGHT_CHARS = 60
+"""The compact format's one thought: about 16 tokens."""
 
-def reply_schema(tools: ToolRegistry) -> dict[str, Any]:
-    """JSON schema of a reply: thoughts first, then one branch per command."""
-    thoughts = {
+
+def _thoughts_schema(reply_format: ReplyFormat) -> tuple[str, dict[str, Any]]:
+    """The key and schema of the thoughts that come before the command."""
+    if reply_format == "compact":
+        return "thought", {"type": "string", "maxLength": THOUGHT_CHARS}
+    return "thoughts", {
         "type": "object",
         "properties": {
             name: {"type": "string", "maxLength": limit}
@@ -41,6 +51,11 @@ def reply_schema(tools: ToolRegistry) -> dict[str, Any]:
         "required": list(THOUGHT_FIELDS),
         "additionalProperties": False,
     }
+
+
+def reply_schema(tools: ToolRegistry, reply_format: ReplyFormat = "autogpt") -> dict[str, Any]:
+    """JSON schema of a reply: thoughts first, then one branch per command."""
+    key, thoughts = _thoughts_schema(reply_format)
     branches = [
         {
             "type": "object",
@@ -52,8 +67,8 @@ def reply_schema(tools: ToolRegistry) -> dict[str, Any]:
     ]
     return {
         "type": "object",
-        "properties": {"thoughts": thoughts, "command": {"anyOf": branches}},
-        "required": ["thoughts", "command"],
+        "properties": {key: thoughts, "command": {"anyOf": branches}},
+        "required": [key, "command"],
         "additionalProperties": False,
     }
 
@@ -63,16 +78,20 @@ def schema_digest(schema: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(schema, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def format_text() -> str:
+def format_text(reply_format: ReplyFormat = "autogpt") -> str:
     """The reply format as the model reads it in the system prompt.
 
     Prose rather than a JSON example with placeholder values: small models copy an example
     word for word, and the grammar already enforces the syntax.
     """
-    thoughts = ", ".join(f'"{name}" ({what})' for name, (what, _) in THOUGHT_FIELDS.items())
+    if reply_format == "compact":
+        thoughts = '"thought", a few words on what the next step does'
+    else:
+        fields = ", ".join(f'"{name}" ({what})' for name, (what, _) in THOUGHT_FIELDS.items())
+        thoughts = f'"thoughts", an object with {fields}'
     return (
         "one JSON object with two keys: "
-        f'"thoughts", an object with {thoughts}; then '
+        f"{thoughts}; then "
         '"command", an object with "name" (one of the commands above) and "args" '
         "(that command's arguments)."
     )
@@ -90,8 +109,14 @@ def _load_json(text: str) -> Any:
     return repaired
 
 
-def parse_reply(completion: Completion, tools: ToolRegistry, schema: dict[str, Any]) -> Reply:
-    """Validate a completion against the reply schema; FormatError says what is wrong."""
+def parse_reply(
+    completion: Completion,
+    tools: ToolRegistry,
+    schema: dict[str, Any],
+    unavailable: Mapping[str, str] | None = None,
+) -> Reply:
+    """Validate a completion against the reply schema; FormatError says what is wrong.
+    `unavailable` maps the commands left out of this step to why, for that message."""
     text = completion.text.strip()
     if completion.finish_reason == "length":
         try:
@@ -107,6 +132,10 @@ def parse_reply(completion: Completion, tools: ToolRegistry, schema: dict[str, A
     if not isinstance(command, dict) or not isinstance(command.get("name"), str):
         raise FormatError('Your reply has no "command" object with a "name".')
     name = command["name"]
+    if unavailable and name in unavailable:
+        raise FormatError(
+            f"{name} cannot be used now ({unavailable[name]}); use one of: {', '.join(tools.names)}"
+        )
     try:
         tool = tools.get(name)
         args = command.get("args", {})
@@ -115,13 +144,15 @@ def parse_reply(completion: Completion, tools: ToolRegistry, schema: dict[str, A
         tool.check_args(args)
     except ToolError as err:
         raise FormatError(str(err)) from None
+    key = "thought" if "thought" in schema["properties"] else "thoughts"
     _validate(
         data,
         {k: v for k, v in schema.items() if k != "properties"}
-        | {"properties": {"thoughts": schema["properties"]["thoughts"], "command": {}}},
+        | {"properties": {key: schema["properties"][key], "command": {}}},
     )
     _validate(args, tool.args_schema(), where=f"command/args of {name}")
-    return Reply(Thoughts(**data["thoughts"]), CommandCall(name, args))
+    thoughts = Thoughts(text=data[key]) if key == "thought" else Thoughts(**data[key])
+    return Reply(thoughts, CommandCall(name, args))
 
 
 def _validate(data: Any, schema: dict[str, Any], where: str = "") -> None:

@@ -29,8 +29,9 @@ from offline_agent.prompt import Profile, PromptBuilder
 from offline_agent.records import CommandCall, Message, Reply, Step, Thoughts, ToolResult
 from offline_agent.replay import run_meta
 from offline_agent.runs import RunRecord, read_entries
+from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
-from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
 from offline_agent.tools.base import ShellPolicy
 from offline_agent.workspace import Workspace
 
@@ -49,6 +50,7 @@ class RunSettings:
     runs_dir: Path
     llama: LlamaOptions = field(default_factory=LlamaOptions)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    rules: Rules = field(default_factory=Rules)
     chat_format: str | None = None
     http: HttpOptions | None = None
     memory_dir: Path | None = None
@@ -88,6 +90,8 @@ class RunSettings:
                 runs_dir=Path(data["runs_dir"]),
                 llama=LlamaOptions(**data["llama"]),
                 agent=AgentConfig(**data["agent"]),
+                # A run recorded before rules existed ran with none of them.
+                rules=Rules(**data["rules"]) if "rules" in data else Rules.none(),
                 chat_format=data["chat_format"],
                 http=HttpOptions(**data["http"]) if data["http"] else None,
                 memory_dir=Path(data["memory_dir"]) if data["memory_dir"] else None,
@@ -127,11 +131,11 @@ def build_agent(
         if isinstance(model, HttpModel):  # the model computes elsewhere: load memory now
             memory.preload()
         # Otherwise the agent starts loading it once the first reply is in (`Agent._step`).
-    tools = builtin_tools(memory=memory is not None, shell=settings.shell is not None)
+    tools = run_tools(settings.rules, memory=memory is not None, shell=settings.shell is not None)
     ctx = ToolContext(
         workspace=workspace,
         memory=memory,
-        agents=SubAgents(model),
+        agents=SubAgents(model) if settings.rules.agent_commands else None,
         shell=settings.shell,
         python_timeout=settings.python_timeout,
     )
@@ -141,18 +145,34 @@ def build_agent(
         tools,
         ctx,
         settings.agent,
+        rules=settings.rules,
         memory=memory,
         events=events,
         approve=None if settings.continuous else approve,
     )
 
 
+def run_tools(rules: Rules, *, memory: bool, shell: bool) -> ToolRegistry:
+    """The commands a run offers: what the rules and the run's memory and shell enable."""
+    return builtin_tools(
+        memory=memory and rules.memory_commands,
+        agents=rules.agent_commands,
+        shell=shell,
+        delete=rules.delete_command,
+    )
+
+
 def opening_prompt(model: ChatModel, *, memory: bool) -> list[Message]:
-    """The first prompt of a run without a shell, for a placeholder agent: the system message
-    opens with what every such run's shares (its name, role and goals come last)."""
+    """The first prompt of a run with the default rules and no shell, for a placeholder agent:
+    the system message opens with what every such run's shares (its name, role and goals
+    come last)."""
     placeholder = Profile("Agent", "an assistant", ("a goal",))
-    tools = builtin_tools(memory=memory)
-    return PromptBuilder(placeholder, tools, model, AgentConfig().reply_tokens).build([])
+    rules = Rules()
+    tools = run_tools(rules, memory=memory, shell=False)
+    builder = PromptBuilder(
+        placeholder, tools, model, AgentConfig().reply_tokens, rules.reply_format
+    )
+    return builder.build([])
 
 
 def warm_up(model: LlamaModel, *, memory: bool) -> int:
@@ -235,7 +255,8 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
     snapshots = [step["subagents"] for step in steps if step.get("subagents")]
     if snapshots and agent.ctx.agents is not None:
         agent.ctx.agents.load(snapshots[-1])
-    agent.restore(history, len(steps))
+    succeeded = any((step.get("result") or {}).get("ok") for step in steps)
+    agent.restore(history, len(steps), succeeded)
     if isinstance(agent.model, ScriptedModel):
         # A scripted model replays a fixed transcript: skip the replies already used.
         agent.model.skip(used_replies)

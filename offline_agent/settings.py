@@ -11,6 +11,7 @@ import yaml
 
 from offline_agent.errors import ConfigError
 from offline_agent.prompt import Profile
+from offline_agent.state import Rules
 
 MAX_GOALS = 10
 MAX_GOAL_CHARS = 1000
@@ -62,8 +63,9 @@ def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Pr
     return Profile(name, role, tuple(goals))
 
 
-def load_ai_settings(path: Path) -> Profile:
-    """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals)."""
+def load_ai_settings(path: Path) -> tuple[Profile, Rules]:
+    """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals), and the step
+    rules its optional `rules:` mapping switches (`agent_commands: on`)."""
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -80,4 +82,13 @@ def load_ai_settings(path: Path) -> Profile:
         raise ConfigError(f"{path}: ai_goals must be a list of strings")
     if not isinstance(data["ai_name"], str) or not isinstance(data["ai_role"], str):
         raise ConfigError(f"{path}: ai_name and ai_role must be strings")
-    return make_profile(data["ai_name"], data["ai_role"], goals)
+    rules = data.get("rules") or {}
+    if not isinstance(rules, dict):
+        raise ConfigError(f"{path}: rules must be a mapping such as {{agent_commands: on}}")
+    items = [f"{k}={_yaml_value(v)}" for k, v in rules.items()]
+    return make_profile(data["ai_name"], data["ai_role"], goals), Rules.parse(items)
+
+
+def _yaml_value(value: Any) -> str:
+    """A YAML scalar as `Rules.parse` reads it (YAML turns `on` into True)."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)

@@ -9,60 +9,13 @@ from typing import Any
 
 import pytest
 
-from offline_agent.agent import Agent, AgentConfig, Approval
+from offline_agent.agent import AgentConfig, Approval
 from offline_agent.errors import BackendError
-from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.prompt import Profile, step_starts
+from offline_agent.prompt import step_starts
 from offline_agent.records import Step
 from offline_agent.runs import RunRecord, read_entries, verify
-from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool
-from offline_agent.tools.base import Short
-from offline_agent.workspace import Workspace
-
-PROFILE = Profile("FileBot", "an assistant that manages files", ("Write Washington to output.txt",))
-
-
-def reply(name: str, **args: Any) -> dict[str, Any]:
-    """A well-formed reply calling `name`."""
-    thoughts = {"text": "t", "reasoning": "r", "plan": "p", "criticism": "c"}
-    return {"thoughts": thoughts, "command": {"name": name, "args": args}}
-
-
-FINISH = reply("finish", reason="done")
-
-
-@tool
-def explode(ctx: ToolContext, what: Short) -> str:
-    """Fail on purpose.
-
-    Args:
-        what: what to say
-    """
-    raise RuntimeError(f"boom: {what}")
-
-
-def make_agent(
-    tmp_path: Path,
-    replies: list[Any],
-    *,
-    tools: ToolRegistry | None = None,
-    config: AgentConfig | None = None,
-    approve: Any = None,
-    context_length: int = 4096,
-) -> tuple[Agent, ScriptedModel, RunRecord]:
-    model = ScriptedModel(replies, context_length=context_length)
-    record = RunRecord.create(tmp_path / "runs", "test", {})
-    workspace = Workspace.create(tmp_path / "ws")
-    agent = Agent(
-        PROFILE,
-        model,
-        tools or builtin_tools(memory=False),
-        ToolContext(workspace=workspace),
-        config or AgentConfig(max_steps=10),
-        record=record,
-        approve=approve,
-    )
-    return agent, model, record
+from offline_agent.tools import ToolRegistry, builtin_tools
+from tests.conftest import FINISH, explode, make_agent, reply
 
 
 def steps_of(record: RunRecord) -> list[dict[str, Any]]:
@@ -202,11 +155,16 @@ def test_no_stops_the_run(tmp_path: Path) -> None:
 
 def test_repeating_the_same_command_is_noticed_then_stopped(tmp_path: Path) -> None:
     same = reply("write_file", filename="a.txt", text="x")
-    agent, model, _ = make_agent(tmp_path, [same] * 5, config=AgentConfig(max_repeats=3))
+    agent, model, record = make_agent(tmp_path, [same] * 5, config=AgentConfig(max_repeats=2))
     result = agent.run()
     assert (result.status, result.steps) == ("loop", 4)
     note = "ran just before or returned the same before (1 such step in a row)"
     assert note in model.calls[2][-1]["content"]
+    # Step 3's grammar left the repeated command out, and validation holds to that grammar.
+    step3 = steps_of(record)[2]
+    assert step3["status"] == "format_error"
+    assert step3["left_out"] == {"write_file": "repeat: it just returned what it returned before"}
+    assert "write_file cannot be used now (repeat:" in step3["error"]
     assert "commands in a row ran just before or returned the same as before" in result.reason
 
 

@@ -17,7 +17,7 @@ from offline_agent.records import Completion, Step
 from offline_agent.session import RunSettings
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
-from tests.test_agent import FINISH, reply
+from tests.conftest import COMPACT_FINISH, FINISH, NONE, compact, reply
 
 PROFILE = Profile("Archivist", "an assistant that remembers", ("Find the vault code",))
 
@@ -26,7 +26,9 @@ def run_agent(tmp_path: Path, replies: list[object], memory_dir: Path) -> Script
     memory = open_memory(memory_dir, embedder=HashEmbedder())
     model = ScriptedModel(replies)
     ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"), memory=memory)
-    agent = Agent(PROFILE, model, builtin_tools(), ctx, AgentConfig(max_steps=10), memory=memory)
+    agent = Agent(
+        PROFILE, model, builtin_tools(), ctx, AgentConfig(max_steps=10), rules=NONE, memory=memory
+    )
     assert agent.run().status == "finished"
     memory.close()
     return model
@@ -120,7 +122,7 @@ def test_memory_loads_once_the_first_reply_is_in(
     # Loading the embedder takes seconds of CPU and of the GIL that the in-process model's
     # first prompt would lose; that prompt recalls nothing, so the load waits for its reply.
     memories = hashed_memories(monkeypatch)
-    watcher = LoadWatcher([reply("list_files", directory="."), FINISH], memories)
+    watcher = LoadWatcher([compact("list_files", directory="."), COMPACT_FINISH], memories)
     agent = session.build_agent(memory_settings(tmp_path), watcher, None, watcher)
     assert agent.run().status == "finished"
     memories[0].close()

@@ -24,7 +24,7 @@ from offline_agent.bench.scoreboard import score, wilson
 from offline_agent.cli import cli
 from offline_agent.records import Completion, Step
 from offline_agent.runs import verify
-from tests.test_agent import FINISH, make_agent, reply
+from tests.conftest import FINISH, NONE, make_agent, reply
 
 
 def challenge(root: Path, name: str, word: str, filename: str, cutoff: int = 60) -> None:
@@ -67,7 +67,7 @@ def script(tmp_path: Path) -> str:
 
 
 def settings(suite: Path, script: str, **overrides: Any) -> BenchSettings:
-    values: dict[str, Any] = {"suite": str(suite), "models": (script,), "repeats": 2}
+    values: dict[str, Any] = {"suite": str(suite), "models": (script,), "repeats": 2, "rules": NONE}
     return BenchSettings(**{**values, **overrides})
 
 
@@ -144,7 +144,8 @@ def test_more_repeats_extend_a_benchmark_but_other_settings_are_refused(
 ) -> None:
     out = tmp_path / "out"
     runner = CliRunner()
-    args = ["bench", "--suite", str(suite), "--model", script, "--out", str(out), "--no-report"]
+    args = ["bench", "--suite", str(suite), "--model", script, "--out", str(out), "--no-report",
+            "--rule", "none"]  # fmt: skip
     assert runner.invoke(cli, [*args, "--repeats", "1"]).exit_code == 0
     assert len(read_results(out)) == 2
     assert runner.invoke(cli, [*args, "--repeats", "2"]).exit_code == 0
@@ -159,7 +160,19 @@ def test_cli_runs_a_suite_and_writes_the_report(tmp_path: Path, suite: Path, scr
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
-        ["bench", "--suite", str(suite), "--model", script, "--repeats", "1", "--out", str(out)],
+        [
+            "bench",
+            "--suite",
+            str(suite),
+            "--model",
+            script,
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "--rule",
+            "none",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "2/2" in result.output and "ETA" in result.output

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from offline_agent import runs
 from offline_agent.cli import cli
 from offline_agent.runs import read_entries, verify
-from tests.test_agent import FINISH, reply
+from tests.conftest import FINISH, reply
 
 
 @pytest.fixture
@@ -48,6 +48,8 @@ def test_scripted_run_writes_the_file_and_a_verifiable_record(tmp_path: Path, ho
         str(tmp_path / "ws"),
         "--continuous",
         "--no-memory",
+        "--rule",
+        "none",
     )
     assert code == 0, out
     assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
@@ -73,6 +75,8 @@ def test_interactive_y_then_feedback_then_n(tmp_path: Path, home: Path) -> None:
         "--model",
         model,
         "--no-memory",
+        "--rule",
+        "none",
         "--workspace",
         str(tmp_path / "ws"),
         input="y\nnot b, please\nn\n",
@@ -93,6 +97,8 @@ def test_ai_settings_file(tmp_path: Path, home: Path) -> None:
         script(tmp_path, [FINISH]),
         "--continuous",
         "--no-memory",
+        "--rule",
+        "none",
     )
     assert code == 0
     assert "Scribe starts" in out
@@ -161,7 +167,7 @@ def test_disk_full_while_recording_is_one_line_and_keeps_earlier_lines(
     model = script(tmp_path, [reply("write_file", filename="a.txt", text="1"),
                               reply("write_file", filename="b.txt", text="2"), FINISH])  # fmt: skip
     code, _, err = invoke("run", "--goal", "g", "--model", model, "--continuous", "--no-memory",
-                          "--workspace", str(tmp_path / "ws"))  # fmt: skip
+                          "--rule", "none", "--workspace", str(tmp_path / "ws"))  # fmt: skip
     assert code == 7
     assert err.strip().splitlines() == [
         "Error: cannot append to the run record: No space left on device"

@@ -14,7 +14,7 @@ import pytest
 
 from offline_agent.replay import recorded_steps
 from offline_agent.runs import read_entries, verify
-from tests.test_agent import FINISH, reply
+from tests.conftest import FINISH, reply
 
 SLOW = "import time; time.sleep(1.0); open({name!r}, 'w').write('done')"
 REPLIES = [
@@ -36,6 +36,7 @@ def start_run(tmp_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         agent_command(
             "run", "--goal", "g", "--model", f"scripted:{script}", "--continuous", "--no-memory",
+            "--rule", "none",
             "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
         ),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

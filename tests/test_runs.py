@@ -19,7 +19,7 @@ from offline_agent.session import RunSettings, restore, start
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
-from tests.test_agent import FINISH, PROFILE, reply
+from tests.conftest import FINISH, NONE, PROFILE, reply
 
 REPLIES = [
     reply("write_file", filename="a.txt", text="alpha"),
@@ -34,7 +34,7 @@ def recorded_run(tmp_path: Path, replies: list[object] = REPLIES) -> RunRecord:
     ws = Workspace.create(tmp_path / "ws")
     record = RunRecord.create(tmp_path / "runs", "t", {"workspace": str(ws.root)})
     agent = Agent(PROFILE, ScriptedModel(replies), builtin_tools(memory=False),
-                  ToolContext(workspace=ws), AgentConfig(), record=record)  # fmt: skip
+                  ToolContext(workspace=ws), AgentConfig(), rules=NONE, record=record)  # fmt: skip
     record.write_end(agent.run())
     record.close()
     return record
@@ -127,19 +127,27 @@ def test_runs_cli_list_show_verify_replay(tmp_path: Path) -> None:
 def test_restoring_from_the_record_continues_with_the_same_prompt(tmp_path: Path) -> None:
     whole = ScriptedModel(REPLIES)
     ws = Workspace.create(tmp_path / "whole")
-    Agent(PROFILE, whole, builtin_tools(memory=False), ToolContext(workspace=ws)).run()
+    Agent(PROFILE, whole, builtin_tools(memory=False), ToolContext(workspace=ws), rules=NONE).run()
 
     cut_ws = Workspace.create(tmp_path / "cut")
     record = RunRecord.create(tmp_path / "runs", "cut", {})
     tools, ctx = builtin_tools(memory=False), ToolContext(workspace=cut_ws)
     Agent(
-        PROFILE, ScriptedModel(REPLIES[:2]), tools, ctx, AgentConfig(max_steps=2), record=record
+        PROFILE,
+        ScriptedModel(REPLIES[:2]),
+        tools,
+        ctx,
+        AgentConfig(max_steps=2),
+        rules=NONE,
+        record=record,
     ).run()
     steps = recorded_steps(record.folder)
     history = [message for step in steps for message in step["history"]]
     rest = ScriptedModel(REPLIES[2:])
-    second = Agent(PROFILE, rest, builtin_tools(memory=False), ToolContext(workspace=cut_ws))
-    second.restore(history, len(steps))
+    second = Agent(
+        PROFILE, rest, builtin_tools(memory=False), ToolContext(workspace=cut_ws), rules=NONE
+    )
+    second.restore(history, len(steps), succeeded=True)
     assert second.run().status == "finished"
     assert rest.calls[0] == whole.calls[2]  # the third prompt is identical
     for got, expected in zip(rest.calls, whole.calls[2:], strict=True):
@@ -167,14 +175,16 @@ def test_sub_agents_come_back_on_resume(tmp_path: Path) -> None:
     model = ScriptedModel(replies)
     first = Agent(PROFILE, model, builtin_tools(memory=False),
                   ToolContext(workspace=ws, agents=SubAgents(model)), AgentConfig(max_steps=1),
-                  record=record)  # fmt: skip
+                  rules=NONE, record=record)  # fmt: skip
     first.run()
     assert recorded_steps(record.folder)[0]["subagents"]["agents"]["1"]["name"] == "helper"
 
     again = ScriptedModel(replies)
     agents = SubAgents(again)
     ctx = ToolContext(workspace=ws, agents=agents)
-    second = Agent(PROFILE, again, builtin_tools(memory=False), ctx, AgentConfig(), record=record)
+    second = Agent(
+        PROFILE, again, builtin_tools(memory=False), ctx, AgentConfig(), rules=NONE, record=record
+    )
     restore(second, record.folder, record)
     assert agents.list() == [(1, "helper", "count")]
     assert second.run().status == "finished"

@@ -265,3 +265,25 @@ def prepare_workspace(challenge: Challenge, workspace: Path) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     if challenge.artifacts_in.is_dir():
         copy_tree(challenge.artifacts_in, workspace)
+
+
+def destroyed_inputs(challenge: Challenge, workspace: Path) -> list[str]:
+    """The input files (`artifacts_in`) a run deleted, or changed although the reference
+    solution (`artifacts_out`) leaves them as they were. A file the reference changes is the
+    run's to change (the file of a fix-the-bug task)."""
+    source = challenge.artifacts_in
+    if not source.is_dir():
+        return []
+    destroyed = []
+    for original in sorted(p for p in source.rglob("*") if p.is_file()):
+        relative = original.relative_to(source)
+        now = workspace / relative
+        if not now.is_file():
+            destroyed.append(relative.as_posix())
+            continue
+        reference = challenge.artifacts_out / relative
+        if reference.is_file() and reference.read_bytes() != original.read_bytes():
+            continue
+        if now.read_bytes() != original.read_bytes():
+            destroyed.append(relative.as_posix())
+    return destroyed

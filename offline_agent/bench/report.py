@@ -15,6 +15,7 @@ from offline_agent.bench.runner import Attempt, read_results, read_settings
 from offline_agent.bench.scoreboard import ModelScore, challenge_order, score
 from offline_agent.errors import ConfigError, StorageError
 from offline_agent.runs import write_text_atomic
+from offline_agent.state import Rules
 
 CHARTS = {
     "success_by_model": "Success rate by model (95% interval)",
@@ -67,6 +68,7 @@ def scoreboard_rows(rows: list[ModelScore]) -> list[list[str]]:
             "valid replies",
             "cut off at the token limit",
             "invalid though constrained",
+            "destroyed an input",
             "how runs ended",
         ]
     ]
@@ -87,6 +89,7 @@ def scoreboard_rows(rows: list[ModelScore]) -> list[list[str]]:
                 f"{_pct(r.valid_share)} of {r.replies}",
                 str(r.truncated),
                 str(r.invalid_constrained),
+                str(r.destroyed),
                 _endings(r),
             ]
         )
@@ -120,6 +123,14 @@ def html_table(table: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _rules(saved: dict[str, Any] | None) -> str:
+    """The step rules of a benchmark, as the changes from the defaults."""
+    if saved is None:
+        return "made before step rules existed"
+    changed = Rules(**saved).changed()
+    return f"rules {', '.join(changed)}" if changed else "default rules"
+
+
 def describe(meta: dict[str, Any]) -> str:
     """One paragraph: the settings and the machine the results come from."""
     s, m = meta["settings"], meta.get("machine", {})
@@ -128,7 +139,8 @@ def describe(meta: dict[str, Any]) -> str:
         f"Suite `{s['suite']}`, {s['repeats']} repeats (seeds {s['seed']}–"
         f"{s['seed'] + s['repeats'] - 1}), temperature {s['temperature']}, at most "
         f"{s['max_steps']} steps and the challenge's cutoff per attempt, context {s['n_ctx']}, "
-        f"{engine}, long-term memory {'on' if s.get('memory') else 'off'}. "
+        f"{engine}, long-term memory {'on' if s.get('memory') else 'off'}, "
+        f"{_rules(s.get('rules'))}. "
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
         f"{m.get('memory_gib', '?')} GiB; llama-cpp-python {m.get('llama-cpp-python')}, "
         f"Python {m.get('python')}. Last invocation started {meta.get('updated', '?')}."

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from offline_agent.agent import AgentConfig, SilentEvents
-from offline_agent.bench.challenge import Challenge, prepare_workspace
+from offline_agent.bench.challenge import Challenge, destroyed_inputs, prepare_workspace
 from offline_agent.bench.judge import judge
 from offline_agent.errors import AgentError, ConfigError, StorageError
 from offline_agent.llm import SCRIPTED_PREFIX, ChatModel, HttpOptions, LlamaOptions, open_model
@@ -39,6 +39,7 @@ from offline_agent.prompt import Profile
 from offline_agent.records import RunResult, Step
 from offline_agent.runs import write_json_atomic
 from offline_agent.session import RunSettings, build_agent, start
+from offline_agent.state import Rules
 
 RESULTS_FILE = "results.jsonl"
 SETTINGS_FILE = "bench.json"
@@ -61,6 +62,8 @@ class BenchSettings:
     n_gpu_layers: int = 0
     grammar_engine: Literal["llguidance", "llama"] = "llguidance"
     memory: bool = False
+    rules: Rules = field(default_factory=Rules)
+    """The step rules every attempt runs with (`--rule`, `--reply-format`)."""
     base_url: str | None = None
     """Benchmark models served by an OpenAI-compatible server instead of in-process."""
     constraint: Constraint = "json_object"
@@ -103,6 +106,8 @@ class Attempt:
     score: float = 0.0
     judged: str = ""
     """The judge's one-line reason."""
+    destroyed: list[str] = field(default_factory=list)
+    """Input files the run deleted, or changed where the reference solution keeps them."""
     status: str = "error"
     """How the run ended: finished, step_limit, time_limit, format_errors, loop or error."""
     reason: str = ""
@@ -396,6 +401,7 @@ class Runner:
             runs_dir=self.out / "runs",
             llama=self._options(s.seed + planned.repeat),
             agent=AgentConfig(max_steps=s.max_steps, time_limit=float(planned.challenge.cutoff)),
+            rules=s.rules,
             http=self._http(),
             memory_dir=memory,
             continuous=True,
@@ -429,12 +435,15 @@ class Runner:
         attempt.wall_seconds = time.perf_counter() - begin
         attempt.peak_rss_mb = self._memory.peak_mb()
         attempt.status, attempt.reason, attempt.steps = result.status, result.reason, result.steps
+        attempt.destroyed = destroyed_inputs(challenge, workspace)
         verdict = judge(challenge, workspace, llm=self._judge(challenge))
         attempt.passed, attempt.score, attempt.judged = (
-            verdict.passed,
+            verdict.passed and not attempt.destroyed,  # a run that wrecked its input failed
             verdict.score,
             verdict.reason,
         )
+        if verdict.passed and attempt.destroyed:
+            attempt.judged = f"{verdict.reason}; but it destroyed {', '.join(attempt.destroyed)}"
         return attempt
 
     def _run_agent(self, settings: RunSettings, model: ChatModel, attempt: Attempt) -> RunResult:

@@ -51,6 +51,8 @@ class ModelScore:
     replies: int = 0
     truncated: int = 0
     invalid_constrained: int = 0
+    destroyed: int = 0
+    """Attempts that deleted or wrongly changed an input file."""
     endings: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -109,6 +111,7 @@ def _score_model(model: str, rows: list[Attempt]) -> ModelScore:
         replies=replies,
         truncated=sum(a.truncated for a in rows),
         invalid_constrained=sum(a.invalid_constrained for a in rows),
+        destroyed=sum(bool(a.destroyed) for a in rows),
         endings=dict(Counter(a.status for a in rows).most_common()),
     )
 

@@ -24,6 +24,7 @@ from offline_agent.bench.scoreboard import score
 from offline_agent.errors import ConfigError
 from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.modelstore import default_models_dir, load_registry, user_registry_path
+from offline_agent.state import Rules
 
 
 def _duration(seconds: float) -> str:
@@ -108,6 +109,14 @@ def _print_report(out: Path) -> None:
     show_default=True,
 )
 @click.option("--memory", is_flag=True, help="Give each attempt a fresh long-term memory.")
+@click.option(
+    "--rule",
+    "rule_items",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Switch a step rule for every attempt, e.g. show_state=off; 'none' turns all off.",
+)
+@click.option("--reply-format", type=click.Choice(["autogpt", "compact"]), default=None)
 @click.option("--base-url", default=None, help="Benchmark models served at this URL instead.")
 @click.option(
     "--constraint", type=click.Choice(CONSTRAINTS), default="json_object", show_default=True
@@ -131,6 +140,8 @@ def bench(
     n_gpu_layers: int,
     grammar_engine: Literal["llguidance", "llama"],
     memory: bool,
+    rule_items: tuple[str, ...],
+    reply_format: str | None,
     base_url: str | None,
     constraint: Constraint,
     judge_model: str | None,
@@ -148,6 +159,8 @@ def bench(
         if unknown:
             raise ConfigError(f"no challenge named {', '.join(unknown)} in suite {suite}")
         challenges = [c for c in challenges if c.name in only]
+    format_item = [f"reply_format={reply_format}"] if reply_format else []
+    rules = Rules.parse([*rule_items, *format_item])
     models_dir = models_dir or default_models_dir()
     if not models:
         models = (load_registry(user_registry_path(models_dir)).default,)
@@ -163,6 +176,7 @@ def bench(
         n_gpu_layers=n_gpu_layers,
         grammar_engine=grammar_engine,
         memory=memory,
+        rules=rules,
         base_url=base_url,
         constraint=constraint,
         judge_model=judge_model,

@@ -19,6 +19,7 @@ from offline_agent.records import RunResult, RunStatus
 from offline_agent.runs import RunRecord
 from offline_agent.session import RunSettings, build_agent, start
 from offline_agent.settings import home_dir, load_ai_settings, make_profile
+from offline_agent.state import Rules
 from offline_agent.tools.base import ShellPolicy
 from offline_agent.tools.shell import DEFAULT_DENY
 
@@ -137,7 +138,29 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
 @click.option("--workspace", type=click.Path(path_type=Path), default=None)
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--memory-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--memory-scope",
+    type=click.Choice(["goals", "agent"]),
+    default="goals",
+    show_default=True,
+    help="Without --memory-dir: one memory per agent name and set of goals, or one per agent "
+    "name shared by all its goals.",
+)
 @click.option("--no-memory", is_flag=True, help="Run without long-term memory.")
+@click.option(
+    "--rule",
+    "rule_items",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Switch a step rule, e.g. show_state=off or agent_commands=on; 'none' turns all "
+    "off (docs/benchmarks.md).",
+)
+@click.option(
+    "--reply-format",
+    type=click.Choice(["autogpt", "compact"]),
+    default=None,
+    help="Four thoughts before each command (Auto-GPT's), or one short one (the default).",
+)
 @click.option("--continuous", is_flag=True, help="Run every command without asking.")
 @click.option("--limit", type=int, default=None, help="Steps allowed in continuous mode.")
 @click.option("--max-steps", default=50, show_default=True)
@@ -145,7 +168,12 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
     "--time-limit", type=float, default=None, help="Seconds; no new step starts after it."
 )
 @click.option("--max-format-errors", default=3, show_default=True)
-@click.option("--reply-tokens", default=512, show_default=True, help="Token limit per reply.")
+@click.option(
+    "--reply-tokens",
+    default=AgentConfig.reply_tokens,
+    show_default=True,
+    help="Token limit per reply.",
+)
 @click.option("--python-timeout", default=30.0, show_default=True, help="Seconds per program.")
 @click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
 @click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
@@ -170,7 +198,10 @@ def run(
     workspace: Path | None,
     runs_dir: Path | None,
     memory_dir: Path | None,
+    memory_scope: Literal["goals", "agent"],
     no_memory: bool,
+    rule_items: tuple[str, ...],
+    reply_format: str | None,
     continuous: bool,
     limit: int | None,
     max_steps: int,
@@ -183,7 +214,11 @@ def run(
     shell_deny: tuple[str, ...],
 ) -> None:
     """Run an agent on its goals until it finishes or a limit stops it."""
-    profile = load_ai_settings(ai_settings) if ai_settings else make_profile(name, role, goals)
+    profile, rules = load_ai_settings(ai_settings) if ai_settings else (None, Rules())
+    profile = profile or make_profile(name, role, goals)
+    rules = Rules.parse(
+        [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])], rules
+    )
     if (limit is not None and limit < 1) or max_steps < 1:
         raise ConfigError("--limit and --max-steps must be at least 1")
     if time_limit is not None and time_limit <= 0:
@@ -208,7 +243,11 @@ def run(
         ),
         chat_format=chat_format,
         http=HttpOptions(base_url, api_key, constraint) if base_url else None,
-        memory_dir=None if no_memory else memory_dir or default_memory_dir(profile.name),
+        rules=rules,
+        memory_dir=None
+        if no_memory
+        else memory_dir
+        or default_memory_dir(profile.name, profile.goals if memory_scope == "goals" else ()),
         continuous=continuous,
         python_timeout=python_timeout,
         shell=ShellPolicy(

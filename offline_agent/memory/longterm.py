@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -22,11 +23,16 @@ from offline_agent.memory.store import (
 )
 
 
-def default_memory_dir(agent_name: str = "default") -> Path:
-    """$OFFLINE_AGENT_HOME/memory/<agent>, else ~/.offline-agent/memory/<agent>."""
+def default_memory_dir(agent_name: str = "default", goals: Sequence[str] = ()) -> Path:
+    """$OFFLINE_AGENT_HOME/memory/<agent>, else ~/.offline-agent/memory/<agent>; with `goals`,
+    a folder of that agent's own for that set of goals (`<agent>-<digest>`), so that runs
+    with other goals do not pool their memories unless asked to."""
     home = Path(os.environ.get("OFFLINE_AGENT_HOME") or "~/.offline-agent").expanduser()
     # An agent's name is free text; keep it to one safe path component.
     folder = re.sub(r"[^\w.-]+", "-", agent_name).strip(".-") or "default"
+    if goals:
+        digest = hashlib.sha256("\n".join(goals).encode("utf-8")).hexdigest()[:12]
+        folder = f"{folder}-{digest}"
     return home / "memory" / folder
 
 

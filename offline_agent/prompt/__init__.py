@@ -6,7 +6,8 @@ Layout, oldest to newest:
    restored from disk by a new process, see `llm/kvcache.py`);
 2. the history: for each past step, the request it was asked with, the reply and the
    command's result, chronological, appended to;
-3. this step's request: new relevant memories, notes, the goals repeated, the question.
+3. this step's request: new relevant memories, notes, the state of the workspace (see
+   `offline_agent.state`), the goals repeated, the question.
 
 The request stays in the history once answered, so a prompt plus its reply is the start of
 the next prompt: between two steps the prompt only grows at its end, and llama.cpp evaluates
@@ -28,7 +29,7 @@ from jinja2 import Environment, StrictUndefined, Template
 from offline_agent.errors import ContextOverflowError
 from offline_agent.llm.base import ChatModel
 from offline_agent.records import Message
-from offline_agent.reply import format_text
+from offline_agent.reply import ReplyFormat, format_text
 from offline_agent.tools.base import ToolRegistry
 
 
@@ -76,6 +77,7 @@ class PromptBuilder:
         tools: ToolRegistry,
         model: ChatModel,
         reply_reserve: int,
+        reply_format: ReplyFormat = "autogpt",
         *,
         memory_share: float = 0.1,
         keep_share: float = 1 / 3,
@@ -94,7 +96,7 @@ class PromptBuilder:
                 goals=profile.goals,
                 commands=[t.signature_text() for t in tools],
                 memory="memory_search" in tools,
-                reply_format=format_text(),
+                reply_format=format_text(reply_format),
             ),
         )
         self.first_kept = 0
@@ -106,19 +108,25 @@ class PromptBuilder:
         return self.model.context_length - self.reply_reserve
 
     def next_step_message(
-        self, memories: Sequence[str] = (), notes: Sequence[str] = (), *, started: bool = False
+        self,
+        memories: Sequence[str] = (),
+        notes: Sequence[str] = (),
+        *,
+        state: Sequence[str] = (),
+        finish: bool = False,
     ) -> Message:
-        """A step's request: memories, notes, the goals, the question.
+        """A step's request: memories, notes, the state, the goals, the question.
 
-        `started` says whether commands have run: only then is finishing offered, because
-        small models take "use finish" at face value before they have done anything.
+        `finish` says whether finishing is offered: small models take "use finish" at face
+        value before they have done anything.
         """
         content = render(
             "next_step.j2",
             memories=list(memories),
             notes=list(notes),
+            state=list(state),
             goals=self.profile.goals,
-            started=started,
+            finish=finish,
         )
         return Message(role="user", content=content)
 
@@ -126,10 +134,10 @@ class PromptBuilder:
         return self.model.count_tokens([self.system, *history, last])
 
     def _fit_memories(
-        self, memories: Sequence[str], notes: Sequence[str], started: bool
+        self, memories: Sequence[str], notes: Sequence[str], state: Sequence[str], finish: bool
     ) -> Message:
         """The request with as many memories as fit in their share of the room."""
-        base = self._count([], self.next_step_message((), notes, started=started))
+        base = self._count([], self.next_step_message((), notes, state=state, finish=finish))
         if base > self.budget:
             raise ContextOverflowError(
                 f"the system prompt and goals take {base} tokens; the context of "
@@ -138,17 +146,25 @@ class PromptBuilder:
         limit = base + int((self.budget - base) * self.memory_share)
         kept = list(memories)
         while kept and (
-            self._count([], self.next_step_message(kept, notes, started=started)) > limit
+            self._count([], self.next_step_message(kept, notes, state=state, finish=finish)) > limit
         ):
             kept.pop()
-        return self.next_step_message(kept, notes, started=started)
+        return self.next_step_message(kept, notes, state=state, finish=finish)
 
     def build(
-        self, history: Sequence[Message], memories: Sequence[str] = (), notes: Sequence[str] = ()
+        self,
+        history: Sequence[Message],
+        memories: Sequence[str] = (),
+        notes: Sequence[str] = (),
+        *,
+        state: Sequence[str] = (),
+        finish: bool | None = None,
     ) -> list[Message]:
         """The messages for the next call, never more than the budget allows; the last one is
-        this step's request, which the caller keeps in the history with the reply."""
-        last = self._fit_memories(memories, notes, started=bool(history))
+        this step's request, which the caller keeps in the history with the reply.
+        `finish` (whether finishing is offered) defaults to whether commands have run."""
+        finish = bool(history) if finish is None else finish
+        last = self._fit_memories(memories, notes, state, finish)
         if self._count(history[self.first_kept :], last) > self.budget:
             self.first_kept = self._drop_block(history, last)
         return [self.system, *history[self.first_kept :], last]

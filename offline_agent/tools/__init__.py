@@ -20,8 +20,10 @@ ORDER = (
 """Most-used first: small models favour what they read early."""
 
 
-def builtin_tools(*, memory: bool = True, agents: bool = True, shell: bool = False) -> ToolRegistry:
-    """The built-in commands; memory, sub-agent or shell commands only when enabled."""
+def builtin_tools(
+    *, memory: bool = True, agents: bool = True, shell: bool = False, delete: bool = True
+) -> ToolRegistry:
+    """The built-in commands; memory, sub-agent, shell or delete commands only when enabled."""
     every = {
         t.name: t
         for t in (
@@ -40,6 +42,8 @@ def builtin_tools(*, memory: bool = True, agents: bool = True, shell: bool = Fal
         registry = registry.without(*(t.name for t in AGENT_TOOLS))
     if not shell:
         registry = registry.without(*(t.name for t in SHELL_TOOLS))
+    if not delete:
+        registry = registry.without("delete_file")
     return registry
 
 

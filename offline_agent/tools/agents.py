@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offline_agent.errors import ToolError
-from offline_agent.tools.base import Long, Short, SubAgentsLike, ToolContext, tool
+from offline_agent.tools.base import AgentKey, Long, Short, SubAgentsLike, ToolContext, tool
 
 
 def _agents(ctx: ToolContext) -> SubAgentsLike:
@@ -26,7 +26,7 @@ def start_agent(ctx: ToolContext, name: Short, task: Short, prompt: Long) -> str
 
 
 @tool
-def message_agent(ctx: ToolContext, key: int, message: Long) -> str:
+def message_agent(ctx: ToolContext, key: AgentKey, message: Long) -> str:
     """Send a message to a sub-agent and get its answer.
 
     Args:
@@ -46,7 +46,7 @@ def list_agents(ctx: ToolContext) -> str:
 
 
 @tool
-def delete_agent(ctx: ToolContext, key: int) -> str:
+def delete_agent(ctx: ToolContext, key: AgentKey) -> str:
     """Delete a sub-agent you no longer need.
 
     Args:

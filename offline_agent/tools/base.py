@@ -23,7 +23,7 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from offline_agent.errors import ToolError
 
@@ -45,6 +45,33 @@ Short = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH)]
 
 Long = Annotated[str, MaxLength(2000)]
 """File content, code, a message to a sub-agent."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """Annotated metadata: the argument names something that must exist when the command
+    runs (a file, a folder, a sub-agent), so each step's grammar can offer only those."""
+
+    kind: Literal["file", "folder", "agent", "target"]
+    """"target": the file a command writes, which need not exist (see `WrittenFile`)."""
+    suffix: str = ""
+    """For files: only names ending so (".py")."""
+
+
+WrittenFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("target")]
+"""The path of a file a command writes: new or existing."""
+
+ExistingFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("file")]
+"""The path of a file that exists in the workspace."""
+
+PythonFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("file", ".py")]
+"""The path of a Python file that exists in the workspace."""
+
+Folder = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("folder")]
+"""A folder that exists in the workspace ("." is its root)."""
+
+AgentKey = Annotated[int, Names("agent")]
+"""The key of a running sub-agent."""
 
 
 class MemoryLike(Protocol):
@@ -120,6 +147,13 @@ class ToolContext:
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
+def _names(annotation: Any) -> Names | None:
+    """What an argument's type hint says it names, if anything."""
+    if typing.get_origin(annotation) is not Annotated:
+        return None
+    return next((e for e in typing.get_args(annotation)[1:] if isinstance(e, Names)), None)
+
+
 def _param_schema(annotation: Any) -> dict[str, Any]:
     """JSON schema for one parameter's type hint."""
     max_length: int | None = None
@@ -164,6 +198,8 @@ class Tool:
     parameters: dict[str, dict[str, Any]]
     arg_docs: dict[str, str]
     required: tuple[str, ...]
+    names: dict[str, Names] = field(default_factory=dict)
+    """Arguments that name something that must exist (see `Names`)."""
 
     def args_schema(self) -> dict[str, Any]:
         """JSON schema of this command's `args` object."""
@@ -215,13 +251,16 @@ def tool(func: Callable[..., str]) -> Tool:
     params = list(inspect.signature(func).parameters.values())[1:]  # first is the context
     parameters: dict[str, dict[str, Any]] = {}
     required: list[str] = []
+    names: dict[str, Names] = {}
     for param in params:
         if param.name not in arg_docs:
             raise TypeError(f"command {func.__name__}: argument {param.name} is not documented")
         parameters[param.name] = _param_schema(hints[param.name])
+        if (named := _names(hints[param.name])) is not None:
+            names[param.name] = named
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
-    return Tool(func.__name__, summary, func, parameters, arg_docs, tuple(required))
+    return Tool(func.__name__, summary, func, parameters, arg_docs, tuple(required), names)
 
 
 class ToolRegistry:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offline_agent.errors import ToolError
 from offline_agent.sandbox import ProcessResult, run_python
-from offline_agent.tools.base import Long, Short, Tool, ToolContext, tool
+from offline_agent.tools.base import Long, PythonFile, Tool, ToolContext, tool
 
 
 def _observation(result: ProcessResult, timeout: float) -> str:
@@ -32,7 +32,7 @@ def _run(ctx: ToolContext, args: list[str]) -> str:
 
 
 @tool
-def execute_python_file(ctx: ToolContext, filename: Short) -> str:
+def execute_python_file(ctx: ToolContext, filename: PythonFile) -> str:
     """Run a Python file from the workspace and show its output.
 
     Args:

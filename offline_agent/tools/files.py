@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from offline_agent.tools.base import Long, Short, Tool, ToolContext, tool
+from offline_agent.tools.base import (
+    ExistingFile,
+    Folder,
+    Long,
+    Tool,
+    ToolContext,
+    WrittenFile,
+    tool,
+)
 from offline_agent.workspace import MAX_LISTED
 
 
 @tool
-def read_file(ctx: ToolContext, filename: Short) -> str:
+def read_file(ctx: ToolContext, filename: ExistingFile) -> str:
     """Read a text file from the workspace.
 
     Args:
@@ -23,7 +31,7 @@ def read_file(ctx: ToolContext, filename: Short) -> str:
 
 
 @tool
-def write_file(ctx: ToolContext, filename: Short, text: Long) -> str:
+def write_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
     """Write text to a file in the workspace, replacing what it held.
 
     Args:
@@ -37,7 +45,7 @@ def write_file(ctx: ToolContext, filename: Short, text: Long) -> str:
 
 
 @tool
-def append_file(ctx: ToolContext, filename: Short, text: Long) -> str:
+def append_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
     """Add text to the end of a file in the workspace, creating it if missing.
 
     Args:
@@ -49,7 +57,7 @@ def append_file(ctx: ToolContext, filename: Short, text: Long) -> str:
 
 
 @tool
-def list_files(ctx: ToolContext, directory: Short) -> str:
+def list_files(ctx: ToolContext, directory: Folder) -> str:
     """List the files in a folder of the workspace and its subfolders.
 
     Args:
@@ -75,7 +83,7 @@ def list_files(ctx: ToolContext, directory: Short) -> str:
 
 
 @tool
-def delete_file(ctx: ToolContext, filename: Short) -> str:
+def delete_file(ctx: ToolContext, filename: ExistingFile) -> str:
     """Delete a file from the workspace.
 
     Args:

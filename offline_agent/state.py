@@ -1,0 +1,385 @@
+"""What the agent can see of its world each step, and which commands can be right in it.
+
+A small model fails exactly where a grammar could have stopped it: it reads a file that does
+not exist, finishes before it has done anything, messages a sub-agent it never started. Each
+step the agent takes a `Snapshot` of the workspace, and `plan_step` derives from it and the
+run's `Rules` the commands offered now, with every argument that must name something existing
+narrowed to what exists. The step's grammar and the validation of its reply are built from
+that plan, and the run record keeps `left_out`: which rule left which command out, and why.
+
+Everything here is a function of the registry, the rules and the state: no model is needed to
+test it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_args
+
+from offline_agent.errors import ConfigError, ToolError
+from offline_agent.records import CommandCall
+from offline_agent.reply import ReplyFormat
+from offline_agent.tools.base import Names, Tool, ToolContext, ToolRegistry
+
+MAX_CHOICES = 40
+"""Past this many existing files (or folders, or sub-agents) an argument is a free string."""
+
+MAX_FILES_SHOWN = 30
+"""Files listed in a request's state; the rest are counted."""
+
+FILE_TEXT_CHARS = 600
+"""Characters of each goal-named file a request shows."""
+
+SKIPPED_FOLDERS = frozenset({"__pycache__", ".pytest_cache", ".git", ".mypy_cache"})
+"""Folders that tools create as a side effect: not the user's files."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The techniques that shape each step; each one can be switched with `--rule NAME=VALUE`.
+
+    Their defaults are the ones that measured best (`docs/benchmarks.md`, the ablation).
+    """
+
+    existing_names: bool = True
+    """An argument that must name something existing (the file of read_file, the folder of
+    list_files, the key of message_agent) is an enum of what exists now."""
+    unusable_commands: bool = True
+    """A command that cannot succeed now is left out (read_file in an empty workspace)."""
+    finish_after_success: bool = True
+    """`finish` is offered once a command has succeeded, not before."""
+    finish_after_named: bool = True
+    """`finish` also waits until every file the goals name exists."""
+    goal_targets: bool = True
+    """While files the goals name are missing, a command that writes a file writes one of
+    them (then any file): a goal's missing files are what it asks to create."""
+    no_rereads: bool = True
+    """A command whose one argument names something existing (read_file, list_files,
+    execute_python_file) is not offered a value it already ran with while the workspace is
+    as it was then: it could only return the same."""
+    show_state: bool = True
+    """Each request shows the workspace's files, what the last command changed, and the text
+    of the files the goals name."""
+    reply_format: ReplyFormat = "compact"
+    """"autogpt": four thoughts before the command; "compact": one short thought."""
+    agent_commands: bool = False
+    """Offer the sub-agent commands (start_agent, message_agent, ...)."""
+    memory_commands: bool = False
+    """Offer memory_add and memory_search (recalled memories are shown either way)."""
+    delete_command: bool = False
+    """Offer delete_file: a destructive command, off unless the user wants it."""
+
+    @classmethod
+    def none(cls) -> Rules:
+        """Every rule off, all commands offered, Auto-GPT's reply format: the agent as it was
+        before the rules (the baseline of the ablation, and of runs recorded before them)."""
+        return cls(
+            existing_names=False,
+            unusable_commands=False,
+            finish_after_success=False,
+            finish_after_named=False,
+            goal_targets=False,
+            no_rereads=False,
+            show_state=False,
+            reply_format="autogpt",
+            agent_commands=True,
+            memory_commands=True,
+            delete_command=True,
+        )
+
+    @classmethod
+    def parse(cls, items: Iterable[str], base: Rules | None = None) -> Rules:
+        """`base` (the defaults) with `NAME=VALUE` items applied in order; the item `none`
+        turns every rule off first (`Rules.none`). ConfigError names a bad item."""
+        rules = base or cls()
+        known = {f.name: f for f in fields(cls)}
+        for item in items:
+            if item.strip().lower() == "none":
+                rules = cls.none()
+                continue
+            name, sep, raw = item.partition("=")
+            name, raw = name.strip().replace("-", "_"), raw.strip().lower()
+            if name not in known or not sep:
+                raise ConfigError(
+                    f"unknown rule {item!r}; give 'none' or NAME=VALUE, NAME one of "
+                    + ", ".join(known)
+                )
+            value: Any
+            if name == "reply_format":
+                if raw not in get_args(ReplyFormat):
+                    raise ConfigError(
+                        f"reply_format must be one of {', '.join(get_args(ReplyFormat))}"
+                    )
+                value = raw
+            elif raw in ("on", "true", "yes", "1"):
+                value = True
+            elif raw in ("off", "false", "no", "0"):
+                value = False
+            else:
+                raise ConfigError(f"rule {name} takes on or off, not {raw!r}")
+            rules = replace(rules, **{name: value})
+        return rules
+
+    def changed(self) -> list[str]:
+        """The rules that differ from the defaults, as `NAME=VALUE` (for labels and reports)."""
+        default = Rules()
+        return [
+            f"{f.name}={_shown(getattr(self, f.name))}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        ]
+
+
+def _shown(value: object) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The workspace's files (with size and modification time) and the running sub-agents."""
+
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Path relative to the workspace → (size in bytes, mtime in ns)."""
+    folders: tuple[str, ...] = (".",)
+    agents: tuple[int, ...] = ()
+
+    @classmethod
+    def take(cls, ctx: ToolContext) -> Snapshot:
+        """The state of `ctx`'s workspace and sub-agents now."""
+        root = ctx.workspace.root
+        files: dict[str, tuple[int, int]] = {}
+        folders = ["."]
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_FOLDERS)
+            here = Path(dirpath)
+            if here != root:
+                folders.append(here.relative_to(root).as_posix())
+            for name in filenames:
+                path = here / name
+                real = Path(os.path.realpath(path))
+                if not real.is_relative_to(root):
+                    continue
+                try:
+                    info = real.stat()
+                except OSError:
+                    continue
+                files[path.relative_to(root).as_posix()] = (info.st_size, info.st_mtime_ns)
+        agents = tuple(key for key, _, _ in ctx.agents.list()) if ctx.agents is not None else ()
+        return cls(dict(sorted(files.items())), tuple(folders), agents)
+
+    def choices(self, names: Names) -> list[Any]:
+        """What an argument that names an existing `names.kind` can be now."""
+        if names.kind == "folder":
+            return list(self.folders)
+        if names.kind == "agent":
+            return list(self.agents)
+        return [path for path in self.files if path.endswith(names.suffix)]
+
+    def changes(self, before: Snapshot) -> list[str]:
+        """What changed since `before`, one line a file."""
+        lines = []
+        for path, (size, mtime) in self.files.items():
+            if path not in before.files:
+                lines.append(f"{path} was created ({_size(size)})")
+            elif before.files[path] != (size, mtime):
+                lines.append(f"{path} was changed ({_size(size)})")
+        lines += [f"{path} was deleted" for path in before.files if path not in self.files]
+        return lines
+
+
+def _size(size: int) -> str:
+    return f"{size} byte{'s' if size != 1 else ''}"
+
+
+_PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.[A-Za-z][A-Za-z0-9]{0,7})(?![\w/-])")
+"""A relative path with an extension, as goals write them: "notes.txt", "reports/status.txt"."""
+
+
+def named_paths(texts: Sequence[str], snapshot: Snapshot) -> list[str]:
+    """The files the texts name: paths with an extension, and existing files named in full;
+    a bare name that another named path ends with ("status.txt", "reports/status.txt") is
+    that path."""
+    found: dict[str, None] = {}
+    for text in texts:
+        for match in _PATH.finditer(text):
+            stem, _, extension = match.group(1).rpartition(".")
+            if len(stem) > 1 or len(extension) > 1:  # not an abbreviation such as "e.g"
+                found[match.group(1)] = None
+        for path in snapshot.files:
+            if path in text:
+                found[path] = None
+    return [p for p in found if not any(other.endswith("/" + p) for other in found)]
+
+
+@dataclass
+class StepPlan:
+    """The commands offered at one step, with arguments narrowed to what exists."""
+
+    tools: ToolRegistry
+    left_out: dict[str, str]
+    """Command → the rule that left it out, and why."""
+
+
+def _narrowed(tool: Tool, choices: dict[str, list[Any]]) -> Tool:
+    """`tool` whose listed arguments may only take the given values."""
+    parameters = dict(tool.parameters)
+    for arg, values in choices.items():
+        schema = {k: v for k, v in parameters[arg].items() if k != "maxLength"}
+        parameters[arg] = schema | {"enum": values}
+    return replace(tool, parameters=parameters)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the run has done so far, as far as the rules care."""
+
+    succeeded: bool = False
+    """A command has succeeded."""
+    held_back: str = ""
+    """A command the repeat guard leaves out of this step."""
+    ran: tuple[tuple[CommandCall, Snapshot], ...] = ()
+    """The commands run so far, each with the workspace as it was when it ran."""
+
+
+def plan_step(
+    tools: ToolRegistry,
+    snapshot: Snapshot,
+    rules: Rules,
+    progress: Progress,
+    goals: Sequence[str] = (),
+) -> StepPlan:
+    """The commands that can be right now, given the state, the progress and the rules."""
+    offered: list[Tool] = []
+    left_out: dict[str, str] = {}
+    done = _done_here(progress, snapshot) if rules.no_rereads else set()
+    for tool in tools:
+        if tool.name == progress.held_back:
+            left_out[tool.name] = "repeat: it just returned what it returned before"
+            continue
+        if tool.name == "finish" and (why := _not_done(rules, progress, snapshot, goals)):
+            left_out[tool.name] = why
+            continue
+        narrowed: dict[str, list[Any]] = {}
+        missing = ""
+        for arg, names in tool.names.items():
+            if names.kind == "target":
+                if rules.goal_targets and (targets := _missing(goals, snapshot)):
+                    narrowed[arg] = targets
+                continue
+            values = snapshot.choices(names)
+            if len(tool.parameters) == 1 and (seen := [v for n, v in done if n == tool.name]):
+                values = [v for v in values if v not in seen]
+                if not values:
+                    missing = "no_rereads: it ran with each value in this same workspace"
+                    break
+            if not values:
+                missing = (
+                    "unusable_commands: no "
+                    f"{names.kind}{' ' + names.suffix if names.suffix else ''} exists"
+                )
+            elif rules.existing_names and len(values) <= MAX_CHOICES:
+                narrowed[arg] = values
+        if missing and (rules.unusable_commands or missing.startswith("no_rereads")):
+            left_out[tool.name] = missing
+            continue
+        offered.append(_narrowed(tool, narrowed) if narrowed else tool)
+    return StepPlan(ToolRegistry(offered), left_out)
+
+
+def _done_here(progress: Progress, snapshot: Snapshot) -> set[tuple[str, Any]]:
+    """(command, value of its one argument) for the one-argument commands that ran in a
+    workspace just like this one."""
+    return {
+        (call.name, value)
+        for call, then in progress.ran
+        if then == snapshot and len(call.args) == 1
+        for value in call.args.values()
+        if isinstance(value, (str, int))
+    }
+
+
+def _not_done(rules: Rules, progress: Progress, snapshot: Snapshot, goals: Sequence[str]) -> str:
+    """Why `finish` is not offered yet; empty when it is."""
+    if rules.finish_after_success and not progress.succeeded:
+        return "finish_after_success: no command has succeeded yet"
+    if rules.finish_after_named and (missing := _missing(goals, snapshot)):
+        return f"finish_after_named: {', '.join(missing)} does not exist yet"
+    return ""
+
+
+def _missing(goals: Sequence[str], snapshot: Snapshot) -> list[str]:
+    """The files the goals name that do not exist."""
+    return [path for path in named_paths(goals, snapshot) if path not in snapshot.files]
+
+
+class StateView:
+    """What each request shows of the state: the workspace's files, what changed since the
+    last request, which files the goals name that are missing, and the text of those that
+    exist (each text once, and again only when the file changes)."""
+
+    def __init__(self, goals: Sequence[str]) -> None:
+        self.goals = tuple(goals)
+        self._before: Snapshot | None = None
+        self._shown: set[tuple[str, tuple[int, int]]] = set()
+
+    def lines(self, ctx: ToolContext, snapshot: Snapshot) -> list[str]:
+        """This request's lines about the state."""
+        lines: list[str] = []
+        if self._before is not None:
+            lines += [f"Last change: {change}" for change in snapshot.changes(self._before)]
+        self._before = snapshot
+        listed = [f"{path} ({_size(size)})" for path, (size, _) in snapshot.files.items()]
+        more = len(listed) - MAX_FILES_SHOWN
+        shown = ", ".join(listed[:MAX_FILES_SHOWN]) + (f", and {more} more" if more > 0 else "")
+        lines.append(f"Workspace files: {shown or 'none yet'}")
+        named = named_paths(self.goals, snapshot)
+        missing = [path for path in named if path not in snapshot.files]
+        if missing:
+            lines.append(f"Named in the goals, not yet in the workspace: {', '.join(missing)}")
+        for path in named:
+            key = (path, snapshot.files.get(path, (0, 0)))
+            if path not in snapshot.files or key in self._shown:
+                continue
+            self._shown.add(key)
+            lines.append(f"Text of {path}:\n{_excerpt(ctx, path)}")
+        return lines
+
+
+def _excerpt(ctx: ToolContext, path: str) -> str:
+    """The start of a file's text, cut to `FILE_TEXT_CHARS` with a notice."""
+    try:
+        text = ctx.workspace.read_text(path, max_chars=FILE_TEXT_CHARS + 1)
+    except ToolError as err:
+        return f"(cannot be shown: {err})"
+    if not text:
+        return "(empty)"
+    if len(text) > FILE_TEXT_CHARS:
+        return text[:FILE_TEXT_CHARS] + f"\n[only the first {FILE_TEXT_CHARS} characters are shown]"
+    return text
+
+
+class RepeatGuard:
+    """Counts steps in a row that only repeat: a command with the same arguments that ran
+    just before (A A), or that returned this same result before (A B A B)."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._last_call = ""
+        self.stale = 0
+        """Repeating steps in a row, the last one included."""
+
+    def observe(self, call: CommandCall, result: str) -> int:
+        """Count a step's command and what it returned; the stale steps in a row."""
+        key = json.dumps([call.name, call.args], sort_keys=True)
+        digest = hashlib.sha256(f"{key}\n{result}".encode()).hexdigest()
+        repeated = key == self._last_call or digest in self._seen
+        self.stale = self.stale + 1 if repeated else 0
+        self._seen.add(digest)
+        self._last_call = key
+        return self.stale
