@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from offline_agent.errors import AgentError, Finished, FormatError, TruncatedReplyError
+from offline_agent.errors import Finished, FormatError, TruncatedReplyError
 from offline_agent.llm.base import ChatModel
-from offline_agent.prompt import Profile, PromptBuilder, render
+from offline_agent.prompt import PromptBuilder, render
 from offline_agent.records import (
-    CommandCall,
     Message,
+    Profile,
     Reply,
     RunResult,
     RunStatus,
@@ -27,8 +27,8 @@ from offline_agent.records import (
     ToolResult,
 )
 from offline_agent.reply import parse_reply, reply_schema, schema_digest
-from offline_agent.state import Progress, RepeatGuard, Rules, Snapshot, StateView, plan_step
-from offline_agent.tools.base import MemoryLike, ToolContext, ToolRegistry
+from offline_agent.state import Rules, Steering
+from offline_agent.tools.base import MemoryLike, ToolContext, ToolRegistry, execute_command
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,10 @@ class AgentConfig:
     thought), so that a reply is not cut off."""
     result_tokens: int = 1000
     memory_k: int = 10
-    recall_threshold: float = 0.0
-    """Memories less similar than this (cosine) to the latest exchange are not recalled."""
+    recall_threshold: float = 0.8
+    """Memories less similar than this (cosine) to the latest exchange are not recalled: on
+    real steps, 55% of other attempts at the same goal score above it and 2.7% of steps of
+    other goals (scripts/bench_recall.py, docs/memory.md)."""
     max_repeats: int = 3
     """Stale steps in a row that end a run: a command that ran just before, or that returned
     the same result before."""
@@ -105,18 +107,6 @@ class RunEnded(Exception):
         self.reason = reason
 
 
-def execute_command(tools: ToolRegistry, ctx: ToolContext, call: CommandCall) -> ToolResult:
-    """Run a command; its failures become the observation the model sees."""
-    try:
-        return ToolResult(tools.get(call.name)(ctx, call.args))
-    except Finished:
-        raise
-    except AgentError as err:
-        return ToolResult(f"Error: {err}", ok=False)
-    except Exception as err:  # a command's own failure is the model's observation
-        return ToolResult(f"Error: {type(err).__name__}: {err}", ok=False)
-
-
 class Agent:
     """One autonomous agent: its model, commands, history and limits."""
 
@@ -129,6 +119,7 @@ class Agent:
         config: AgentConfig = AgentConfig(),
         *,
         rules: Rules | None = None,
+        examples: Sequence[str] = (),
         memory: MemoryLike | None = None,
         record: StepSink | None = None,
         events: Events | None = None,
@@ -144,18 +135,14 @@ class Agent:
         self.record = record
         self.events: Events = events or SilentEvents()
         self.approve = approve
-        self.prompt = PromptBuilder(profile, tools, model, config.reply_tokens, rules.reply_format)
-        self.view = StateView(profile.goals)
-        self.guard = RepeatGuard()
+        self.prompt = PromptBuilder(
+            profile, tools, model, config.reply_tokens, rules.reply_format, examples=examples
+        )
+        self.steering = Steering(tools, rules, profile.goals)
         self.history: list[Message] = []
         self.steps_taken = 0
-        self.succeeded = False
-        """Whether a command has succeeded in this run (what `finish_after_success` waits for)."""
         self._format_errors = 0
         self._preapproved = 0
-        self._held_back = ""  # a command left out of the next step's grammar
-        self._ran: list[tuple[CommandCall, Snapshot]] = []
-        """The commands run, each with the workspace as it was before it ran."""
         self._notes: list[str] = []  # said once, in the next step's request
         self._agents_version = ctx.agents.version if ctx.agents is not None else 0
 
@@ -203,17 +190,14 @@ class Agent:
         """Continue a recorded run: its history, step count and whether a command succeeded."""
         self.history = list(history)
         self.steps_taken = steps_taken
-        self.succeeded = succeeded
+        self.steering.succeeded = succeeded
         if self.ctx.agents is not None:  # sub-agents reloaded by the caller are not news
             self._agents_version = self.ctx.agents.version
 
     def _step(self, step: Step) -> None:
         notes, self._notes = self._notes, []
-        snapshot = Snapshot.take(self.ctx)
-        progress = Progress(self.succeeded, self._held_back, tuple(self._ran))
-        plan = plan_step(self.tools, snapshot, self.rules, progress, self.profile.goals)
-        self._held_back, step.left_out = "", plan.left_out
-        state = self.view.lines(self.ctx, snapshot) if self.rules.show_state else []
+        plan, state = self.steering.plan(self.ctx)
+        step.left_out = plan.left_out
         step.messages = self.prompt.build(
             self.history,
             self._recall(),
@@ -229,10 +213,8 @@ class Agent:
             step.messages, schema=schema, max_tokens=self.config.reply_tokens
         )
         if self.memory is not None:
-            # Loading the embedder takes seconds of CPU and of the GIL, which a model in this
-            # process would lose; a new run's first prompt recalls nothing, so the load starts
-            # once that reply is in (a no-op once started). It then overlaps the user's
-            # approval and the command; storing this step's exchange waits for it.
+            # The embedder's load would take CPU and the GIL from a model in this process; a
+            # first prompt recalls nothing, so it loads once that reply is in (then a no-op).
             self.memory.preload()
         raw = step.completion.text.strip()
         try:
@@ -261,20 +243,19 @@ class Agent:
         try:
             if self.record is not None:  # so a crash mid-command is known on resume
                 self.record.write_command(step)
-            self._ran.append((step.reply.command, snapshot))
+            self.steering.running(step.reply.command)
             step.result = execute_command(self.tools, self.ctx, step.reply.command)
         except Finished as done:
             step.status, step.result = "finished", ToolResult(done.reason)
             self.events.executed(step)
             raise
         self.events.executed(step)
-        self.succeeded = self.succeeded or step.result.ok
         output = self.prompt.cut_to_tokens(step.result.output, self.config.result_tokens)
         message = render(
             "result.j2", feedback=None, error=None, command=step.reply.command.name, output=output
         )
         self._add_exchange(request, raw, message)
-        self._check_loop(step.reply, message)
+        self._check_loop(step.reply, step.result.ok, message)
 
     def _ask(self, step: Step) -> Approval:
         """The user's approval, unless running continuously or pre-approved with `y -N`."""
@@ -288,23 +269,20 @@ class Agent:
             self._preapproved = approval.count - 1
         return approval
 
-    def _check_loop(self, reply: Reply, result: str) -> None:
-        """Tell the model when a command only repeats what it already saw, leave it out of the
-        next step's grammar (which does what a note cannot make a small model do: try
-        something else), and end the run if it keeps on."""
-        stale = self.guard.observe(reply.command, result)
+    def _check_loop(self, reply: Reply, ok: bool, result: str) -> None:
+        """Tell the model when a command only repeats what it already saw (the steering
+        leaves it out of the next grammar); end the run if it keeps on."""
+        stale = self.steering.ran(reply.command, ok, result)
         if stale >= self.config.max_repeats:
             raise RunEnded(
                 "loop", f"{stale} commands in a row ran just before or returned the same as before"
             )
         if stale:
-            self._held_back = reply.command.name
-            can_finish = self.succeeded or not self.rules.finish_after_success
             self._notes.append(
                 f"{reply.command.name} with these arguments ran just before or returned the "
                 f"same before ({stale} such step{'s' if stale > 1 else ''} in a row); running "
                 "it again changes nothing."
-                + (" If every goal is done, use finish." if can_finish else "")
+                + (" If every goal is done, use finish." if self.steering.may_finish else "")
             )
 
     def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:

@@ -8,6 +8,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+
+@dataclass(frozen=True)
+class Profile:
+    """Who the agent is and what it pursues (Auto-GPT's ai_name, ai_role, ai_goals)."""
+
+    name: str
+    role: str
+    goals: tuple[str, ...]
+
+
 Message = dict[str, str]
 """An OpenAI-shaped chat message: {"role": "system"|"user"|"assistant", "content": str}."""
 

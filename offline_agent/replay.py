@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offline_agent.agent import execute_command
 from offline_agent.errors import StorageError
 from offline_agent.records import CommandCall
 from offline_agent.runs import META_FILE, read_entries
 from offline_agent.tools import ToolContext, ToolRegistry
+from offline_agent.tools.base import execute_command
 from offline_agent.workspace import Workspace
 
 NOT_REPLAYABLE = frozenset(

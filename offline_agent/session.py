@@ -23,10 +23,11 @@ from offline_agent.llm import (
     ScriptedModel,
     open_model,
 )
-from offline_agent.memory import open_memory
+from offline_agent.memory import SentenceTransformerEmbedder, open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
-from offline_agent.prompt import Profile, PromptBuilder
-from offline_agent.records import CommandCall, Message, Reply, Step, Thoughts, ToolResult
+from offline_agent.prompt import PromptBuilder
+from offline_agent.prompt.examples import closest
+from offline_agent.records import CommandCall, Message, Profile, Reply, Step, Thoughts, ToolResult
 from offline_agent.replay import run_meta
 from offline_agent.runs import RunRecord, read_entries
 from offline_agent.state import Rules
@@ -132,6 +133,11 @@ def build_agent(
             memory.preload()
         # Otherwise the agent starts loading it once the first reply is in (`Agent._step`).
     tools = run_tools(settings.rules, memory=memory is not None, shell=settings.shell is not None)
+    examples: list[str] = []
+    if settings.rules.examples:
+        embedder = memory.embedder if memory is not None else SentenceTransformerEmbedder()
+        chosen = closest(settings.profile.goals, embedder.embed)
+        examples = [example.render(settings.rules.reply_format) for example in chosen]
     ctx = ToolContext(
         workspace=workspace,
         memory=memory,
@@ -146,6 +152,7 @@ def build_agent(
         ctx,
         settings.agent,
         rules=settings.rules,
+        examples=examples,
         memory=memory,
         events=events,
         approve=None if settings.continuous else approve,

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from offline_agent.errors import ConfigError
-from offline_agent.prompt import Profile
+from offline_agent.records import Profile
 from offline_agent.state import Rules
 
 MAX_GOALS = 10

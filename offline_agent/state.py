@@ -74,6 +74,9 @@ class Rules:
     """Offer memory_add and memory_search (recalled memories are shown either way)."""
     delete_command: bool = False
     """Offer delete_file: a destructive command, off unless the user wants it."""
+    examples: bool = False
+    """Show the worked example closest to the goals in the system prompt
+    (`offline_agent.prompt.examples`; loads the embedder at the start of a run)."""
 
     @classmethod
     def none(cls) -> Rules:
@@ -383,3 +386,48 @@ class RepeatGuard:
         self._seen.add(digest)
         self._last_call = key
         return self.stale
+
+
+class Steering:
+    """The rules applied to one run: each step's plan and state lines from the workspace, and
+    the progress they depend on (what succeeded, what ran where, what repeats)."""
+
+    def __init__(self, tools: ToolRegistry, rules: Rules, goals: Sequence[str]) -> None:
+        self.tools = tools
+        self.rules = rules
+        self.goals = tuple(goals)
+        self.view = StateView(goals)
+        self.guard = RepeatGuard()
+        self.succeeded = False
+        """A command has succeeded in this run (what `finish_after_success` waits for)."""
+        self._held_back = ""
+        self._ran: list[tuple[CommandCall, Snapshot]] = []
+        self._now = Snapshot()
+
+    def plan(self, ctx: ToolContext) -> tuple[StepPlan, list[str]]:
+        """This step's commands, and the lines its request shows of the state."""
+        self._now = Snapshot.take(ctx)
+        progress = Progress(self.succeeded, self._held_back, tuple(self._ran))
+        self._held_back = ""
+        plan = plan_step(self.tools, self._now, self.rules, progress, self.goals)
+        state = self.view.lines(ctx, self._now) if self.rules.show_state else []
+        return plan, state
+
+    def running(self, call: CommandCall) -> None:
+        """Note a command about to run in the workspace as `plan` last saw it."""
+        self._ran.append((call, self._now))
+
+    def ran(self, call: CommandCall, ok: bool, result: str) -> int:
+        """Note what a command returned; the repeating steps in a row, this one included. A
+        repeating command is left out of the next step's grammar, which does what no note
+        can make a small model do: try something else."""
+        self.succeeded = self.succeeded or ok
+        stale = self.guard.observe(call, result)
+        if stale:
+            self._held_back = call.name
+        return stale
+
+    @property
+    def may_finish(self) -> bool:
+        """Whether a note may suggest finishing (the grammar decides whether it is offered)."""
+        return self.succeeded or not self.rules.finish_after_success

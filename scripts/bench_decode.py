@@ -39,8 +39,8 @@ from offline_agent.agent import Agent, AgentConfig
 from offline_agent.errors import FormatError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
-from offline_agent.prompt import Profile, PromptBuilder
-from offline_agent.records import Completion, Message, Step, Usage
+from offline_agent.prompt import PromptBuilder
+from offline_agent.records import Completion, Message, Profile, Step, Usage
 from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools

@@ -36,8 +36,7 @@ import offline_agent.agent as agent_module
 from offline_agent.agent import AgentConfig, SilentEvents
 from offline_agent.llm import LlamaOptions
 from offline_agent.modelstore import default_models_dir, load_registry
-from offline_agent.prompt import Profile
-from offline_agent.records import Step
+from offline_agent.records import Profile, Step
 from offline_agent.session import RunSettings, build_agent
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"

@@ -45,8 +45,8 @@ from benchlib import machine, write_doc_block
 
 from offline_agent.llm.llama import LlamaModel, LlamaOptions, _Decode
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
-from offline_agent.prompt import Profile, PromptBuilder
-from offline_agent.records import Message
+from offline_agent.prompt import PromptBuilder
+from offline_agent.records import Message, Profile
 from offline_agent.tools import builtin_tools
 
 GOAL = "Write the word Washington to a file named output.txt"
@@ -59,7 +59,8 @@ import time
 start = time.perf_counter()
 from offline_agent.llm import LlamaOptions, open_model
 from offline_agent.modelstore import default_models_dir, load_registry
-from offline_agent.prompt import Profile, PromptBuilder
+from offline_agent.prompt import PromptBuilder
+from offline_agent.records import Profile
 from offline_agent.reply import reply_schema
 from offline_agent.tools import builtin_tools
 tools = builtin_tools(memory=False)

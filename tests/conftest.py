@@ -12,7 +12,7 @@ import pytest
 from offline_agent import modelstore
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.prompt import Profile
+from offline_agent.records import Profile
 from offline_agent.runs import RunRecord
 from offline_agent.state import Rules
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool

@@ -12,8 +12,7 @@ from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.llm import HttpModel, HttpOptions
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.memory import HashEmbedder, LongTermMemory, open_memory
-from offline_agent.prompt import Profile
-from offline_agent.records import Completion, Step
+from offline_agent.records import Completion, Profile, Step
 from offline_agent.session import RunSettings
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace

@@ -105,6 +105,26 @@ def test_ai_settings_file(tmp_path: Path, home: Path) -> None:
     assert (home / "workspaces" / "Scribe").is_dir()
 
 
+def test_ai_settings_switch_rules(tmp_path: Path, home: Path) -> None:
+    settings = tmp_path / "ai_settings.yaml"
+    settings.write_text(
+        "ai_name: Boss\nai_role: delegates\nai_goals: [Ask a helper]\n"
+        "rules: {agent_commands: on, show_state: off}\n"
+    )
+    replies = [reply("list_files", directory="."), FINISH]
+    code, out, _ = invoke("run", "--ai-settings", str(settings), "--model",
+                          script(tmp_path, replies), "--continuous", "--no-memory",
+                          "--reply-format", "autogpt")  # fmt: skip
+    assert code == 0, out
+    (run,) = (home / "runs").iterdir()
+    rules = json.loads((run / "run.json").read_text())["settings"]["rules"]
+    assert rules["agent_commands"] is True and rules["show_state"] is False
+    assert rules["reply_format"] == "autogpt" and rules["finish_after_success"] is True
+    first = read_entries(run)[1]["step"]
+    assert "Workspace files" not in first["messages"][-1]["content"]
+    assert "start_agent" in first["messages"][0]["content"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -118,6 +138,9 @@ def test_ai_settings_file(tmp_path: Path, home: Path) -> None:
         (["--ai-settings", "BADYAML", "--model", "SCRIPT"], 2, "not valid YAML"),
         (["--ai-settings", "NOGOALS", "--model", "SCRIPT"], 2, "lacks ai_goals"),
         (["--ai-settings", "/nonexistent.yaml", "--model", "SCRIPT"], 2, "cannot read"),
+        (["--goal", "g", "--model", "SCRIPT", "--rule", "bogus=on"], 2, "unknown rule 'bogus=on'"),
+        (["--goal", "g", "--model", "SCRIPT", "--rule", "show_state=maybe"], 2, "on or off"),
+        (["--ai-settings", "BADRULES", "--model", "SCRIPT"], 2, "rules must be a mapping"),
     ],
 )
 def test_bad_input_is_one_line_and_its_own_exit_code(
@@ -125,11 +148,13 @@ def test_bad_input_is_one_line_and_its_own_exit_code(
 ) -> None:
     (tmp_path / "bad.yaml").write_text("ai_name: [unclosed\n")
     (tmp_path / "nogoals.yaml").write_text("ai_name: A\nai_role: B\n")
+    (tmp_path / "badrules.yaml").write_text("ai_name: A\nai_role: B\nai_goals: [g]\nrules: [x]\n")
     (tmp_path / "fake.gguf").write_bytes(b"not a model at all" * 100)
     replace = {
         "SCRIPT": script(tmp_path, [FINISH]),
         "BADYAML": str(tmp_path / "bad.yaml"),
         "NOGOALS": str(tmp_path / "nogoals.yaml"),
+        "BADRULES": str(tmp_path / "badrules.yaml"),
         "NOTGGUF": str(tmp_path / "fake.gguf"),
     }
     argv = [replace.get(a, a) for a in args]

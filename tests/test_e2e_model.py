@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from offline_agent.agent import Agent, AgentConfig
+from offline_agent import session
+from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.errors import ModelError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.prompt import Profile
+from offline_agent.records import Profile
 from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.runs import RunRecord, read_entries
+from offline_agent.session import RunSettings
 from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
@@ -110,3 +113,76 @@ def test_same_seed_same_model_same_run(real_models: dict[str, Path], tmp_path: P
         steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
         runs.append([s["completion"]["text"] for s in steps])
     assert runs[0] == runs[1]
+
+
+def run_settings(tmp_path: Path, goal: str, name: str, memory: Path | None) -> RunSettings:
+    """Default rules, continuous, at most 4 steps, in a workspace of its own."""
+    return RunSettings(
+        Profile("Agent", "an autonomous assistant that pursues its goals", (goal,)),
+        None,
+        tmp_path,
+        tmp_path / name,
+        tmp_path / "runs",
+        agent=AgentConfig(max_steps=4),
+        memory_dir=memory,
+        continuous=True,
+    )
+
+
+def run_steps(settings: RunSettings, model: LlamaModel) -> list[dict[str, Any]]:
+    """Run the agent `settings` describe on `model`; its recorded steps."""
+    agent = session.build_agent(settings, SilentEvents(), None, model)
+    agent.record = record = RunRecord.create(settings.runs_dir, "e2e", {})
+    agent.run()
+    record.close()
+    if agent.memory is not None:
+        agent.memory.close()  # type: ignore[attr-defined]
+    return [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+
+
+ROWS = "How many data rows does people.csv have? Write the number to rows.txt"
+
+
+def test_finish_is_not_offered_before_a_command_succeeds(
+    smollm2: LlamaModel, tmp_path: Path
+) -> None:
+    settings = run_settings(tmp_path, ROWS, "ws", None)
+    settings.workspace.mkdir()
+    (settings.workspace / "people.csv").write_text("name,age\nAnn,31\nBo,25\nCy,40\n")
+    steps = run_steps(settings, smollm2)
+    first_success = next(
+        (i for i, s in enumerate(steps) if s["result"] and s["result"]["ok"]), len(steps)
+    )
+    assert steps[0]["left_out"]["finish"].startswith("finish_after_success")
+    for step in steps[: first_success + 1]:
+        assert "finish" in step["left_out"]
+        assert step["reply"] is None or step["reply"]["command"]["name"] != "finish"
+    for step in steps:  # the in-process grammar holds: every reply is valid
+        assert step["status"] in ("ok", "finished"), step["error"]
+
+
+@pytest.mark.embedder
+def test_an_unrelated_earlier_run_leaves_no_memory_behind(
+    smollm2: LlamaModel, tmp_path: Path
+) -> None:
+    # The issue's case: a copy-file goal run after a write-a-word goal on one memory folder
+    # read "write the word Tangerine" in its thoughts.
+    shared = tmp_path / "memory"
+    first = "Write the word Tangerine to a file called fruit.txt"
+    second = "Copy the text of source.txt to a file called copy.txt"
+    run_steps(run_settings(tmp_path, first, "first", shared), smollm2)
+    with_memory, without = (
+        run_settings(tmp_path, second, name, memory) for name, memory in
+        (("second", shared), ("alone", None))
+    )  # fmt: skip
+    for settings in (with_memory, without):
+        settings.workspace.mkdir()
+        (settings.workspace / "source.txt").write_text("The quick brown fox.\n")
+    shared_steps, alone_steps = run_steps(with_memory, smollm2), run_steps(without, smollm2)
+    requests = [m["content"] for s in shared_steps for m in s["messages"][1:]]
+    assert not any("Tangerine" in text or "reminds you" in text for text in requests)
+    # Nothing leaked in, so at temperature 0 the run is the memory-off run, step for step.
+    assert [s["messages"] for s in shared_steps] == [s["messages"] for s in alone_steps]
+    assert sorted(p.name for p in with_memory.workspace.iterdir()) == sorted(
+        p.name for p in without.workspace.iterdir()
+    )

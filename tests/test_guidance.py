@@ -10,8 +10,8 @@ from llguidance import LLMatcher
 from offline_agent.errors import BackendError
 from offline_agent.llm.guidance import JSON_OPTIONS, GuidedDecoder
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.prompt import Profile, PromptBuilder
-from offline_agent.records import Message
+from offline_agent.prompt import PromptBuilder
+from offline_agent.records import Message, Profile
 from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.tools import ToolRegistry, builtin_tools
 

@@ -30,7 +30,7 @@ from offline_agent.errors import BackendError, ConfigError
 from offline_agent.llm import HttpModel, HttpOptions, LlamaOptions, open_model
 from offline_agent.llm.http import MESSAGE_OVERHEAD, response_format
 from offline_agent.modelstore import ResolvedModel
-from offline_agent.prompt import Profile
+from offline_agent.records import Profile
 from offline_agent.runs import RunRecord, read_entries, verify
 from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools

@@ -15,8 +15,8 @@ from offline_agent.agent import SilentEvents
 from offline_agent.llm.guidance import common_prefix
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.prompt import Profile, PromptBuilder
-from offline_agent.records import Completion, Message
+from offline_agent.prompt import PromptBuilder
+from offline_agent.records import Completion, Message, Profile
 from offline_agent.reply import reply_schema
 from offline_agent.session import RunSettings, build_agent, opening_prompt
 from offline_agent.tools import builtin_tools

@@ -15,11 +15,20 @@ from offline_agent.errors import StorageError
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.replay import recorded_steps, replay
 from offline_agent.runs import STEPS_FILE, RunRecord, read_entries, verify
-from offline_agent.session import RunSettings, restore, start
+from offline_agent.session import RunSettings, restore, run_tools, start
+from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
-from tests.conftest import FINISH, NONE, PROFILE, reply
+from tests.conftest import (
+    COMPACT_FINISH,
+    FINISH,
+    NONE,
+    PROFILE,
+    compact,
+    make_agent,
+    reply,
+)
 
 REPLIES = [
     reply("write_file", filename="a.txt", text="alpha"),
@@ -122,6 +131,28 @@ def test_runs_cli_list_show_verify_replay(tmp_path: Path) -> None:
     assert diverged.exit_code == 7  # a non-empty workspace is refused
     missing = runner.invoke(cli, ["runs", "show", "nope", "--runs-dir", runs_dir])
     assert missing.exit_code == 7 and "no run 'nope'" in missing.stderr
+
+
+def test_runs_show_says_which_rule_left_what_out(tmp_path: Path) -> None:
+    replies = [
+        COMPACT_FINISH,
+        compact("write_file", filename="output.txt", text="x"),
+        COMPACT_FINISH,
+    ]
+    tools = run_tools(Rules(), memory=False, shell=False)
+    agent, _, record = make_agent(tmp_path, replies, rules=Rules(), tools=tools)
+    record.write_end(agent.run())
+    record.close()
+    shown = CliRunner().invoke(
+        cli, ["runs", "show", record.folder.name, "--runs-dir", str(tmp_path / "runs")]
+    )
+    lines = shown.output.splitlines()
+    assert lines[1].split()[:2] == ["1", "format_error"]
+    assert lines[2].strip().startswith("left out:")
+    assert "read_file (unusable_commands: no file exists)" in lines[2]
+    assert "finish (finish_after_success: no command has succeeded yet)" in lines[2]
+    assert "error: finish cannot be used now" in lines[3]
+    assert "ended: finished" in shown.output
 
 
 def test_restoring_from_the_record_continues_with_the_same_prompt(tmp_path: Path) -> None:

@@ -35,8 +35,7 @@ from offline_agent.bench.judge import judge
 from offline_agent.errors import AgentError, ConfigError, StorageError
 from offline_agent.llm import SCRIPTED_PREFIX, ChatModel, HttpOptions, LlamaOptions, open_model
 from offline_agent.llm.http import Constraint
-from offline_agent.prompt import Profile
-from offline_agent.records import RunResult, Step
+from offline_agent.records import Profile, RunResult, Step
 from offline_agent.runs import write_json_atomic
 from offline_agent.session import RunSettings, build_agent, start
 from offline_agent.state import Rules

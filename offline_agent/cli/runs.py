@@ -77,6 +77,9 @@ def show(run: str, runs_dir: Path | None) -> None:
             f"{reply['command']['name']} {json.dumps(reply['command']['args'])}" if reply else "-"
         )
         click.echo(f"{step['index']:>3} {step['status']:<12} {command[:100]}")
+        if step.get("left_out"):  # records made before the step rules have none
+            reasons = "; ".join(f"{name} ({why})" for name, why in step["left_out"].items())
+            click.echo(f"      left out: {reasons[:300]}")
         if step["error"]:
             click.echo(f"      error: {step['error'][:200]}")
         if step["result"]:

@@ -20,7 +20,6 @@ the room), not one per step, so the cache is rebuilt rarely.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -28,18 +27,9 @@ from jinja2 import Environment, StrictUndefined, Template
 
 from offline_agent.errors import ContextOverflowError
 from offline_agent.llm.base import ChatModel
-from offline_agent.records import Message
+from offline_agent.records import Message, Profile
 from offline_agent.reply import ReplyFormat, format_text
 from offline_agent.tools.base import ToolRegistry
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Who the agent is and what it pursues (Auto-GPT's ai_name, ai_role, ai_goals)."""
-
-    name: str
-    role: str
-    goals: tuple[str, ...]
 
 
 def load_template(name: str) -> Template:
@@ -79,6 +69,7 @@ class PromptBuilder:
         reply_reserve: int,
         reply_format: ReplyFormat = "autogpt",
         *,
+        examples: Sequence[str] = (),
         memory_share: float = 0.1,
         keep_share: float = 1 / 3,
     ) -> None:
@@ -97,6 +88,7 @@ class PromptBuilder:
                 commands=[t.signature_text() for t in tools],
                 memory="memory_search" in tools,
                 reply_format=format_text(reply_format),
+                examples=list(examples),
             ),
         )
         self.first_kept = 0

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
-from offline_agent.errors import ToolError
+from offline_agent.errors import AgentError, Finished, ToolError
+from offline_agent.records import CommandCall, ToolResult
 
 if TYPE_CHECKING:
     from offline_agent.workspace import Workspace
@@ -298,3 +299,15 @@ class ToolRegistry:
     def without(self, *names: str) -> ToolRegistry:
         """A copy without the named commands (e.g. memory commands under --no-memory)."""
         return ToolRegistry(t for t in self if t.name not in names)
+
+
+def execute_command(tools: ToolRegistry, ctx: ToolContext, call: CommandCall) -> ToolResult:
+    """Run a command; its failures become the observation the model sees."""
+    try:
+        return ToolResult(tools.get(call.name)(ctx, call.args))
+    except Finished:
+        raise
+    except AgentError as err:
+        return ToolResult(f"Error: {err}", ok=False)
+    except Exception as err:  # a command's own failure is the model's observation
+        return ToolResult(f"Error: {type(err).__name__}: {err}", ok=False)
