@@ -38,8 +38,8 @@ class AgentConfig:
     max_steps: int = 50
     max_format_errors: int = 3
     reply_tokens: int = 1024
-    """Room for the longest reply the grammar allows (a 2,000-character file and a
-    thought), so that a reply is not cut off."""
+    """Room for a reply writing a file of the 2,000 characters the grammar allows (512 cut
+    such replies off: each a wasted step and an invalid reply)."""
     result_tokens: int = 1000
     memory_k: int = 10
     recall_threshold: float = 0.8
@@ -136,7 +136,13 @@ class Agent:
         self.events: Events = events or SilentEvents()
         self.approve = approve
         self.prompt = PromptBuilder(
-            profile, tools, model, config.reply_tokens, rules.reply_format, examples=examples
+            profile,
+            tools,
+            model,
+            config.reply_tokens,
+            rules.reply_format,
+            examples=examples,
+            prose_signatures=rules.prose_signatures,
         )
         self.steering = Steering(tools, rules, profile.goals)
         self.history: list[Message] = []

@@ -36,6 +36,10 @@ MAX_FILES_SHOWN = 30
 FILE_TEXT_CHARS = 600
 """Characters of each goal-named file a request shows."""
 
+MAX_WALKED = 10_000
+"""Files a snapshot records at most; past that it is `partial` and the rules that need every
+file (which named files are missing) stand aside."""
+
 SKIPPED_FOLDERS = frozenset({"__pycache__", ".pytest_cache", ".git", ".mypy_cache"})
 """Folders that tools create as a side effect: not the user's files."""
 
@@ -74,6 +78,10 @@ class Rules:
     """Offer memory_add and memory_search (recalled memories are shown either way)."""
     delete_command: bool = False
     """Offer delete_file: a destructive command, off unless the user wants it."""
+    prose_signatures: bool = False
+    """The command list describes arguments in prose (`write_file(filename, text): ...
+    Arguments: filename, the path ...`) instead of `"text": <the full new content>`, which
+    small models copy as the value."""
     examples: bool = False
     """Show the worked example closest to the goals in the system prompt
     (`offline_agent.prompt.examples`; loads the embedder at the start of a run)."""
@@ -151,6 +159,8 @@ class Snapshot:
     """Path relative to the workspace → (size in bytes, mtime in ns)."""
     folders: tuple[str, ...] = (".",)
     agents: tuple[int, ...] = ()
+    partial: bool = False
+    """The workspace holds more than `MAX_WALKED` files; `files` has the first of them."""
 
     @classmethod
     def take(cls, ctx: ToolContext) -> Snapshot:
@@ -158,7 +168,11 @@ class Snapshot:
         root = ctx.workspace.root
         files: dict[str, tuple[int, int]] = {}
         folders = ["."]
+        partial = False
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            if len(files) >= MAX_WALKED:
+                partial = True
+                break
             dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_FOLDERS)
             here = Path(dirpath)
             if here != root:
@@ -174,7 +188,7 @@ class Snapshot:
                     continue
                 files[path.relative_to(root).as_posix()] = (info.st_size, info.st_mtime_ns)
         agents = tuple(key for key, _, _ in ctx.agents.list()) if ctx.agents is not None else ()
-        return cls(dict(sorted(files.items())), tuple(folders), agents)
+        return cls(dict(sorted(files.items())), tuple(folders), agents, partial)
 
     def choices(self, names: Names) -> list[Any]:
         """What an argument that names an existing `names.kind` can be now."""
@@ -292,6 +306,8 @@ def plan_step(
             left_out[tool.name] = missing
             continue
         offered.append(_narrowed(tool, narrowed) if narrowed else tool)
+    if not offered:  # a grammar needs a command: rather every command than none
+        return StepPlan(tools, {})
     return StepPlan(ToolRegistry(offered), left_out)
 
 
@@ -317,7 +333,9 @@ def _not_done(rules: Rules, progress: Progress, snapshot: Snapshot, goals: Seque
 
 
 def _missing(goals: Sequence[str], snapshot: Snapshot) -> list[str]:
-    """The files the goals name that do not exist."""
+    """The files the goals name that do not exist (none known in a partial snapshot)."""
+    if snapshot.partial:
+        return []
     return [path for path in named_paths(goals, snapshot) if path not in snapshot.files]
 
 

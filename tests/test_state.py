@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from llguidance import LLMatcher
 
+from offline_agent import state
 from offline_agent.errors import ConfigError, FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS
 from offline_agent.llm.scripted import ScriptedModel
@@ -28,7 +29,7 @@ from offline_agent.state import (
     plan_step,
 )
 from offline_agent.subagents import SubAgents
-from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
 from offline_agent.workspace import Workspace
 
 EVERYTHING = builtin_tools(memory=True, agents=True, shell=False, delete=True)
@@ -123,6 +124,26 @@ def test_a_look_in_an_unchanged_workspace_is_not_offered_again(tmp_path: Path) -
     again = plan(ctx, progress=Progress(succeeded=True, ran=ran))
     assert args_of(again, "read_file")["filename"]["enum"] == ["notes.txt", "other.txt"]
     assert "list_files" in again.tools
+
+
+def test_a_step_that_would_offer_nothing_offers_everything(tmp_path: Path) -> None:
+    only = ToolRegistry([t for t in EVERYTHING if t.name in ("read_file", "finish")])
+    step = plan_step(only, Snapshot.take(context(tmp_path)), Rules(), Progress(), GOALS)
+    assert step.tools.names == ["read_file", "finish"] and step.left_out == {}
+
+
+def test_a_huge_workspace_is_walked_partly_and_named_files_are_not_guessed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state, "MAX_WALKED", 3)
+    ctx = context(tmp_path, {f"d{i}/f.txt": "x" for i in range(6)})
+    snapshot = Snapshot.take(ctx)
+    assert snapshot.partial and len(snapshot.files) < 6
+    assert (
+        "enum"
+        not in args_of(plan(ctx, progress=Progress(succeeded=True)), "write_file")["filename"]
+    )
+    assert "finish" in plan(ctx, progress=Progress(succeeded=True)).tools
 
 
 def test_a_held_back_command_is_left_out(tmp_path: Path) -> None:

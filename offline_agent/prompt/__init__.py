@@ -70,6 +70,7 @@ class PromptBuilder:
         reply_format: ReplyFormat = "autogpt",
         *,
         examples: Sequence[str] = (),
+        prose_signatures: bool = False,
         memory_share: float = 0.1,
         keep_share: float = 1 / 3,
     ) -> None:
@@ -85,7 +86,7 @@ class PromptBuilder:
                 name=profile.name,
                 role=profile.role,
                 goals=profile.goals,
-                commands=[t.signature_text() for t in tools],
+                commands=[t.signature_text(prose_signatures) for t in tools],
                 memory="memory_search" in tools,
                 reply_format=format_text(reply_format),
                 examples=list(examples),

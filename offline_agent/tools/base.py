@@ -211,8 +211,14 @@ class Tool:
             "additionalProperties": False,
         }
 
-    def signature_text(self) -> str:
-        """One line for the prompt: `name: description. Args: "a": <what a is>`."""
+    def signature_text(self, prose: bool = False) -> str:
+        """One line for the prompt: `name: description. Args: "a": <what a is>`; in `prose`,
+        `name(a): description. Arguments: a, what a is.`: no placeholder in the place of a
+        JSON value, which small models copy as the value."""
+        if prose:
+            args = "; ".join(f"{name}, {self.arg_docs[name]}" for name in self.parameters)
+            described = f" Arguments: {args}." if args else ""
+            return f"{self.name}({', '.join(self.parameters)}): {self.description}{described}"
         args = ", ".join(f'"{name}": <{self.arg_docs[name]}>' for name in self.parameters)
         return f"{self.name}: {self.description} Args: {args or 'none'}"
 
