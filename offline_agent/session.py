@@ -92,7 +92,7 @@ class RunSettings:
                 llama=LlamaOptions(**data["llama"]),
                 agent=AgentConfig(**data["agent"]),
                 # A run recorded before rules existed ran with none of them.
-                rules=Rules(**data["rules"]) if "rules" in data else Rules.none(),
+                rules=Rules.from_json(data.get("rules") or {}),
                 chat_format=data["chat_format"],
                 http=HttpOptions(**data["http"]) if data["http"] else None,
                 memory_dir=Path(data["memory_dir"]) if data["memory_dir"] else None,

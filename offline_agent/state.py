@@ -78,7 +78,7 @@ class Rules:
     """Offer memory_add and memory_search (recalled memories are shown either way)."""
     delete_command: bool = False
     """Offer delete_file: a destructive command, off unless the user wants it."""
-    prose_signatures: bool = False
+    prose_signatures: bool = True
     """The command list describes arguments in prose (`write_file(filename, text): ...
     Arguments: filename, the path ...`) instead of `"text": <the full new content>`, which
     small models copy as the value."""
@@ -102,7 +102,14 @@ class Rules:
             agent_commands=True,
             memory_commands=True,
             delete_command=True,
+            prose_signatures=False,
         )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rules:
+        """Rules saved by an earlier version: a rule it did not know yet was not applied."""
+        known = {f.name for f in fields(cls)}
+        return replace(cls.none(), **{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def parse(cls, items: Iterable[str], base: Rules | None = None) -> Rules:

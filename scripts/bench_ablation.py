@@ -28,7 +28,12 @@ def row(label: str, folder: Path, only: set[str]) -> list[str]:
     """One table row for one results folder."""
     attempts = [a for a in read_results(folder) if not only or a.challenge in only]
     rules = read_settings(folder)["settings"].get("rules")
-    changed = ", ".join(Rules(**rules).changed()) if rules is not None else "?"
+    if rules is None:
+        changed = "?"
+    elif Rules.from_json(rules) == Rules.none():
+        changed = "all off (`--rule none`)"
+    else:
+        changed = ", ".join(f"`{c}`" for c in Rules.from_json(rules).changed())
     cells = []
     for s in score(attempts):
         steps = sum(a.steps for a in attempts if a.model == s.model)

@@ -21,13 +21,16 @@ from tests.conftest import COMPACT_FINISH, FINISH, NONE, compact, reply
 PROFILE = Profile("Archivist", "an assistant that remembers", ("Find the vault code",))
 
 
-def run_agent(tmp_path: Path, replies: list[object], memory_dir: Path) -> ScriptedModel:
+def run_agent(
+    tmp_path: Path, replies: list[object], memory_dir: Path, threshold: float = 0.0
+) -> ScriptedModel:
+    """A scripted run with memory; the fake embedder's scores are not calibrated, so recall
+    has no threshold unless one is given."""
     memory = open_memory(memory_dir, embedder=HashEmbedder())
     model = ScriptedModel(replies)
     ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"), memory=memory)
-    agent = Agent(
-        PROFILE, model, builtin_tools(), ctx, AgentConfig(max_steps=10), rules=NONE, memory=memory
-    )
+    config = AgentConfig(max_steps=10, recall_threshold=threshold)
+    agent = Agent(PROFILE, model, builtin_tools(), ctx, config, rules=NONE, memory=memory)
     assert agent.run().status == "finished"
     memory.close()
     return model
@@ -50,6 +53,17 @@ def test_memories_from_an_earlier_run_reach_the_prompt(tmp_path: Path) -> None:
     assert second.startswith("This reminds you of these events from your past:")
     assert "- The vault code is 4711." in second
     assert "- The vault code is 4711.\n" not in third and model.calls[2][-4]["content"] == second
+
+
+def test_a_memory_below_the_threshold_is_not_recalled(tmp_path: Path) -> None:
+    memory_dir = tmp_path / "mem"
+    run_agent(tmp_path, [reply("memory_add", text="The vault code is 4711."), FINISH], memory_dir)
+    steps = [reply("list_files", directory="."), reply("list_files", directory="sub"), FINISH]
+    score = open_memory(memory_dir, embedder=HashEmbedder()).recall("vault", 1)[0][0]
+    recalled = run_agent(tmp_path, steps, memory_dir, threshold=-1.0).calls[1][-1]["content"]
+    assert "- The vault code is 4711." in recalled
+    above = run_agent(tmp_path / "b", steps, memory_dir, threshold=0.99).calls[1][-1]["content"]
+    assert "reminds you" not in above and score < 0.99
 
 
 def test_a_memory_in_view_is_not_recalled(tmp_path: Path) -> None:

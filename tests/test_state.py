@@ -224,6 +224,13 @@ def test_rules_parse_names_values_and_none() -> None:
             Rules.parse([bad])
 
 
+def test_saved_rules_missing_a_newer_rule_read_it_as_off() -> None:
+    saved = Rules().__dict__ | {"show_state": False}
+    del saved["examples"]
+    assert Rules.from_json(saved) == Rules(show_state=False, examples=False)
+    assert Rules.from_json({}) == Rules.none()  # a run recorded before the rules existed
+
+
 def test_run_tools_follow_the_rules() -> None:
     default = run_tools(Rules(), memory=True, shell=False)
     assert "delete_file" not in default and "start_agent" not in default

@@ -127,7 +127,7 @@ def _rules(saved: dict[str, Any] | None) -> str:
     """The step rules of a benchmark, as the changes from the defaults."""
     if saved is None:
         return "made before step rules existed"
-    changed = Rules(**saved).changed()
+    changed = Rules.from_json(saved).changed()
     return f"rules {', '.join(changed)}" if changed else "default rules"
 
 
