@@ -58,8 +58,9 @@ class Rules:
     """A command that cannot succeed now is left out (read_file in an empty workspace)."""
     finish_after_success: bool = True
     """`finish` is offered once a command has succeeded, not before."""
-    finish_after_named: bool = True
-    """`finish` also waits until every file the goals name exists."""
+    finish_after_named: bool = False
+    """`finish` also waits until every file the goals name exists. Off: it did not raise
+    success, and runs that could not finish went on to overwrite their inputs."""
     goal_targets: bool = True
     """While files the goals name are missing, a command that writes a file writes one of
     them (then any file): a goal's missing files are what it asks to create."""

@@ -92,13 +92,14 @@ def test_past_the_cap_an_argument_is_a_free_string(tmp_path: Path) -> None:
 def test_finish_waits_for_a_success_and_for_the_files_the_goals_name(tmp_path: Path) -> None:
     ctx = context(tmp_path, {"notes.txt": "first\nsecond"})
     assert "finish" not in plan(ctx, progress=Progress(succeeded=False)).tools
-    waiting = plan(ctx, progress=Progress(succeeded=True))
+    assert "finish" in plan(ctx, progress=Progress(succeeded=True)).tools  # the default
+    named = Rules(finish_after_named=True)
+    waiting = plan(ctx, named, Progress(succeeded=True))
     assert waiting.left_out["finish"] == (
         "finish_after_named: reports/first.txt does not exist yet"
     )
     ctx.workspace.write_text("reports/first.txt", "first")
-    assert "finish" in plan(ctx, progress=Progress(succeeded=True)).tools
-    assert "finish" in plan(ctx, Rules(finish_after_named=False), Progress(succeeded=True)).tools
+    assert "finish" in plan(ctx, named, Progress(succeeded=True)).tools
 
 
 def test_writes_go_to_the_files_the_goals_name_until_they_exist(tmp_path: Path) -> None:
