@@ -177,7 +177,12 @@ def opening_prompt(model: ChatModel, *, memory: bool) -> list[Message]:
     rules = Rules()
     tools = run_tools(rules, memory=memory, shell=False)
     builder = PromptBuilder(
-        placeholder, tools, model, AgentConfig().reply_tokens, rules.reply_format
+        placeholder,
+        tools,
+        model,
+        AgentConfig().reply_tokens,
+        rules.reply_format,
+        prose_signatures=rules.prose_signatures,
     )
     return builder.build([])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -171,18 +172,20 @@ def test_an_unrelated_earlier_run_leaves_no_memory_behind(
     first = "Write the word Tangerine to a file called fruit.txt"
     second = "Copy the text of source.txt to a file called copy.txt"
     run_steps(run_settings(tmp_path, first, "first", shared), smollm2)
-    with_memory, without = (
-        run_settings(tmp_path, second, name, memory) for name, memory in
-        (("second", shared), ("alone", None))
-    )  # fmt: skip
+    # Both runs use the same workspace path (emptied between them): results that show a path
+    # (a traceback) must not differ for that reason alone.
+    with_memory = run_settings(tmp_path, second, "second", shared)
+    without = run_settings(tmp_path, second, "second", None)
+    runs, files = [], []
     for settings in (with_memory, without):
+        shutil.rmtree(settings.workspace, ignore_errors=True)
         settings.workspace.mkdir()
         (settings.workspace / "source.txt").write_text("The quick brown fox.\n")
-    shared_steps, alone_steps = run_steps(with_memory, smollm2), run_steps(without, smollm2)
+        runs.append(run_steps(settings, smollm2))
+        files.append({p.name: p.read_bytes() for p in sorted(settings.workspace.iterdir())})
+    shared_steps, alone_steps = runs
     requests = [m["content"] for s in shared_steps for m in s["messages"][1:]]
     assert not any("Tangerine" in text or "reminds you" in text for text in requests)
-    # Nothing leaked in, so at temperature 0 the run is the memory-off run, step for step.
-    assert [s["messages"] for s in shared_steps] == [s["messages"] for s in alone_steps]
-    assert sorted(p.name for p in with_memory.workspace.iterdir()) == sorted(
-        p.name for p in without.workspace.iterdir()
-    )
+    # Nothing leaked in: the run ends as the memory-off run does.
+    assert files[0] == files[1]
+    assert shared_steps[0]["messages"] == alone_steps[0]["messages"]

@@ -35,6 +35,7 @@ from offline_agent.runs import RunRecord, read_entries, verify
 from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
+from tests.conftest import NONE
 
 GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
@@ -314,6 +315,7 @@ def run_agent(
         builtin_tools(memory=False),
         ToolContext(workspace=Workspace.create(tmp_path / "ws")),
         AgentConfig(max_steps=steps, reply_tokens=reply_tokens),
+        rules=NONE,  # the backend under test, not the step rules
         record=record,
     )
     agent.run()

@@ -137,9 +137,10 @@ def test_models_warm_saves_what_a_first_run_then_restores(smollm2: Path, tmp_pat
         assert done.returncode in (0, 10), done.stderr  # 10: a run's step limit
         return done.stdout
 
-    assert "prompt openings 1024 tokens evaluated" in cli("models", "warm")
-    # One opening with long-term memory's commands, one without.
-    assert len(list((tmp_path / "home" / "kv-cache").glob("*.kv"))) == 2
+    # Memory commands are offered only on request (`--rule memory_commands=on`), so the
+    # openings of runs with and without memory are the same: one is saved.
+    assert "prompt openings 512 tokens evaluated" in cli("models", "warm")
+    assert len(list((tmp_path / "home" / "kv-cache").glob("*.kv"))) == 1
     assert "saved already" in cli("models", "warm", "smollm2-135m")
     cli("run", "--goal", WASHINGTON, "--continuous", "--max-steps", "1", "--no-memory",
         "--workspace", str(tmp_path / "ws"))  # fmt: skip
@@ -154,7 +155,7 @@ def test_what_models_warm_saves_opens_a_real_runs_first_prompt(
 ) -> None:
     model = load(smollm2, None)
     settings = RunSettings(
-        Profile("FileBot", "an assistant that manages files", (WASHINGTON,)), None,
+        Profile("Agent", "an assistant that manages files", (WASHINGTON,)), None,
         smollm2.parent, tmp_path / "ws", tmp_path / "runs",
         memory_dir=tmp_path / "mem" if memory else None,
     )  # fmt: skip
