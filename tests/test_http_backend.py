@@ -393,12 +393,18 @@ def test_same_commands_in_process_and_through_the_server(
     _, remote_steps = run_agent(remote, tmp_path / "remote", 2)
     first, remote_first = local_steps[0], remote_steps[0]
     assert first["messages"] == remote_first["messages"]
-    assert first["completion"]["text"] == remote_first["completion"]["text"]
+    # The same reply; the GBNF grammar leaves the model a choice of white space, and a tie
+    # there has gone either way between the two processes (a space before the last brace).
+    assert json.loads(first["completion"]["text"]) == json.loads(remote_first["completion"]["text"])
     assert first["reply"]["command"] == remote_first["reply"]["command"]
     usage, remote_usage = first["completion"]["usage"], remote_first["completion"]["usage"]
     assert usage["prompt_tokens"] == remote_usage["prompt_tokens"]
     assert len(local_steps) == len(remote_steps) == 2
-    assert local_steps[1]["messages"] == remote_steps[1]["messages"]
+
+    def unspaced(messages: list[dict[str, str]]) -> list[str]:  # see the white-space tie above
+        return ["".join(m["content"].split()) for m in messages]
+
+    assert unspaced(local_steps[1]["messages"]) == unspaced(remote_steps[1]["messages"])
 
 
 @pytest.mark.model
