@@ -283,19 +283,20 @@ def plan_step(
     offered: list[Tool] = []
     left_out: dict[str, str] = {}
     done = _done_here(progress, snapshot) if rules.no_rereads else set()
+    missing_named = _missing(goals, snapshot)  # once a step: a regex over goals and files
     for tool in tools:
         if tool.name == progress.held_back:
             left_out[tool.name] = "repeat: it just returned what it returned before"
             continue
-        if tool.name == "finish" and (why := _not_done(rules, progress, snapshot, goals)):
+        if tool.name == "finish" and (why := _not_done(rules, progress, missing_named)):
             left_out[tool.name] = why
             continue
         narrowed: dict[str, list[Any]] = {}
         missing = ""
         for arg, names in tool.names.items():
             if names.kind == "target":
-                if rules.goal_targets and (targets := _missing(goals, snapshot)):
-                    narrowed[arg] = targets
+                if rules.goal_targets and missing_named:
+                    narrowed[arg] = missing_named
                 continue
             values = snapshot.choices(names)
             if len(tool.parameters) == 1 and (seen := [v for n, v in done if n == tool.name]):
@@ -331,12 +332,12 @@ def _done_here(progress: Progress, snapshot: Snapshot) -> set[tuple[str, Any]]:
     }
 
 
-def _not_done(rules: Rules, progress: Progress, snapshot: Snapshot, goals: Sequence[str]) -> str:
+def _not_done(rules: Rules, progress: Progress, missing_named: list[str]) -> str:
     """Why `finish` is not offered yet; empty when it is."""
     if rules.finish_after_success and not progress.succeeded:
         return "finish_after_success: no command has succeeded yet"
-    if rules.finish_after_named and (missing := _missing(goals, snapshot)):
-        return f"finish_after_named: {', '.join(missing)} does not exist yet"
+    if rules.finish_after_named and missing_named:
+        return f"finish_after_named: {', '.join(missing_named)} does not exist yet"
     return ""
 
 
