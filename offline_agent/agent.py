@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from offline_agent.errors import Finished, FormatError, TruncatedReplyError
 from offline_agent.llm.base import ChatModel
@@ -176,6 +176,10 @@ class Agent:
         except KeyboardInterrupt:
             step.status = "interrupted"
             raise
+        except Exception as err:  # a backend or context error: no command ran
+            if step.status == "ok" and step.result is None:
+                step.status, step.error = "error", step.error or str(err)
+            raise
         finally:
             step.history = self.history[seen:]
             agents = self.ctx.agents
@@ -192,17 +196,25 @@ class Agent:
         like any request it stays in the history while in view."""
         self._notes.append(text)
 
-    def restore(self, history: list[Message], steps_taken: int, succeeded: bool) -> None:
-        """Continue a recorded run: its history, step count and whether a command succeeded."""
-        self.history = list(history)
-        self.steps_taken = steps_taken
-        self.steering.succeeded = succeeded
+    def restore(self, steps: Sequence[dict[str, Any]]) -> None:
+        """Continue a recorded run from its steps as if they had just run in this process:
+        history, step count, invalid replies in a row, the rules' progress, pending notes."""
+        self.history = [message for step in steps for message in step["history"]]
+        self.steps_taken = len(steps)
+        invalid = ("format_error", "truncated")
+        self._format_errors = sum(1 for _ in itertools.takewhile(
+            lambda step: step["status"] in invalid, reversed(steps)))  # fmt: skip
+        stale = self.steering.restore(steps, self.ctx)
+        self._notes = (
+            self._loop_notes(steps[-1]["reply"]["command"]["name"], stale) if stale else []
+        )
         if self.ctx.agents is not None:  # sub-agents reloaded by the caller are not news
             self._agents_version = self.ctx.agents.version
 
     def _step(self, step: Step) -> None:
         notes, self._notes = self._notes, []
         plan, state = self.steering.plan(self.ctx)
+        step.snapshot = self.steering.snapshot.to_json()
         step.left_out = plan.left_out
         step.messages = self.prompt.build(
             self.history,
@@ -240,6 +252,7 @@ class Agent:
         self.events.replied(step)
         approval = self._ask(step)
         if approval.decision == "stop":
+            step.status, step.error = "rejected", "the user stopped the run"
             raise RunEnded("stopped_by_user", "the user stopped the run")
         if approval.decision == "feedback":
             step.status, step.human_feedback = "rejected", approval.feedback
@@ -283,13 +296,18 @@ class Agent:
             raise RunEnded(
                 "loop", f"{stale} commands in a row ran just before or returned the same as before"
             )
-        if stale:
-            self._notes.append(
-                f"{reply.command.name} with these arguments ran just before or returned the "
-                f"same before ({stale} such step{'s' if stale > 1 else ''} in a row); running "
-                "it again changes nothing."
-                + (" If every goal is done, use finish." if self.steering.may_finish else "")
-            )
+        self._notes += self._loop_notes(reply.command.name, stale)
+
+    def _loop_notes(self, command: str, stale: int) -> list[str]:
+        """What the next request says about `stale` repeating steps of `command` in a row."""
+        if not stale:
+            return []
+        return [
+            f"{command} with these arguments ran just before or returned the same before "
+            f"({stale} such step{'s' if stale > 1 else ''} in a row); running it again "
+            "changes nothing."
+            + (" If every goal is done, use finish." if self.steering.may_finish else "")
+        ]
 
     def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:
         """Append the step's request, reply and outcome to history; remember the exchange."""

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from offline_agent import modelstore
-from offline_agent.errors import AgentError
+from offline_agent.errors import AgentError, ToolError
 from offline_agent.memory import Embedder, SentenceTransformerEmbedder
+from offline_agent.sandbox import protections
 
 REQUIRED_MODULES = ("llama_cpp", "json_repair", "jsonschema", "faiss")
 
@@ -151,6 +152,17 @@ def check_embedder(
     ]
 
 
+def check_sandbox() -> list[Check]:
+    """Whether code commands can run in the sandbox here, and what it holds."""
+    try:
+        held = protections()
+    except ToolError as err:
+        detail = f"{err}; code commands refuse to run unless a run passes --sandbox off"
+        return [Check("sandbox for agent code", "fail", detail)]
+    weak = any("NOT" in line for line in held)
+    return [Check("sandbox for agent code", "warn" if weak else "ok", "; ".join(held))]
+
+
 def run_checks(
     models_dir: Path,
     names: Sequence[str] = (),
@@ -173,6 +185,7 @@ def run_checks(
         add(check_modules(guard, strict=strict))
         add(check_models(models_dir, names))
         add(check_embedder(guard, embedder, strict=strict))
+    add(check_sandbox())
     tried = "; ".join(guard.attempts[:5])
     add([Check("no network used", _status(tried, strict), tried or "no socket was even tried")])
     return checks

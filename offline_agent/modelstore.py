@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from offline_agent import gguf
 from offline_agent.errors import ChecksumError, ConfigError, ModelError
+from offline_agent.home import home_dir
 
 BUILTIN_REGISTRY = Path(__file__).parents[1] / "models" / "registry.toml"
 USER_REGISTRY_NAME = "registry.toml"
@@ -121,9 +122,7 @@ def default_models_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if env.get("OFFLINE_AGENT_MODELS"):
         return Path(env["OFFLINE_AGENT_MODELS"]).expanduser()
-    if env.get("OFFLINE_AGENT_HOME"):
-        return Path(env["OFFLINE_AGENT_HOME"]).expanduser() / "models"
-    return Path("~/.offline-agent/models").expanduser()
+    return home_dir(env) / "models"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -392,6 +391,8 @@ def resolve(name_or_path: str, registry: Registry, models_dir: Path) -> Resolved
                 f"unknown model {name_or_path!r}: not a path to a .gguf file, nor one of: {known}"
             )
         raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder; give the path of a .gguf file, or a model name")
     metadata = gguf.read_metadata(path)
     for spec in registry.models.values():
         location = spec.location(models_dir)

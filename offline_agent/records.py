@@ -85,7 +85,12 @@ class ToolResult:
     ok: bool = True
 
 
-StepStatus = Literal["ok", "format_error", "truncated", "rejected", "finished", "interrupted"]
+StepStatus = Literal[
+    "ok", "format_error", "truncated", "rejected", "finished", "interrupted", "error"
+]
+"""How a step ended: `ok` when its command ran (whatever it returned); `rejected` when the
+user refused it (with feedback, or stopping the run); `error` when the run broke off before
+any command (a backend or context error)."""
 
 
 @dataclass
@@ -110,6 +115,9 @@ class Step:
     so an audit can tell which constraint produced each reply."""
     left_out: dict[str, str] = field(default_factory=dict)
     """Commands this step's grammar left out → the rule that did it and why."""
+    snapshot: dict[str, Any] | None = None
+    """The workspace this step's plan saw (`state.Snapshot`), for `runs resume`; None in
+    a workspace too big to record."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the run record."""

@@ -7,14 +7,12 @@ results depend on state outside the workspace (memory, sub-agents) are skipped a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offline_agent.errors import StorageError
 from offline_agent.records import CommandCall
-from offline_agent.runs import META_FILE, read_entries
+from offline_agent.runs import RunMeta, read_entries
 from offline_agent.tools import ToolContext, ToolRegistry
 from offline_agent.tools.base import execute_command
 from offline_agent.workspace import Workspace
@@ -49,15 +47,6 @@ def recorded_steps(folder: Path) -> list[dict[str, Any]]:
     return [entry["step"] for entry in read_entries(folder) if entry.get("type") == "step"]
 
 
-def run_meta(folder: Path) -> dict[str, Any]:
-    """The run's run.json."""
-    try:
-        data: dict[str, Any] = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise StorageError(f"{folder} is not a run folder: {err}") from None
-    return data
-
-
 def _normalised(text: str, *roots: str) -> str:
     for root in roots:
         if root:
@@ -67,7 +56,8 @@ def _normalised(text: str, *roots: str) -> str:
 
 def replay(folder: Path, workspace: Workspace, tools: ToolRegistry) -> ReplayReport:
     """Re-apply the recorded commands of the run in `folder` to `workspace`."""
-    original_root = str(run_meta(folder).get("workspace", ""))
+    workspace_then = RunMeta.load(folder).workspace
+    original_root = str(workspace_then) if workspace_then else ""
     ctx = ToolContext(workspace=workspace)
     report = ReplayReport()
     for step in recorded_steps(folder):

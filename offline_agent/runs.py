@@ -1,8 +1,12 @@
-"""The run record: a folder per run with its settings and one JSONL line per step.
+"""The run record: a folder per run with its metadata (run.json) and one JSONL line per step.
 
 Each line is flushed and fsynced as soon as its step ends, so a crash loses at most the
 step in flight. Lines are chained: each carries the sha256 of the previous line and its own,
-so an edited, dropped or reordered line is detected by `verify`.
+and the first one the sha256 of run.json; `steps.head` holds the number of lines and the
+last hash, rewritten after each line. So `verify` finds an edited run.json, and an edited,
+dropped (the last one too) or reordered line. What it cannot find: the chain has no key, so
+whoever can write these files can recompute every hash; it proves the record was not damaged
+or changed by someone who did not also rewrite the chain.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +26,9 @@ from offline_agent.records import RunResult, Step
 
 STEPS_FILE = "steps.jsonl"
 META_FILE = "run.json"
+HEAD_FILE = "steps.head"
 GENESIS = "0" * 64
+"""What the first line of a record made before run.json was chained points back to."""
 
 
 def _line_hash(entry: dict[str, Any]) -> str:
@@ -49,17 +55,86 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
+@dataclass(frozen=True)
+class RunMeta:
+    """What run.json holds: written once as a run starts, read by everything that looks at it."""
+
+    id: str
+    settings: dict[str, Any]
+    """The run's settings as `session.RunSettings.to_json` saved them."""
+    model: str | None = None
+    """The name of the model as loaded."""
+    model_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the starter added: the command line of `run`, the attempt of `bench`."""
+
+    @property
+    def goals(self) -> list[str]:
+        """The run's goals."""
+        return list(self.settings.get("profile", {}).get("goals") or [])
+
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return str(self.settings.get("profile", {}).get("name") or "Agent")
+
+    @property
+    def workspace(self) -> Path | None:
+        """The workspace the run used (absolute in records made since it is stored so)."""
+        path = self.settings.get("workspace")
+        return Path(path) if path else None
+
+    def to_json(self) -> dict[str, Any]:
+        """run.json's content."""
+        fixed = {"id": self.id, "settings": self.settings, "model": self.model,
+                 "model_sha256": self.model_sha256}  # fmt: skip
+        return {**self.extra, **fixed}
+
+    @classmethod
+    def load(cls, folder: Path) -> RunMeta:
+        """The run.json of the run in `folder`; StorageError if it is not a run folder."""
+        try:
+            data = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            known = ("id", "settings", "model", "model_sha256")
+            return cls(
+                id=str(data["id"]),
+                settings=dict(data.get("settings") or {}),
+                model=data.get("model"),
+                model_sha256=data.get("model_sha256"),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise StorageError(f"{folder} is not a run folder: {err}") from None
+
+
+def _meta_hash(folder: Path) -> str:
+    try:
+        return hashlib.sha256((folder / META_FILE).read_bytes()).hexdigest()
+    except OSError as err:
+        raise StorageError(f"{folder} is not a run folder: {err.strerror}") from None
+
+
 class RunRecord:
     """Appends steps of one run to `<folder>/steps.jsonl`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._file: IO[str] | None = None
-        self._last_hash = GENESIS
+        self._last_hash = _meta_hash(folder)
+        self._lines = 0
 
     @classmethod
-    def create(cls, runs_dir: Path, name: str, meta: dict[str, Any]) -> RunRecord:
-        """A new run folder under `runs_dir`, with `meta` saved as run.json."""
+    def create(
+        cls,
+        runs_dir: Path,
+        name: str,
+        settings: dict[str, Any],
+        *,
+        model: str | None = None,
+        model_sha256: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """A new run folder under `runs_dir` named after `name`, its run.json written."""
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "agent"
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
         folder = runs_dir / run_id
@@ -67,7 +142,8 @@ class RunRecord:
             folder.mkdir(parents=True)
         except OSError as err:
             raise StorageError(f"cannot create run folder {folder}: {err.strerror}") from None
-        write_json_atomic(folder / META_FILE, {"id": run_id, **meta})
+        meta = RunMeta(run_id, settings, model, model_sha256, dict(extra or {}))
+        write_json_atomic(folder / META_FILE, meta.to_json())
         return cls(folder)
 
     @classmethod
@@ -76,6 +152,7 @@ class RunRecord:
         verify(folder)
         record = cls(folder)
         entries = read_entries(folder)
+        record._lines = len(entries)
         if entries:
             record._last_hash = entries[-1]["hash"]
         path = folder / STEPS_FILE
@@ -98,10 +175,13 @@ class RunRecord:
         self._append({"type": "step", "step": step.to_dict(), "result_sha256": digest})
 
     def write_command(self, step: Step) -> None:
-        """Append the command a step is about to run, with the reply that chose it."""
+        """Append the command a step is about to run, with the request and reply that chose
+        it and the workspace as it saw it (what resume rebuilds an interrupted step from)."""
         raw = step.completion.text if step.completion else ""
         reply = asdict(step.reply) if step.reply else None
-        self._append({"type": "command", "index": step.index, "raw": raw, "reply": reply})
+        request = step.messages[-1] if step.messages else None
+        self._append({"type": "command", "index": step.index, "raw": raw, "reply": reply,
+                      "request": request, "snapshot": step.snapshot})  # fmt: skip
 
     def write_end(self, result: RunResult) -> None:
         """Append how the run ended."""
@@ -119,6 +199,10 @@ class RunRecord:
         except OSError as err:
             raise StorageError(f"cannot append to the run record: {err.strerror}") from None
         self._last_hash = entry["hash"]
+        self._lines += 1
+        # After the line: a crash in between leaves the head one line behind, which verify
+        # accepts; a line missing from the end leaves it ahead, which verify reports.
+        write_json_atomic(self.folder / HEAD_FILE, {"lines": self._lines, "hash": self._last_hash})
 
     def close(self) -> None:
         """Close the steps file."""
@@ -143,14 +227,59 @@ def read_entries(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def verify(folder: Path) -> int:
-    """Check the hash chain; the number of lines checked, or StorageError at the first break."""
-    previous = GENESIS
+@dataclass(frozen=True)
+class Verified:
+    """What `verify` checked."""
+
+    lines: int
+    covers_meta: bool
+    """run.json is in the chain (False for records made before it was)."""
+    has_head: bool
+    """The count of lines was kept (False for records made before it was): without it a
+    dropped last line cannot be told from one never written."""
+    ended: bool
+    """The record has its end line."""
+
+
+def verify(folder: Path) -> Verified:
+    """Check run.json, the hash chain and the count of lines; StorageError at the first break."""
+    meta = _meta_hash(folder)
     entries = read_entries(folder)
+    previous = meta
+    covers_meta = True
     for number, entry in enumerate(entries, 1):
+        if number == 1 and entry.get("prev") == GENESIS:
+            previous, covers_meta = GENESIS, False  # recorded before run.json was chained
         if entry.get("prev") != previous:
+            if number == 1:
+                raise StorageError(
+                    "line 1: chain broken (run.json was edited, or a line dropped or reordered)"
+                )
             raise StorageError(f"line {number}: chain broken (a line was dropped or reordered)")
         if entry.get("hash") != _line_hash(entry):
             raise StorageError(f"line {number}: content does not match its hash (edited)")
         previous = entry["hash"]
-    return len(entries)
+    head = _read_head(folder)
+    if head is not None:
+        lines, last = head
+        # One line more than the head counts: the process died between the two writes.
+        if len(entries) < lines or len(entries) > lines + 1:
+            missing = lines - len(entries)
+            what = f"{missing} line(s) missing at the end" if missing > 0 else "lines added"
+            raise StorageError(f"the record holds {len(entries)} lines, its head {lines}: {what}")
+        if lines and entries[lines - 1]["hash"] != last:
+            raise StorageError(f"line {lines}: does not match the head (edited)")
+    ended = bool(entries) and entries[-1].get("type") == "end"
+    return Verified(len(entries), covers_meta, head is not None, ended)
+
+
+def _read_head(folder: Path) -> tuple[int, str] | None:
+    """The line count and last hash `steps.head` holds; None for records made before it."""
+    path = folder / HEAD_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return int(data["lines"]), str(data["hash"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise StorageError(f"{path} is damaged: {err}") from None

@@ -1,26 +1,33 @@
-"""Running agent-written Python: a time limit, a memory limit, an output cap, a bare environment.
+"""Running agent-written programs: a time limit, a memory limit, an output cap, a bare
+environment, and on Linux a kernel sandbox (`offline_agent.confine`).
 
-The child leads its own process group, and the whole group is killed when the run ends,
-whether it timed out or not, so nothing the agent started keeps running afterwards. This is
-a guard against runaway code, not a security boundary: the code runs as the user and can
-read what the user can, and a process that calls setsid() leaves the group.
+With `sandbox` given, the program reads only the Python runtime, the system's libraries and
+the workspace, writes only the workspace and a private temporary folder, has no network and
+at most a few hundred processes, and everything it started is killed when it ends, when it
+times out, and when the agent dies. Without it (`--sandbox off`) it runs as the user: it
+can read what the user can, and a process that calls setsid() outlives the command.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
+import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offline_agent import confine
 from offline_agent.errors import ToolError
 
 _MIB = 1024 * 1024
@@ -29,17 +36,119 @@ _POLL_SECONDS = 0.1
 _DRAIN_SECONDS = 0.5
 """How long to keep reading after the process is gone, for output still in the pipe."""
 
-# Limits are set by a tiny launcher that then exec()s the real command, rather than by
-# `preexec_fn`, which is unsafe in a process with threads (llama.cpp runs them) and forces
-# a full fork() of a process that may map a multi-gigabyte model.
-_LAUNCHER = (
-    "import os, resource, sys\n"
-    "limit = int(sys.argv[1])\n"
-    "if limit > 0:\n"
-    "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
-    "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
+# Limits and the sandbox are set by a small launcher that then exec()s the real command,
+# rather than by `preexec_fn`, which is unsafe in a process with threads (llama.cpp runs
+# them) and forces a full fork() of a process that may map a multi-gigabyte model.
+_LAUNCHER = str(Path(confine.__file__).resolve())
+
+SYSTEM_READ = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+    "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/mime.types",
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+)  # fmt: skip
+"""What a sandboxed program may read besides the Python runtime and the workspace: the
+system's programs and libraries and the few files in /etc that they read, not /etc itself
+(it holds the machine's secrets), the home folder or /tmp."""
+
+WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full")
+
+MAX_PROCESSES = 256
+"""Processes a sandboxed program may have at once (a fork bomb stops there)."""
+
+
+class SandboxUnavailable(ToolError):
+    """The sandbox could not be set up around a program, so it did not run."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the sandbox could not be set up ({reason}), so nothing ran; "
+                         "the user can run code without it with --sandbox off")  # fmt: skip
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What a sandboxed program may read; it writes only its workspace and a temporary folder."""
+
+    read: tuple[str, ...]
+    max_procs: int = MAX_PROCESSES
+
+    @classmethod
+    def default(cls) -> Sandbox:
+        """The Python runtime this agent runs on and the system's libraries, read-only."""
+        runtime = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        runtime.add(str(Path(sys.executable).resolve().parent.parent))
+        return cls(read=tuple(sorted(runtime)) + SYSTEM_READ)
+
+
+@functools.cache
+def sandbox_problem() -> str | None:
+    """Why the sandbox cannot run on this machine, or None when it can (tried once)."""
+    if not sys.platform.startswith("linux"):
+        return f"the sandbox needs Linux (this is {sys.platform})"
+    if confine.landlock_abi() < 1:
+        return "the sandbox needs Landlock, which this kernel does not offer"
+    with tempfile.TemporaryDirectory(prefix="offline-agent-probe-") as folder:
+        try:
+            result = run_process(
+                [sys.executable, "-I", "-S", "-c", "pass"],
+                cwd=Path(folder),
+                timeout=30,
+                output_limit=500,
+                sandbox=Sandbox.default(),
+            )
+        except SandboxUnavailable as err:
+            return err.reason
+        except ToolError as err:
+            return str(err)
+    if result.exit_code != 0:
+        return f"a program in the sandbox failed: {result.output.strip()[:200]}"
+    return None
+
+
+_PROBE = """
+import os, resource, socket
+try:
+    os.listdir("/etc")
+    print("NO-files")
+except OSError:
+    print("files")
+try:
+    socket.create_connection(("127.0.0.1", 9), timeout=1)
+except OSError as err:
+    print("network" if err.errno != 111 else "NO-network")
+print("processes" if os.getpid() < 10 else "NO-processes")
+try:
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+except OSError:
+    pid_max = 1 << 22
+nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+cap = min(pid_max - 2, nproc if os.getuid() != 0 and nproc > 0 else 1 << 22)
+print(f"cap {cap}")
+"""
+
+
+def protections() -> list[str]:
+    """What the sandbox holds on this machine, in words, tried with a real program (`doctor`).
+
+    ToolError when it cannot be set up at all.
+    """
+    problem = sandbox_problem()
+    if problem is not None:
+        raise ToolError(problem)
+    with tempfile.TemporaryDirectory(prefix="offline-agent-probe-") as folder:
+        result = run_python(["-I", "-S", "-c", _PROBE], cwd=Path(folder), timeout=30,
+                            output_limit=2000, sandbox=Sandbox.default())  # fmt: skip
+    lines = result.output.split()
+    abi = confine.landlock_abi()
+    held = [f"files: the workspace, and the runtime read-only (Landlock ABI {abi})"
+            if "files" in lines else "files NOT confined"]  # fmt: skip
+    held.append("no network" if "network" in lines else "network NOT cut off")
+    held.append("nothing outlives a command" if "processes" in lines
+                else "processes NOT contained")  # fmt: skip
+    cap = int(lines[lines.index("cap") + 1]) if "cap" in lines else 1 << 22
+    held.append(f"at most {cap} processes" if cap < 100_000 else "processes NOT capped")
+    return held
 
 
 @dataclass(frozen=True)
@@ -76,11 +185,12 @@ class _Output:
         return kept
 
 
-def _environment(cwd: Path) -> dict[str, str]:
+def _environment(cwd: Path, temp: Path | None) -> dict[str, str]:
     """The whole environment of the child; nothing else (no keys, no tokens) is passed on."""
     return {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": str(cwd),
+        **({"TMPDIR": str(temp)} if temp is not None else {}),
         "LANG": "C.UTF-8",
         "PYTHONIOENCODING": "utf-8",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -168,6 +278,7 @@ def run_python(
     timeout: float,
     output_limit: int,
     memory_limit_mb: int | None = 1024,
+    sandbox: Sandbox | None = None,
 ) -> ProcessResult:
     """Run `python *args` in `cwd`, stdout and stderr together, killed after `timeout` seconds."""
     return run_process(
@@ -176,6 +287,7 @@ def run_python(
         timeout=timeout,
         output_limit=output_limit,
         memory_limit_mb=memory_limit_mb,
+        sandbox=sandbox,
     )
 
 
@@ -186,16 +298,53 @@ def run_process(
     timeout: float,
     output_limit: int,
     memory_limit_mb: int | None = 1024,
+    sandbox: Sandbox | None = None,
 ) -> ProcessResult:
-    """Run `argv` (no shell) in `cwd` under the same limits as `run_python`."""
-    limit = (memory_limit_mb or 0) * _MIB
-    command = [sys.executable, "-c", _LAUNCHER, str(limit), *argv]
+    """Run `argv` (no shell) in `cwd` under the same limits as `run_python`.
+
+    ToolError when the program cannot start, or the sandbox cannot be set up around it.
+    """
+    if any("\0" in arg for arg in argv):
+        raise ToolError(f"cannot start {Path(argv[0]).name}: an argument holds a null byte")
+    if sandbox is None:
+        return _launch(argv, cwd, timeout, output_limit, memory_limit_mb)
+    temp = Path(tempfile.mkdtemp(prefix="offline-agent-tmp-"))
+    try:
+        return _launch(argv, cwd, timeout, output_limit, memory_limit_mb, confined=(sandbox, temp))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _launch(
+    argv: list[str],
+    cwd: Path,
+    timeout: float,
+    output_limit: int,
+    memory_limit_mb: int | None,
+    *,
+    confined: tuple[Sandbox, Path] | None = None,
+) -> ProcessResult:
+    """Start `argv` through the launcher and supervise it, `confined` in the sandbox with
+    that temporary folder; see `run_process`."""
+    sandbox, temp = confined if confined is not None else (None, None)
+    config: dict[str, Any] = {
+        "argv": argv,
+        "memory": (memory_limit_mb or 0) * _MIB,
+        "parent": os.getpid(),
+    }
+    if sandbox is not None and temp is not None:
+        config["sandbox"] = {
+            "read": list(sandbox.read),
+            "write": [str(cwd.resolve()), str(temp), *WRITABLE_DEVICES],
+            "max_procs": sandbox.max_procs,
+        }
+    command = [sys.executable, "-I", "-S", _LAUNCHER, json.dumps(config)]
     ctrl_c = _HeldInterrupt()
     try:
         proc = subprocess.Popen(
             command,
             cwd=cwd,
-            env=_environment(cwd),
+            env=_environment(cwd, temp),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -215,4 +364,7 @@ def run_process(
         except BaseException:  # Ctrl-C or an error while waiting: nothing started lives on
             _kill_group(proc.pid)
             raise
-    return ProcessResult(proc.returncode, output.text(), timed_out)
+    text = output.text()
+    if proc.returncode == confine.SETUP_FAILED and text.startswith(confine.MARKER):
+        raise SandboxUnavailable(text.splitlines()[0].removeprefix(confine.MARKER).strip())
+    return ProcessResult(proc.returncode, text, timed_out)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_agent.agent import Agent, AgentConfig, Approval, Events
-from offline_agent.errors import ConfigError, StorageError
+from offline_agent.errors import AgentError, ConfigError, StorageError
 from offline_agent.llm import (
     SCRIPTED_PREFIX,
     ChatModel,
@@ -27,9 +27,18 @@ from offline_agent.memory import SentenceTransformerEmbedder, open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import PromptBuilder
 from offline_agent.prompt.examples import closest
-from offline_agent.records import CommandCall, Message, Profile, Reply, Step, Thoughts, ToolResult
-from offline_agent.replay import run_meta
-from offline_agent.runs import RunRecord, read_entries
+from offline_agent.records import (
+    CommandCall,
+    Message,
+    Profile,
+    Reply,
+    RunResult,
+    Step,
+    Thoughts,
+    ToolResult,
+)
+from offline_agent.runs import RunMeta, RunRecord, read_entries
+from offline_agent.sandbox import Sandbox
 from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
@@ -58,6 +67,8 @@ class RunSettings:
     continuous: bool = False
     shell: ShellPolicy | None = None
     python_timeout: float = 30.0
+    sandbox: bool = True
+    """Programs the agent starts run in the kernel sandbox (`offline_agent.sandbox`)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for run.json; an API key is never written."""
@@ -98,6 +109,8 @@ class RunSettings:
                 memory_dir=Path(data["memory_dir"]) if data["memory_dir"] else None,
                 continuous=data["continuous"],
                 python_timeout=data["python_timeout"],
+                # Runs recorded before the sandbox resume inside it.
+                sandbox=data.get("sandbox", True),
                 shell=ShellPolicy(
                     frozenset(shell["allow"]) if shell["allow"] is not None else None,
                     frozenset(shell["deny"]),
@@ -114,10 +127,13 @@ def build_agent(
     events: Events,
     approve: Callable[[Step], Approval] | None,
     model: ChatModel | None = None,
+    record: Callable[[ChatModel], RunRecord] | None = None,
 ) -> Agent:
     """Open the workspace, the model and memory named by `settings`, and make the agent.
 
-    `model`, when given, is the already loaded model `settings` names (the benchmark loads
+    `record` opens the run's record once everything else is open, so that a model that
+    fails to load leaves no empty run behind. `model`, when given, is the already loaded
+    model `settings` names (the benchmark loads
     one for many runs). The caller gives the agent its run record once the model has
     loaded, so that a model that fails to load leaves no empty run behind.
     """
@@ -144,6 +160,7 @@ def build_agent(
         agents=SubAgents(model) if settings.rules.agent_commands else None,
         shell=settings.shell,
         python_timeout=settings.python_timeout,
+        sandbox=Sandbox.default() if settings.sandbox else None,
     )
     return Agent(
         settings.profile,
@@ -154,6 +171,7 @@ def build_agent(
         rules=settings.rules,
         examples=examples,
         memory=memory,
+        record=record(model) if record is not None else None,
         events=events,
         approve=None if settings.continuous else approve,
     )
@@ -207,12 +225,15 @@ def model_digest(settings: RunSettings) -> str | None:
     return resolved.spec.sha256 if resolved.spec else sha256_file(resolved.path)
 
 
-def start(settings: RunSettings, meta: dict[str, Any]) -> RunRecord:
-    """A new run record holding `settings`, the model's digest (and `meta`) in its run.json."""
+def start(settings: RunSettings, model: str, extra: dict[str, Any] | None = None) -> RunRecord:
+    """A new run record of `settings` on the loaded `model` (its name), with its digest."""
     return RunRecord.create(
         settings.runs_dir,
         settings.profile.name,
-        {**meta, "model_sha256": model_digest(settings), "settings": settings.to_json()},
+        settings.to_json(),
+        model=model,
+        model_sha256=model_digest(settings),
+        extra=extra,
     )
 
 
@@ -225,7 +246,7 @@ def reopen(folder: Path, max_steps: int | None = None) -> tuple[RunSettings, Run
         and entries[-1]["result"]["status"] == "finished"
     ):
         raise ConfigError(f"run {folder.name} already finished; nothing to resume")
-    settings = RunSettings.from_json(run_meta(folder).get("settings") or {})
+    settings = RunSettings.from_json(RunMeta.load(folder).settings)
     if max_steps is not None:
         settings = replace(settings, agent=replace(settings.agent, max_steps=max_steps))
     return settings, RunRecord.reopen(folder)
@@ -238,38 +259,103 @@ INTERRUPTED = (
 
 
 def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
-    """Give `agent` the history and step count recorded in `folder`; the steps restored.
+    """Give `agent` the state of the run recorded in `folder`, as if its steps had just run
+    in this process; the steps restored.
 
     A command that was running when the process died is not run again (it may have taken
-    effect): its step is recorded as interrupted and the model is told to check.
+    effect): its step is recorded as interrupted, with the request that chose it, and the
+    model is told to check.
     """
     entries = read_entries(folder)
     steps = [entry["step"] for entry in entries if entry["type"] == "step"]
-    history = [message for step in steps for message in step["history"]]
     used_replies = sum(1 for step in steps if step["completion"] is not None)
     if entries and entries[-1]["type"] == "command":
         pending = entries[-1]
         command = pending["reply"]["command"]
+        told = INTERRUPTED.format(name=command["name"])
+        request = pending.get("request")  # records made before it was kept have none
         step = Step(
             index=len(steps) + 1,
+            messages=[request] if request else [],
             reply=Reply(Thoughts(**pending["reply"]["thoughts"]), CommandCall(**command)),
-            result=ToolResult(INTERRUPTED.format(name=command["name"]), ok=False),
+            result=ToolResult(told, ok=False),
             status="interrupted",
             history=[
+                *([request] if request else []),
                 Message(role="assistant", content=pending["raw"]),
-                Message(role="user", content=INTERRUPTED.format(name=command["name"])),
+                Message(role="user", content=told),
             ],
+            snapshot=pending.get("snapshot"),
         )
         record.write_step(step)
         steps.append(step.to_dict())
-        history += step.history
         used_replies += 1
     snapshots = [step["subagents"] for step in steps if step.get("subagents")]
     if snapshots and agent.ctx.agents is not None:
         agent.ctx.agents.load(snapshots[-1])
-    succeeded = any((step.get("result") or {}).get("ok") for step in steps)
-    agent.restore(history, len(steps), succeeded)
+    agent.restore(steps)
     if isinstance(agent.model, ScriptedModel):
         # A scripted model replays a fixed transcript: skip the replies already used.
         agent.model.skip(used_replies)
     return len(steps)
+
+
+class Run:
+    """One run's life: its agent built complete with its record, run, and the record closed
+    with how the run ended whatever happens. `offline-agent run`, `runs resume` and the
+    benchmark all go through it."""
+
+    def __init__(self, agent: Agent, record: RunRecord, restored: int = 0) -> None:
+        self.agent = agent
+        self.record = record
+        self.restored = restored
+        """Steps taken before this process (a resumed run)."""
+
+    @classmethod
+    def new(
+        cls,
+        settings: RunSettings,
+        events: Events,
+        approve: Callable[[Step], Approval] | None,
+        extra: dict[str, Any] | None = None,
+        model: ChatModel | None = None,
+    ) -> Run:
+        """A new run of `settings`; `extra` goes into its run.json."""
+        records: list[RunRecord] = []
+
+        def opened(loaded: ChatModel) -> RunRecord:
+            records.append(start(settings, loaded.name, extra))
+            return records[0]
+
+        agent = build_agent(settings, events, approve, model, opened)
+        return cls(agent, records[0])
+
+    @classmethod
+    def resume(
+        cls,
+        folder: Path,
+        events: Events,
+        approve: Callable[[Step], Approval] | None,
+        max_steps: int | None = None,
+    ) -> Run:
+        """The interrupted run in `folder`, restored to where its record ends."""
+        settings, record = reopen(folder, max_steps)
+        agent = build_agent(settings, events, approve, record=lambda _: record)
+        return cls(agent, record, restore(agent, folder, record))
+
+    def execute(self, drive: Callable[[Agent], RunResult] = Agent.run) -> RunResult:
+        """Run the agent through `drive` to its end, and close the record with that end.
+
+        An AgentError (a server that went away) ends the record as an error and is raised
+        again; anything else leaves the record without an end, for `runs resume`.
+        """
+        try:
+            try:
+                result = drive(self.agent)
+            except AgentError as err:
+                self.record.write_end(RunResult("error", self.agent.steps_taken, str(err)))
+                raise
+            self.record.write_end(result)
+            return result
+        finally:
+            self.record.close()

@@ -19,11 +19,6 @@ MAX_NAME_CHARS = 100
 MAX_ROLE_CHARS = 1000
 
 
-def home_dir() -> Path:
-    """$OFFLINE_AGENT_HOME, else ~/.offline-agent: models, runs and memory live below it."""
-    return Path(os.environ.get("OFFLINE_AGENT_HOME") or "~/.offline-agent").expanduser()
-
-
 CPU_QUOTA = Path("/sys/fs/cgroup/cpu.max")
 """cgroup v2's CPU quota of this process's group (a container's `--cpus`): "max" or
 "QUOTA PERIOD" in microseconds."""

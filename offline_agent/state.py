@@ -40,6 +40,10 @@ MAX_WALKED = 10_000
 """Files a snapshot records at most; past that it is `partial` and the rules that need every
 file (which named files are missing) stand aside."""
 
+RECORDED_FILES = 2_000
+"""A step's record keeps the snapshot its plan saw (what `runs resume` rebuilds the rules'
+state from) when the workspace has at most this many files."""
+
 SKIPPED_FOLDERS = frozenset({"__pycache__", ".pytest_cache", ".git", ".mypy_cache"})
 """Folders that tools create as a side effect: not the user's files."""
 
@@ -197,6 +201,19 @@ class Snapshot:
                 files[path.relative_to(root).as_posix()] = (info.st_size, info.st_mtime_ns)
         agents = tuple(key for key, _, _ in ctx.agents.list()) if ctx.agents is not None else ()
         return cls(dict(sorted(files.items())), tuple(folders), agents, partial)
+
+    def to_json(self) -> dict[str, Any] | None:
+        """Plain JSON for a step's record; None past `RECORDED_FILES` files."""
+        if len(self.files) > RECORDED_FILES:
+            return None
+        return {"files": {p: list(v) for p, v in self.files.items()}, "folders": list(self.folders),
+                "agents": list(self.agents), "partial": self.partial}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        """The snapshot `to_json` saved."""
+        files = {path: (int(size), int(mtime)) for path, (size, mtime) in data["files"].items()}
+        return cls(files, tuple(data["folders"]), tuple(data["agents"]), bool(data["partial"]))
 
     def choices(self, names: Names) -> list[Any]:
         """What an argument that names an existing `names.kind` can be now."""
@@ -360,25 +377,31 @@ class StateView:
 
     def lines(self, ctx: ToolContext, snapshot: Snapshot) -> list[str]:
         """This request's lines about the state."""
-        lines: list[str] = []
-        if self._before is not None:
-            lines += [f"Last change: {change}" for change in snapshot.changes(self._before)]
-        self._before = snapshot
+        changes, named, texts = self.observe(snapshot)
+        lines = [f"Last change: {change}" for change in changes]
         listed = [f"{path} ({_size(size)})" for path, (size, _) in snapshot.files.items()]
         more = len(listed) - MAX_FILES_SHOWN
         shown = ", ".join(listed[:MAX_FILES_SHOWN]) + (f", and {more} more" if more > 0 else "")
         lines.append(f"Workspace files: {shown or 'none yet'}")
-        named = named_paths(self.goals, snapshot)
         missing = [path for path in named if path not in snapshot.files]
         if missing:
             lines.append(f"Named in the goals, not yet in the workspace: {', '.join(missing)}")
+        lines += [f"Text of {path}:\n{_excerpt(ctx, path)}" for path in texts]
+        return lines
+
+    def observe(self, snapshot: Snapshot) -> tuple[list[str], list[str], list[str]]:
+        """Take `snapshot` as the state a request shows: the changes since the last one, the
+        files the goals name, and those whose text is shown now (new or changed)."""
+        changes = snapshot.changes(self._before) if self._before is not None else []
+        self._before = snapshot
+        named = named_paths(self.goals, snapshot)
+        texts = []
         for path in named:
             key = (path, snapshot.files.get(path, (0, 0)))
-            if path not in snapshot.files or key in self._shown:
-                continue
-            self._shown.add(key)
-            lines.append(f"Text of {path}:\n{_excerpt(ctx, path)}")
-        return lines
+            if path in snapshot.files and key not in self._shown:
+                self._shown.add(key)
+                texts.append(path)
+        return changes, named, texts
 
 
 def _excerpt(ctx: ToolContext, path: str) -> str:
@@ -440,9 +463,38 @@ class Steering:
         state = self.view.lines(ctx, self._now) if self.rules.show_state else []
         return plan, state
 
+    @property
+    def snapshot(self) -> Snapshot:
+        """The workspace as the last `plan` saw it."""
+        return self._now
+
     def running(self, call: CommandCall) -> None:
         """Note a command about to run in the workspace as `plan` last saw it."""
         self._ran.append((call, self._now))
+
+    def restore(self, steps: Sequence[dict[str, Any]], ctx: ToolContext) -> int:
+        """Rebuild this run's progress from its recorded steps as if they had just run; the
+        stale count the last step left (what its note said). An invalid reply leaves the
+        count as it was (as in the loop: a model that alternates a repeat and an invalid
+        reply is still looping).
+
+        Each step's snapshot stands for the `plan` that step made (a workspace bigger than
+        `RECORDED_FILES` files was not recorded; the snapshot of now stands in for it).
+        """
+        stale = 0
+        for step in steps:
+            saved = step.get("snapshot")
+            self._now = Snapshot.from_json(saved) if saved else Snapshot.take(ctx)
+            self.view.observe(self._now)
+            self._held_back = ""
+            reply, result = step.get("reply"), step.get("result")
+            if step["status"] == "ok" and reply and result is not None:
+                call = CommandCall(**reply["command"])
+                self.running(call)
+                stale = self.ran(call, bool(result.get("ok")), step["history"][-1]["content"])
+            else:
+                stale = 0
+        return stale
 
     def ran(self, call: CommandCall, ok: bool, result: str) -> int:
         """Note what a command returned; the repeating steps in a row, this one included. A

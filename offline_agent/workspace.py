@@ -6,8 +6,9 @@ inside the root. Every failure is a `WorkspaceError` whose one-line message tell
 what to do instead.
 
 The check and the later open are two steps, so a process swapping a symlink in between
-could win a race; `sandbox.run_python` kills every process of a run when it ends, so no
-agent code runs while a command touches files.
+could win a race; with the sandbox on, every process agent code started is gone when its
+command ends, so none runs while a file command touches files. A file with other names
+(hard links) is neither read nor appended to: another name may lie outside the workspace.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class Workspace:
             _os_errors("read", _show(path)),
             real.open(encoding="utf-8", errors="replace", newline="") as file,
         ):
+            _one_name(file.fileno(), _show(path))
             return file.read(-1 if max_chars is None else max_chars)
 
     def _writable(self, path: str) -> Path:
@@ -224,6 +226,7 @@ class Workspace:
         """Add `text` to the end of the file, creating it if missing; returns characters added."""
         real = self._writable(path)
         with _os_errors("append to", _show(path)), real.open("ab") as file:
+            _one_name(file.fileno(), _show(path))
             file.write(text.encode("utf-8", "replace"))
         return len(text)
 
@@ -243,6 +246,18 @@ class Workspace:
             elif not link.exists():
                 raise self._missing(shown)
             link.unlink()
+
+
+def _one_name(fd: int, shown: str) -> None:
+    """WorkspaceError when the open file has other names: one may be outside the workspace.
+
+    (`write_text` needs no such check: it replaces the name, never the file behind it.)
+    """
+    if os.fstat(fd).st_nlink > 1:
+        raise WorkspaceError(
+            f"{shown} has other names (hard links), which may lie outside the workspace; "
+            "it cannot be read or appended to. write_file replaces it with a file of its own"
+        )
 
 
 def _fsync_folder(folder: Path) -> None:

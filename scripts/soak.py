@@ -5,14 +5,17 @@ commands, some of which raise, hang past the time limit, or write files. A rando
 runs is SIGKILLed at a random moment (possibly several times) and resumed with
 `offline-agent runs resume` until it finishes. Afterwards every record must verify, keep
 every step it had before each kill, and end `finished`; the workspace must hold what the
-transcript wrote.
+transcript wrote. Some commands leave a daemon behind (a process in a session of its own);
+with the sandbox on (the default) none may still be running once the soak ends, which the
+script checks by looking for any process whose working folder is in the soak's folders.
 
-    .venv/bin/python scripts/soak.py --runs 200 --seed 1
+    .venv/bin/python scripts/soak.py --runs 200 --seed 1 [--sandbox off]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -45,7 +48,7 @@ def transcript(
     """Random replies, and the file each writing step leaves, by step number."""
     replies, files = [], {}
     for i in range(steps):
-        kind = rng.choice(["write", "python_write", "raise", "hang", "read", "list"])
+        kind = rng.choice(["write", "python_write", "raise", "hang", "read", "list", "daemon"])
         name = f"f{i}.txt"
         if kind == "write":
             replies.append(command("write_file", filename=name, text=f"w{i}"))
@@ -57,6 +60,10 @@ def transcript(
             files[i + 1] = (name, f"p{i}")
         elif kind == "raise":
             replies.append(command("execute_python_code", code="raise ValueError('injected')"))
+        elif kind == "daemon":
+            code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(120)\n"
+                    "    os._exit(0)")  # fmt: skip
+            replies.append(command("execute_python_code", code=code))
         elif kind == "hang":
             replies.append(command("execute_python_code", code="import time; time.sleep(60)"))
         elif kind == "read":
@@ -72,7 +79,21 @@ def agent(*args: str) -> list[str]:
     return [sys.executable, "-m", "offline_agent", *args]
 
 
-def soak_one(rng: random.Random, folder: Path, kill_share: float) -> dict[str, Any]:
+def processes_in(folder: Path) -> list[int]:
+    """Pids of the processes (ours to see) whose working folder is inside `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd == str(folder) or cwd.startswith(f"{folder}/"):
+                found.append(int(entry.name))
+    return found
+
+
+def soak_one(rng: random.Random, folder: Path, kill_share: float, sandbox: str) -> dict[str, Any]:
     """One run with its faults; returns what happened."""
     replies, files = transcript(rng, rng.randint(2, 6))
     script = folder / "replies.jsonl"
@@ -81,6 +102,7 @@ def soak_one(rng: random.Random, folder: Path, kill_share: float) -> dict[str, A
     argv = agent(
         "run", "--goal", "soak", "--model", f"scripted:{script}", "--continuous", "--no-memory",
         "--workspace", str(ws), "--runs-dir", str(runs_dir), "--python-timeout", "0.5",
+        "--sandbox", sandbox, "--rule", "none",  # the replies are in Auto-GPT's format
     )  # fmt: skip
     kills, kept_before_kill, lost, finished = 0, [], 0, False
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,6 +153,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kill-share", type=float, default=0.5)
+    parser.add_argument("--sandbox", choices=["on", "off"], default="on")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     start = time.monotonic()
@@ -139,9 +162,14 @@ def main() -> None:
         for i in range(args.runs):
             folder = Path(tmp) / f"run{i}"
             folder.mkdir()
-            results.append(soak_one(rng, folder, args.kill_share))
+            results.append(soak_one(rng, folder, args.kill_share, args.sandbox))
             if (i + 1) % 20 == 0:
                 print(f"{i + 1}/{args.runs} runs, {time.monotonic() - start:.0f} s", flush=True)
+        time.sleep(1.0)  # the kernel ends a sandbox's processes as its command ends
+        left = processes_in(Path(tmp))
+        for pid in left:  # leave the machine clean whatever the result
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     summary = {
         "runs": len(results),
         "completed": sum(1 for r in results if r["finished"]),
@@ -151,10 +179,13 @@ def main() -> None:
         "resumes": sum(r["resumes"] for r in results),
         "records_lost": sum(r["lost"] for r in results),
         "wrong_files": sum(len(r["wrong_files"]) for r in results),
+        "processes_left": len(left),
+        "sandbox": args.sandbox,
         "seconds": round(time.monotonic() - start, 1),
     }
     print(json.dumps(summary, indent=2))
-    failed = summary["records_lost"] or summary["wrong_files"] or summary["completed"] < args.runs
+    failed = (summary["records_lost"] or summary["wrong_files"] or summary["processes_left"]
+              or summary["completed"] < args.runs)  # fmt: skip
     sys.exit(1 if failed else 0)
 
 

@@ -3,6 +3,7 @@ put them; scripted replies and an agent built around a scripted model."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,10 @@ def make_agent(
         approve=approve,
     )
     return agent, model, record
+
+
+def script(tmp_path: Path, replies: list[object]) -> str:
+    """A scripted model (`--model` value) that gives `replies` in order."""
+    path = tmp_path / "replies.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in replies))
+    return f"scripted:{path}"

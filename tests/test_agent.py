@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from offline_agent.agent import AgentConfig, Approval
-from offline_agent.errors import BackendError
+from offline_agent.errors import BackendError, ContextOverflowError
 from offline_agent.prompt import step_starts
 from offline_agent.records import Step
 from offline_agent.runs import RunRecord, read_entries, verify
@@ -38,7 +38,7 @@ def test_write_then_finish(tmp_path: Path) -> None:
     assert second[2]["role"] == "assistant" and "write_file" in second[2]["content"]
     assert second[3]["content"].startswith("Command write_file returned: Wrote 10")
     assert second[4]["content"].rstrip().endswith("and that command.")
-    assert verify(record.folder) == 4
+    assert verify(record.folder).lines == 4
 
 
 def test_unknown_command_is_fed_back_then_recovers(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_a_backend_crash_still_records_the_step(tmp_path: Path) -> None:
         agent.run()
     steps = steps_of(record)
     assert len(steps) == 2 and steps[1]["completion"] is None
-    assert verify(record.folder) == 3
+    assert verify(record.folder).lines == 3
 
 
 def test_prompt_never_exceeds_the_context_and_drops_history_in_blocks(tmp_path: Path) -> None:
@@ -273,3 +273,12 @@ def test_a_command_repeated_identically_is_left_out_of_the_next_grammar(tmp_path
     assert "write_file" in offered(schemas[0]) and "write_file" in offered(schemas[1])
     assert "write_file" not in offered(schemas[2]) and "finish" in offered(schemas[2])
     assert "running it again changes nothing" in model.calls[2][-1]["content"]
+
+
+def test_a_step_broken_off_by_a_context_error_is_recorded_as_an_error(tmp_path: Path) -> None:
+    agent, _, record = make_agent(tmp_path, [FINISH], context_length=300)
+    with pytest.raises(ContextOverflowError):
+        agent.run()
+    (step,) = steps_of(record)
+    assert step["status"] == "error" and step["result"] is None
+    assert step["error"]

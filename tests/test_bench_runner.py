@@ -100,7 +100,7 @@ def test_runs_every_attempt_in_a_fresh_workspace_and_judges_it(
         assert (a.status, a.steps, a.replies, a.valid_replies) == ("finished", 2, 2, 2)
         assert a.wall_seconds > 0 and a.peak_rss_mb > 0
         run = out / "runs" / a.run_id
-        assert verify(run) > 0  # each attempt leaves an intact run record
+        assert verify(run).lines > 0  # each attempt leaves an intact run record
         assert json.loads((run / "run.json").read_text())["bench"] == [
             a.model,
             a.challenge,
@@ -303,7 +303,7 @@ def test_real_model_benchmark_through_the_cli(tmp_path: Path, real_models: dict[
         assert a.replies >= 1 and a.valid_replies == a.replies and a.invalid_constrained == 0
         assert a.status in {"finished", "step_limit", "loop", "time_limit"}
         assert a.completion_tokens > 0 and a.decode_seconds > 0 and a.peak_rss_mb > 100
-        assert verify(out / "runs" / a.run_id) > 0
+        assert verify(out / "runs" / a.run_id).lines > 0
     assert (out / "report.html").exists() and (out / "charts" / "success_by_model.png").exists()
 
 

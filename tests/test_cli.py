@@ -13,20 +13,15 @@ from click.testing import CliRunner
 
 from offline_agent import runs
 from offline_agent.cli import cli
+from offline_agent.replay import recorded_steps
 from offline_agent.runs import read_entries, verify
-from tests.conftest import FINISH, reply
+from tests.conftest import FINISH, reply, script
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def script(tmp_path: Path, replies: list[object]) -> str:
-    path = tmp_path / "replies.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in replies))
-    return f"scripted:{path}"
 
 
 def invoke(*args: str, input: str | None = None) -> tuple[int, str, str]:
@@ -55,7 +50,7 @@ def test_scripted_run_writes_the_file_and_a_verifiable_record(tmp_path: Path, ho
     assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
     assert "NEXT ACTION: COMMAND = write_file" in out and "ended: finished after 2 steps" in out
     (run,) = (home / "runs").iterdir()
-    assert verify(run) == 5  # two commands announced, two steps, the end
+    assert verify(run).lines == 5  # two commands announced, two steps, the end
     assert read_entries(run)[-1]["result"]["status"] == "finished"
 
 
@@ -141,6 +136,11 @@ def test_ai_settings_switch_rules(tmp_path: Path, home: Path) -> None:
         (["--goal", "g", "--model", "SCRIPT", "--rule", "bogus=on"], 2, "unknown rule 'bogus=on'"),
         (["--goal", "g", "--model", "SCRIPT", "--rule", "show_state=maybe"], 2, "on or off"),
         (["--ai-settings", "BADRULES", "--model", "SCRIPT"], 2, "rules must be a mapping"),
+        (["--goal", "g", "--model", "SCRIPT", "--n-ctx=-5"], 2, "'--n-ctx': -5 is not in the"),
+        (["--goal", "g", "--model", "SCRIPT", "--python-timeout", "-1"], 2, "'--python-timeout'"),
+        (["--goal", "g", "--model", "SCRIPT", "--threads", "0"], 2, "'--threads': 0"),
+        (["--goal", "g", "--model", "SCRIPT", "--sandbox", "maybe"], 2, "'--sandbox'"),
+        (["--goal", "g", "--model", "/"], 3, "/ is a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_its_own_exit_code(
@@ -184,7 +184,9 @@ def test_disk_full_while_recording_is_one_line_and_keeps_earlier_lines(
 
     def fsync(fd: int) -> None:
         calls.append(fd)
-        if len(calls) > 3:  # run.json, then the first command and step lines succeed
+        # run.json; the first command line and its head; a.txt and its folder; the step line
+        # and its head: then the disk is full.
+        if len(calls) > 7:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
@@ -201,3 +203,76 @@ def test_disk_full_while_recording_is_one_line_and_keeps_earlier_lines(
     (run,) = (home / "runs").iterdir()
     assert [e["type"] for e in read_entries(run)][:2] == ["command", "step"]
     assert (tmp_path / "ws" / "a.txt").read_text() == "1"
+
+
+def test_runs_list_show_and_replay_read_what_run_wrote(tmp_path: Path, home: Path) -> None:
+    """A run made through the CLI: list shows its goal, show its workspace, and replaying a
+    command whose output names the workspace's path finds no divergence."""
+    model = script(tmp_path, [reply("execute_python_code", code="import os; print(os.getcwd())"),
+                              FINISH])  # fmt: skip
+    ws = tmp_path / "ws"
+    code, out, _ = invoke("run", "--goal", "Print the folder", "--model", model, "--continuous",
+                          "--no-memory", "--rule", "none", "--workspace", str(ws))  # fmt: skip
+    assert code == 0, out
+    (run,) = (home / "runs").iterdir()
+    assert str(ws) in recorded_steps(run)[0]["result"]["output"]
+    code, listed, _ = invoke("runs", "list")
+    assert code == 0 and listed.rstrip().endswith("2 steps  Print the folder")
+    code, shown, _ = invoke("runs", "show", run.name)
+    assert shown.splitlines()[0] == f"{run.name}: model scripted, workspace {ws}"
+    code, replayed, err = invoke("runs", "replay", run.name, "--workspace", str(tmp_path / "again"))
+    assert code == 0, err
+    assert "replayed 1 commands" in replayed and "every result matches" in replayed
+
+
+def test_a_relative_workspace_is_resumed_where_it_was(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    writes = [reply("write_file", filename=f"{n}.txt", text=n) for n in ("one", "two")]
+    model = script(tmp_path, [*writes, FINISH])
+    monkeypatch.chdir(tmp_path / "a")
+    code, _, _ = invoke("run", "--goal", "g", "--model", model, "--continuous", "--no-memory",
+                        "--rule", "none", "--workspace", "W2", "--max-steps", "1")  # fmt: skip
+    assert code == 10  # the step limit
+    monkeypatch.chdir(tmp_path / "b")
+    (run,) = (home / "runs").iterdir()
+    code, out, err = invoke("runs", "resume", run.name, "--max-steps", "5")
+    assert code == 0, out + err
+    assert sorted(p.name for p in (tmp_path / "a" / "W2").iterdir()) == ["one.txt", "two.txt"]
+    assert not (tmp_path / "b" / "W2").exists()
+
+
+def test_a_refused_step_and_a_context_error_are_not_recorded_as_ok(
+    tmp_path: Path, home: Path
+) -> None:
+    model = script(tmp_path, [reply("write_file", filename="a.txt", text="x")])
+    code, _, _ = invoke("run", "--goal", "g", "--model", model, "--no-memory", "--rule", "none",
+                        "--workspace", str(tmp_path / "ws"), input="n\n")  # fmt: skip
+    assert code == 13
+    (run,) = (home / "runs").iterdir()
+    (step,) = recorded_steps(run)
+    assert (step["status"], step["error"]) == ("rejected", "the user stopped the run")
+    code, shown, _ = invoke("runs", "show", run.name)
+    assert "rejected" in shown.splitlines()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--port", "70000"], "'--port': 70000 is not in the range 1<=x<=65535"),
+        (["bench", "--repeats", "0"], "'--repeats': 0 is not in the range x>=1"),
+        (["memory", "search", "q", "-k", "0"], "'-k': 0 is not in the range x>=1"),
+        (["runs", "resume", "x", "--max-steps", "0"], "'--max-steps': 0"),
+    ],
+)
+def test_numbers_out_of_bounds_are_refused_before_anything_loads(
+    home: Path, args: list[str], message: str
+) -> None:
+    code, _, err = invoke(*args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith("Error: Invalid value for ") and message in lines[0]
+    )

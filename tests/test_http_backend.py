@@ -441,7 +441,7 @@ def test_server_killed_mid_run_ends_the_record_with_one_line_error(
     assert errors == [f"Error: server at {served.url} is unreachable (4 tries): connection refused"]
     (folder,) = runs.iterdir()
     entries = read_entries(folder)
-    assert verify(folder) == len(entries)
+    assert verify(folder).lines == len(entries)
     steps = [e["step"] for e in entries if e["type"] == "step"]
     assert steps[0]["result"] is not None  # the step before the kill, intact
     assert len(steps) == 2

@@ -511,10 +511,24 @@ def test_memory_commands_when_memory_is_disabled(tmp_path: Path) -> None:
 
 def test_default_memory_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path))
-    assert default_memory_dir() == tmp_path / "memory" / "default"
+    assert default_memory_dir() == tmp_path / "memory" / "Agent"  # run's default name
     assert default_memory_dir("Research GPT/../x") == tmp_path / "memory" / "Research-GPT-..-x"
     monkeypatch.delenv("OFFLINE_AGENT_HOME")
     assert default_memory_dir("a") == Path.home() / ".offline-agent" / "memory" / "a"
+
+
+def test_memory_commands_default_to_the_folder_a_run_uses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without --memory-dir, `memory` commands use the folder `run` picks for the same agent
+    name and goals (before, they used memory/default, which no default run reads)."""
+    monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path))
+    for args, folder in [
+        ([], default_memory_dir("Agent")),
+        (["--name", "Bot", "--goal", "a", "--goal", "b"], default_memory_dir("Bot", ("a", "b"))),
+    ]:
+        shown = CliRunner().invoke(memory, ["stats", *args])
+        assert shown.output.splitlines()[0] == f"folder:     {folder}"
 
 
 def test_cli_stats_and_clear(tmp_path: Path, mem: LongTermMemory) -> None:
@@ -537,12 +551,6 @@ def test_cli_stats_and_clear(tmp_path: Path, mem: LongTermMemory) -> None:
     assert result.exit_code == 0
     assert "Deleted 6 memories" in result.output
     assert read_info(tmp_path / "mem").count == 0  # type: ignore[union-attr]
-
-
-def test_cli_uses_the_default_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path))
-    result = CliRunner().invoke(memory, ["stats"])
-    assert str(tmp_path / "memory" / "default") in result.output
 
 
 def test_cli_reports_library_errors_in_one_line(tmp_path: Path, mem: LongTermMemory) -> None:

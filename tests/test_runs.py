@@ -14,7 +14,15 @@ from offline_agent.cli import cli
 from offline_agent.errors import StorageError
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.replay import recorded_steps, replay
-from offline_agent.runs import STEPS_FILE, RunRecord, read_entries, verify
+from offline_agent.runs import (
+    GENESIS,
+    HEAD_FILE,
+    META_FILE,
+    STEPS_FILE,
+    RunRecord,
+    read_entries,
+    verify,
+)
 from offline_agent.session import RunSettings, restore, run_tools, start
 from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
@@ -59,7 +67,7 @@ def rewrite(record: RunRecord, new: list[str]) -> None:
 
 def test_an_intact_record_verifies(tmp_path: Path) -> None:
     record = recorded_run(tmp_path)
-    assert verify(record.folder) == 11  # five commands announced, five steps, the end
+    assert verify(record.folder).lines == 11  # five commands announced, five steps, the end
 
 
 def test_an_edited_line_is_detected(tmp_path: Path) -> None:
@@ -90,8 +98,60 @@ def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path: Path) -> None:
     record = recorded_run(tmp_path)
     old = lines(record)
     rewrite(record, [*old[:-1], old[-1][:40]])
+    # The process died writing line 11: its head still counts the 10 lines before.
+    tenth = json.loads(old[-2])["hash"]
+    (record.folder / HEAD_FILE).write_text(json.dumps({"lines": 10, "hash": tenth}))
     assert len(read_entries(record.folder)) == 10
-    assert verify(record.folder) == 10
+    assert verify(record.folder).lines == 10
+
+
+def test_a_dropped_last_line_is_detected(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    assert verify(record.folder).ended
+    rewrite(record, lines(record)[:-1])  # the end line: the run would look resumable
+    with pytest.raises(StorageError, match=r"1 line\(s\) missing at the end"):
+        verify(record.folder)
+
+
+def test_a_line_written_as_the_process_died_is_kept(tmp_path: Path) -> None:
+    """The head is rewritten after each line: a crash in between leaves it one behind."""
+    record = recorded_run(tmp_path)
+    old = lines(record)
+    tenth = json.loads(old[-2])["hash"]
+    (record.folder / HEAD_FILE).write_text(json.dumps({"lines": 10, "hash": tenth}))
+    assert verify(record.folder).lines == 11
+
+
+def test_an_edited_run_json_is_detected(tmp_path: Path) -> None:
+    record = recorded_run(tmp_path)
+    meta = json.loads((record.folder / META_FILE).read_text())
+    meta["settings"]["continuous"] = False
+    (record.folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(StorageError, match=r"line 1: chain broken \(run.json was edited"):
+        verify(record.folder)
+
+
+def test_records_of_the_previous_version_still_verify_and_say_what_is_not_covered(
+    tmp_path: Path,
+) -> None:
+    """Before run.json was chained, line 1 pointed back to zeros, and there was no head."""
+    record = recorded_run(tmp_path)
+    previous, rewritten = GENESIS, []
+    for line in lines(record):
+        entry = json.loads(line)
+        entry["prev"] = previous
+        entry.pop("hash")
+        entry["hash"] = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+        previous = entry["hash"]
+        rewritten.append(json.dumps(entry, sort_keys=True))
+    rewrite(record, rewritten)
+    (record.folder / HEAD_FILE).unlink()
+    checked = verify(record.folder)
+    assert (checked.lines, checked.covers_meta, checked.has_head) == (11, False, False)
+    said = CliRunner().invoke(
+        cli, ["runs", "verify", record.folder.name, "--runs-dir", str(tmp_path / "runs")]
+    )
+    assert said.exit_code == 0 and "older version" in said.output
 
 
 def test_replay_reproduces_every_result(tmp_path: Path) -> None:
@@ -172,13 +232,11 @@ def test_restoring_from_the_record_continues_with_the_same_prompt(tmp_path: Path
         rules=NONE,
         record=record,
     ).run()
-    steps = recorded_steps(record.folder)
-    history = [message for step in steps for message in step["history"]]
     rest = ScriptedModel(REPLIES[2:])
     second = Agent(
         PROFILE, rest, builtin_tools(memory=False), ToolContext(workspace=cut_ws), rules=NONE
     )
-    second.restore(history, len(steps), succeeded=True)
+    second.restore(recorded_steps(record.folder))
     assert second.run().status == "finished"
     assert rest.calls[0] == whole.calls[2]  # the third prompt is identical
     for got, expected in zip(rest.calls, whole.calls[2:], strict=True):
@@ -227,7 +285,7 @@ def test_records_carry_the_digests_of_model_grammar_and_results(tmp_path: Path) 
     script = tmp_path / "replies.json"
     script.write_text(json.dumps([FINISH]))
     settings = RunSettings(PROFILE, f"scripted:{script}", tmp_path, tmp_path / "ws", tmp_path / "r")
-    record = start(settings, {})
+    record = start(settings, "scripted")
     meta = json.loads((record.folder / "run.json").read_text())
     assert meta["model_sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
     folder = recorded_run(tmp_path).folder

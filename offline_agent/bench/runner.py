@@ -37,7 +37,7 @@ from offline_agent.llm import SCRIPTED_PREFIX, ChatModel, HttpOptions, LlamaOpti
 from offline_agent.llm.http import Constraint
 from offline_agent.records import Profile, RunResult, Step
 from offline_agent.runs import write_json_atomic
-from offline_agent.session import RunSettings, build_agent, start
+from offline_agent.session import Run, RunSettings
 from offline_agent.state import Rules
 
 RESULTS_FILE = "results.jsonl"
@@ -69,10 +69,14 @@ class BenchSettings:
     judge_model: str | None = None
     """The local model that scores `llm` evals (greedy, in-process); without one they fail."""
     models_dir: Path = field(default=Path())
+    sandbox: bool = True
+    """Programs the agents start run in the kernel sandbox (`offline_agent.sandbox`)."""
 
     # What may differ between two invocations that write to the same results folder: the
     # attempts they cover, and where the files live. Everything else changes the numbers.
     EXTENSIBLE: ClassVar[tuple[str, ...]] = ("models", "repeats", "threads", "models_dir", "suite")
+    # Settings added later, with the value results saved before them were made with.
+    ADDED: ClassVar[dict[str, Any]] = {"sandbox": False}
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for bench.json."""
@@ -87,7 +91,8 @@ class BenchSettings:
         return [
             f"{f.name} {saved.get(f.name)!r} → {mine[f.name]!r}"
             for f in fields(self)
-            if f.name not in self.EXTENSIBLE and saved.get(f.name) != mine[f.name]
+            if f.name not in self.EXTENSIBLE
+            and saved.get(f.name, self.ADDED.get(f.name)) != mine[f.name]
         ]
 
 
@@ -405,6 +410,7 @@ class Runner:
             memory_dir=memory,
             continuous=True,
             python_timeout=min(30.0, float(planned.challenge.cutoff)),
+            sandbox=s.sandbox,
         )
 
     def attempt(self, planned: Planned, model: ChatModel) -> Attempt:
@@ -447,19 +453,12 @@ class Runner:
 
     def _run_agent(self, settings: RunSettings, model: ChatModel, attempt: Attempt) -> RunResult:
         """The agent's run, recorded in `runs/`; a backend failure ends it as an error."""
-        agent = build_agent(settings, _Tally(attempt), None, model)
-        record = start(settings, {"model": model.name, "bench": list(attempt.key)})
-        attempt.run_id = record.id
-        agent.record = record
+        run = Run.new(settings, _Tally(attempt), None, {"bench": list(attempt.key)}, model)
+        attempt.run_id = run.record.id
         try:
-            try:
-                result = agent.run()
-            except AgentError as err:  # e.g. a server that went away: this attempt failed
-                result = RunResult("error", agent.steps_taken, str(err))
-            record.write_end(result)
-        finally:
-            record.close()
-        return result
+            return run.execute()
+        except AgentError as err:  # e.g. a server that went away: this attempt failed
+            return RunResult("error", run.agent.steps_taken, str(err))
 
 
 def _reseed(model: ChatModel, seed: int) -> None:

@@ -21,6 +21,13 @@ from offline_agent.bench.runner import (
     read_results,
 )
 from offline_agent.bench.scoreboard import score
+from offline_agent.cli.common import (
+    AT_LEAST_ONE,
+    SEED,
+    TEMPERATURE,
+    machine_options,
+    sandbox_option,
+)
 from offline_agent.errors import ConfigError
 from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.modelstore import default_models_dir, load_registry, user_registry_path
@@ -87,7 +94,13 @@ def _print_report(out: Path) -> None:
     multiple=True,
     help="Registry name, GGUF path or scripted:FILE; repeat to compare (default: the default).",
 )
-@click.option("--repeats", default=3, show_default=True, help="Attempts per model and challenge.")
+@click.option(
+    "--repeats",
+    type=AT_LEAST_ONE,
+    default=3,
+    show_default=True,
+    help="Attempts per model and challenge.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -96,12 +109,16 @@ def _print_report(out: Path) -> None:
     help="Results folder; run the same command again to continue an interrupted benchmark.",
 )
 @click.option("--challenge", "only", multiple=True, help="Run only these challenges (by name).")
-@click.option("--seed", default=0, show_default=True, help="Repeat r uses seed SEED+r.")
-@click.option("--max-steps", default=10, show_default=True, help="Step limit per attempt.")
-@click.option("--temperature", default=0.5, show_default=True)
-@click.option("--n-ctx", default=4096, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
-@click.option("--n-gpu-layers", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Repeat r uses seed SEED+r.")
+@click.option(
+    "--max-steps",
+    type=AT_LEAST_ONE,
+    default=10,
+    show_default=True,
+    help="Step limit per attempt.",
+)
+@click.option("--temperature", type=TEMPERATURE, default=0.5, show_default=True)
+@machine_options
 @click.option(
     "--grammar-engine",
     type=click.Choice(["llguidance", "llama"]),
@@ -124,6 +141,7 @@ def _print_report(out: Path) -> None:
 @click.option("--judge-model", default=None, help="Local model that scores `llm` evals.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--no-report", is_flag=True, help="Do not rebuild the report at the end.")
+@sandbox_option
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -147,12 +165,11 @@ def bench(
     judge_model: str | None,
     models_dir: Path | None,
     no_report: bool,
+    sandbox: Literal["on", "off"],
 ) -> None:
     """Benchmark models on a challenge suite: each attempt in a fresh workspace, judged."""
     if ctx.invoked_subcommand is not None:
         return
-    if repeats < 1 or max_steps < 1:
-        raise ConfigError("--repeats and --max-steps must be at least 1")
     challenges = load_suite(suite)
     if only:
         unknown = sorted(set(only) - {c.name for c in challenges})
@@ -181,6 +198,7 @@ def bench(
         constraint=constraint,
         judge_model=judge_model,
         models_dir=models_dir,
+        sandbox=sandbox == "on",
     )
     command = shlex.join(["offline-agent", *sys.argv[1:]])
     runner = Runner(settings, challenges, out, ConsoleProgress(), command)

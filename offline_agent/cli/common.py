@@ -3,11 +3,51 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import click
 
 from offline_agent.errors import AgentError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Bounds of the numeric options, checked by click before anything loads (a negative
+# context once ran for 51 s and took 17 GB before failing).
+CONTEXT = click.IntRange(512, 1 << 20)
+THREADS = click.IntRange(1, 1024)
+GPU_LAYERS = click.IntRange(-1, None)
+SEED = click.IntRange(0, 2**32 - 1)
+TEMPERATURE = click.FloatRange(0, 10)
+PORT = click.IntRange(1, 65535)
+AT_LEAST_ONE = click.IntRange(1, None)
+SECONDS = click.FloatRange(0, 24 * 3600, min_open=True)
+
+
+def machine_options(func: F) -> F:
+    """--n-ctx, --threads and --n-gpu-layers: how an in-process model is loaded."""
+    for option in reversed([
+        click.option("--n-ctx", type=CONTEXT, default=4096, show_default=True,
+                     help="Context window in tokens."),
+        click.option("--threads", type=THREADS, default=None,
+                     help="CPU threads (default: all)."),
+        click.option("--n-gpu-layers", type=GPU_LAYERS, default=0, show_default=True,
+                     help="Layers to offload to GPU (-1: all)."),
+    ]):  # fmt: skip
+        func = option(func)
+    return func
+
+
+def sandbox_option(func: F) -> F:
+    """--sandbox on|off: whether programs the agent starts run in the kernel sandbox."""
+    return click.option(
+        "--sandbox",
+        type=click.Choice(["on", "off"]),
+        default="on",
+        show_default=True,
+        help="Run the programs the agent starts in the kernel sandbox (no network, no files "
+        "outside the workspace); 'off' runs them with all of your rights.",
+    )(func)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from offline_agent.cli.common import library_errors
+from offline_agent.cli.common import AT_LEAST_ONE, library_errors
 from offline_agent.memory import (
     Hit,
     clear_store,
@@ -24,12 +24,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _memory_dir_option(func: F) -> F:
+    """--memory-dir, or the folder `run` uses for the agent --name and its --goal(s)."""
+    func = click.option(
+        "--goal",
+        "goals",
+        multiple=True,
+        help="With --name: the folder of a run with these goals (run's default scope); "
+        "without, the agent's shared folder (run --memory-scope agent).",
+    )(func)
+    func = click.option(
+        "--name", default="Agent", show_default=True, help="The agent whose memory this is."
+    )(func)
     return click.option(
         "--memory-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
-        help="The memory folder.  [default: $OFFLINE_AGENT_HOME/memory/default or "
-        "~/.offline-agent/memory/default]",
+        help="The memory folder.  [default: the one `run` uses for --name and --goal]",
     )(func)
 
 
@@ -43,8 +53,8 @@ def _index_option(func: F) -> F:
     )(func)
 
 
-def _folder(memory_dir: Path | None) -> Path:
-    return memory_dir if memory_dir is not None else default_memory_dir()
+def _folder(memory_dir: Path | None, name: str, goals: tuple[str, ...]) -> Path:
+    return memory_dir if memory_dir is not None else default_memory_dir(name, goals)
 
 
 def _one_line(text: str, width: int) -> str:
@@ -69,12 +79,18 @@ def memory() -> None:
 @click.option("--chunk-size", default=CHUNK_CHARS, show_default=True, help="Characters a chunk.")
 @click.option("--overlap", default=OVERLAP_CHARS, show_default=True, help="Characters shared.")
 def ingest_command(
-    paths: tuple[Path, ...], memory_dir: Path | None, index: str, chunk_size: int, overlap: int
+    paths: tuple[Path, ...],
+    memory_dir: Path | None,
+    name: str,
+    goals: tuple[str, ...],
+    index: str,
+    chunk_size: int,
+    overlap: int,
 ) -> None:
     """Store files and folders in memory as overlapping chunks."""
     if chunk_size <= 0 or not 0 <= overlap < chunk_size:
         raise click.BadParameter("need --chunk-size > 0 and 0 <= --overlap < --chunk-size")
-    folder = _folder(memory_dir)
+    folder = _folder(memory_dir, name, goals)
     with library_errors(), contextlib.ExitStack() as stack:
         mem = open_memory(folder, index=index)
         bar: Any = None
@@ -102,14 +118,24 @@ def ingest_command(
 
 @memory.command("search")
 @click.argument("query")
-@click.option("-k", default=10, show_default=True, help="How many memories to show.")
+@click.option(
+    "-k", type=AT_LEAST_ONE, default=10, show_default=True, help="How many memories to show."
+)
 @click.option("--full", is_flag=True, help="Show whole texts, not one line each.")
 @_memory_dir_option
 @_index_option
-def search_command(query: str, k: int, full: bool, memory_dir: Path | None, index: str) -> None:
+def search_command(
+    query: str,
+    k: int,
+    full: bool,
+    memory_dir: Path | None,
+    name: str,
+    goals: tuple[str, ...],
+    index: str,
+) -> None:
     """Show the memories the agent would recall for QUERY, with their scores."""
     with library_errors():
-        hits = open_memory(_folder(memory_dir), index=index).search(query, k)
+        hits = open_memory(_folder(memory_dir, name, goals), index=index).search(query, k)
     if not hits:
         click.echo("No memories found.")
     for hit in hits:
@@ -121,9 +147,9 @@ def search_command(query: str, k: int, full: bool, memory_dir: Path | None, inde
 
 @memory.command("stats")
 @_memory_dir_option
-def stats_command(memory_dir: Path | None) -> None:
+def stats_command(memory_dir: Path | None, name: str, goals: tuple[str, ...]) -> None:
     """Show how many memories there are, which model made them, and their size on disk."""
-    folder = _folder(memory_dir)
+    folder = _folder(memory_dir, name, goals)
     with library_errors():
         info = read_info(folder)
     click.echo(f"folder:     {folder}")
@@ -140,9 +166,9 @@ def stats_command(memory_dir: Path | None) -> None:
 @memory.command("clear")
 @_memory_dir_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def clear_command(memory_dir: Path | None, yes: bool) -> None:
+def clear_command(memory_dir: Path | None, name: str, goals: tuple[str, ...], yes: bool) -> None:
     """Delete every memory in the folder."""
-    folder = _folder(memory_dir)
+    folder = _folder(memory_dir, name, goals)
     with library_errors():
         info = read_info(folder)
         if info is None or info.count == 0:

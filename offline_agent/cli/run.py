@@ -9,16 +9,24 @@ from typing import Literal
 import click
 
 from offline_agent.agent import Agent, AgentConfig
+from offline_agent.cli.common import (
+    AT_LEAST_ONE,
+    SECONDS,
+    SEED,
+    TEMPERATURE,
+    machine_options,
+    sandbox_option,
+)
 from offline_agent.cli.console import ConsoleEvents, ask_after_interrupt, ask_user
-from offline_agent.errors import AgentError, ConfigError
+from offline_agent.errors import ConfigError
+from offline_agent.home import home_dir
 from offline_agent.llm import HttpOptions, LlamaOptions
 from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.memory import default_memory_dir
 from offline_agent.modelstore import default_models_dir
 from offline_agent.records import RunResult, RunStatus
-from offline_agent.runs import RunRecord
-from offline_agent.session import RunSettings, build_agent, start
-from offline_agent.settings import home_dir, load_ai_settings, make_profile
+from offline_agent.session import Run, RunSettings
+from offline_agent.settings import load_ai_settings, make_profile
 from offline_agent.state import Rules
 from offline_agent.tools.base import ShellPolicy
 from offline_agent.tools.shell import DEFAULT_DENY
@@ -60,24 +68,18 @@ def _run_asking_on_interrupt(agent: Agent, events: ConsoleEvents, interactive: b
             agent.add_note(f"Human feedback: {feedback}")
 
 
-def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: bool) -> None:
-    """Run `agent` to its end, keep the record whole whatever happens, exit with its status.
+def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
+    """Run to its end (the record kept whole whatever happens) and exit with its status.
 
     Ctrl-C asks, as Auto-GPT did, whether to stop or to tell the agent something; in
     continuous mode it stops. Either way the record gets its end line.
     """
-    agent.record = record
+    agent, record = run.agent, run.record
     click.secho(f"{agent.profile.name} starts on {agent.model.name}; run {record.id}", bold=True)
     try:
-        result = _run_asking_on_interrupt(agent, events, interactive)
-    except AgentError as err:  # e.g. the server went away: end the record, then report
-        record.write_end(RunResult("error", agent.steps_taken, str(err)))
-        record.close()
-        raise
+        result = run.execute(lambda agent: _run_asking_on_interrupt(agent, events, interactive))
     finally:
         events.spinner.stop()
-    record.write_end(result)
-    record.close()
     colour = "green" if result.status == "finished" else "yellow"
     click.secho(
         f"\nRun {record.id} ended: {result.status} after {result.steps} steps. {result.reason}",
@@ -123,11 +125,9 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
 )
 @click.option("--chat-format", default=None, help="Override the chat format (gemma, chatml).")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--n-ctx", default=4096, show_default=True, help="Context window in tokens.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
-@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to GPU.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--temperature", default=0.0, show_default=True)
+@machine_options
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--temperature", type=TEMPERATURE, default=0.0, show_default=True)
 @click.option(
     "--grammar-engine",
     type=click.Choice(["llguidance", "llama"]),
@@ -162,19 +162,30 @@ def drive(agent: Agent, record: RunRecord, events: ConsoleEvents, interactive: b
     help="Four thoughts before each command (Auto-GPT's), or one short one (the default).",
 )
 @click.option("--continuous", is_flag=True, help="Run every command without asking.")
-@click.option("--limit", type=int, default=None, help="Steps allowed in continuous mode.")
-@click.option("--max-steps", default=50, show_default=True)
+@click.option("--limit", type=AT_LEAST_ONE, default=None, help="Steps allowed in continuous mode.")
+@click.option("--max-steps", type=AT_LEAST_ONE, default=50, show_default=True)
 @click.option(
-    "--time-limit", type=float, default=None, help="Seconds; no new step starts after it."
+    "--time-limit",
+    type=SECONDS,
+    default=None,
+    help="Seconds; no new step starts after it.",
 )
-@click.option("--max-format-errors", default=3, show_default=True)
+@click.option("--max-format-errors", type=AT_LEAST_ONE, default=3, show_default=True)
 @click.option(
     "--reply-tokens",
+    type=click.IntRange(16, 1 << 20),
     default=AgentConfig.reply_tokens,
     show_default=True,
     help="Token limit per reply.",
 )
-@click.option("--python-timeout", default=30.0, show_default=True, help="Seconds per program.")
+@click.option(
+    "--python-timeout",
+    type=SECONDS,
+    default=30.0,
+    show_default=True,
+    help="Seconds per program.",
+)
+@sandbox_option
 @click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
 @click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
 @click.option("--shell-deny", multiple=True, help="With --allow-shell: also refuse these.")
@@ -212,6 +223,7 @@ def run(
     allow_shell: bool,
     shell_allow: tuple[str, ...],
     shell_deny: tuple[str, ...],
+    sandbox: Literal["on", "off"],
 ) -> None:
     """Run an agent on its goals until it finishes or a limit stops it."""
     profile, rules = load_ai_settings(ai_settings) if ai_settings else (None, Rules())
@@ -219,10 +231,6 @@ def run(
     rules = Rules.parse(
         [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])], rules
     )
-    if (limit is not None and limit < 1) or max_steps < 1:
-        raise ConfigError("--limit and --max-steps must be at least 1")
-    if time_limit is not None and time_limit <= 0:
-        raise ConfigError("--time-limit must be a positive number of seconds")
     if base_url and chat_format:
         raise ConfigError("--chat-format applies to in-process models; the server picks its own")
     if (shell_allow or shell_deny) and not allow_shell:
@@ -231,9 +239,10 @@ def run(
     settings = RunSettings(
         profile=profile,
         model=model,
-        models_dir=models_dir or default_models_dir(),
-        workspace=workspace or home / "workspaces" / profile.name,
-        runs_dir=runs_dir or home / "runs",
+        models_dir=(models_dir or default_models_dir()).absolute(),
+        # Absolute, so that `runs resume` from another folder finds the same ones.
+        workspace=(workspace or home / "workspaces" / profile.name).absolute(),
+        runs_dir=(runs_dir or home / "runs").absolute(),
         llama=LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature, grammar_engine),
         agent=AgentConfig(
             max_steps=min(max_steps, limit) if continuous and limit else max_steps,
@@ -246,10 +255,13 @@ def run(
         rules=rules,
         memory_dir=None
         if no_memory
-        else memory_dir
-        or default_memory_dir(profile.name, profile.goals if memory_scope == "goals" else ()),
+        else (
+            memory_dir
+            or default_memory_dir(profile.name, profile.goals if memory_scope == "goals" else ())
+        ).absolute(),
         continuous=continuous,
         python_timeout=python_timeout,
+        sandbox=sandbox == "on",
         shell=ShellPolicy(
             frozenset(shell_allow) if shell_allow else None,
             DEFAULT_DENY.difference(shell_allow) | frozenset(shell_deny),
@@ -258,6 +270,5 @@ def run(
         else None,
     )
     events = ConsoleEvents(profile.name)
-    agent = build_agent(settings, events, ask_user)
-    record = start(settings, {"model": agent.model.name, "argv": _redacted(sys.argv[1:])})
-    drive(agent, record, events, interactive=not continuous)
+    run = Run.new(settings, events, ask_user, {"argv": _redacted(sys.argv[1:])})
+    drive(run, events, interactive=not continuous)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
+from offline_agent.cli.common import AT_LEAST_ONE
 from offline_agent.cli.console import ConsoleEvents, ask_user
 from offline_agent.cli.run import drive
 from offline_agent.errors import ReplayDivergedError, StorageError
-from offline_agent.replay import recorded_steps, replay, run_meta
-from offline_agent.runs import read_entries, verify
-from offline_agent.session import build_agent, reopen, restore
-from offline_agent.settings import home_dir
+from offline_agent.home import home_dir
+from offline_agent.replay import recorded_steps, replay
+from offline_agent.runs import RunMeta, read_entries, verify
+from offline_agent.session import Run
 from offline_agent.tools import builtin_tools
 from offline_agent.workspace import Workspace
 
@@ -47,7 +48,7 @@ def _ending(folder: Path) -> str:
 
 @click.group()
 def runs() -> None:
-    """List, show, verify and replay recorded runs."""
+    """List, show, verify, replay and resume recorded runs."""
 
 
 @runs.command("list")
@@ -58,7 +59,7 @@ def list_runs(runs_dir: Path | None) -> None:
     if not folders:
         click.echo("No runs yet.")
     for folder in folders:
-        goals = run_meta(folder).get("profile", {}).get("goals") or [""]
+        goals = RunMeta.load(folder).goals or [""]
         steps = len(recorded_steps(folder))
         click.echo(f"{folder.name}  {_ending(folder):<16} {steps:>3} steps  {goals[0][:60]}")
 
@@ -69,8 +70,8 @@ def list_runs(runs_dir: Path | None) -> None:
 def show(run: str, runs_dir: Path | None) -> None:
     """What happened in RUN, step by step."""
     folder = _folder(run, runs_dir)
-    meta = run_meta(folder)
-    click.echo(f"{folder.name}: model {meta.get('model')}, workspace {meta.get('workspace')}")
+    meta = RunMeta.load(folder)
+    click.echo(f"{folder.name}: model {meta.model}, workspace {meta.workspace}")
     for step in recorded_steps(folder):
         reply = step["reply"]
         command = (
@@ -91,9 +92,19 @@ def show(run: str, runs_dir: Path | None) -> None:
 @click.argument("run")
 @runs_dir_option
 def verify_run(run: str, runs_dir: Path | None) -> None:
-    """Check that no line of RUN's record was edited, dropped or reordered."""
-    lines = verify(_folder(run, runs_dir))
-    click.echo(f"intact: {lines} lines, hash chain unbroken")
+    """Check that RUN's run.json and record were not edited, and no line dropped or reordered.
+
+    The chain has no key: it finds damage, and edits by someone who did not recompute it.
+    """
+    checked = verify(_folder(run, runs_dir))
+    said = [f"intact: {checked.lines} lines, hash chain unbroken"]
+    said += [", from run.json"] if checked.covers_meta else []
+    said += [", none missing at the end"] if checked.has_head else []
+    said += [] if checked.ended else ["; the run has not ended (runs resume continues it)"]
+    click.echo("".join(said))
+    if not checked.covers_meta or not checked.has_head:
+        click.echo("recorded by an older version: run.json and a dropped last line are not "
+                   "covered by the chain")  # fmt: skip
 
 
 @runs.command("replay")
@@ -125,14 +136,12 @@ def replay_run(run: str, workspace: Path | None, runs_dir: Path | None) -> None:
 
 @runs.command()
 @click.argument("run")
-@click.option("--max-steps", type=int, default=None, help="Raise the run's step limit.")
+@click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Raise the run's step limit.")
 @runs_dir_option
 def resume(run: str, max_steps: int | None, runs_dir: Path | None) -> None:
     """Continue RUN after a crash, a kill or Ctrl-C, with its settings, history and memory."""
     folder = _folder(run, runs_dir)
-    settings, record = reopen(folder, max_steps)
-    events = ConsoleEvents(settings.profile.name)
-    agent = build_agent(settings, events, ask_user)
-    steps = restore(agent, folder, record)
-    click.echo(f"Resuming {folder.name} after {steps} recorded steps.")
-    drive(agent, record, events, interactive=not settings.continuous)
+    events = ConsoleEvents(RunMeta.load(folder).name)
+    resumed = Run.resume(folder, events, ask_user, max_steps)
+    click.echo(f"Resuming {folder.name} after {resumed.restored} recorded steps.")
+    drive(resumed, events, interactive=resumed.agent.approve is not None)

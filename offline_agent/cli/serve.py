@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from offline_agent import modelstore
+from offline_agent.cli.common import PORT, machine_options
 from offline_agent.errors import ConfigError
 from offline_agent.settings import usable_cores
 
@@ -55,10 +56,8 @@ def server_argv(
 )
 @click.option("--model", default=None, help="Registry name or GGUF path (default: the default).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
-@click.option("--n-ctx", default=4096, show_default=True, help="Context window in tokens.")
-@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to GPU.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
+@click.option("--port", type=PORT, default=8000, show_default=True, help="Port to listen on.")
+@machine_options
 @click.option(
     "--chat-format", default=None, help="Override the chat format (default: the model's)."
 )

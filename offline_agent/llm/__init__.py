@@ -13,7 +13,7 @@ from pathlib import Path
 
 from offline_agent.llm.base import ChatModel
 from offline_agent.llm.http import HttpModel, HttpOptions
-from offline_agent.llm.llama import LlamaOptions
+from offline_agent.llm.options import LlamaOptions
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.modelstore import load_registry, resolve, user_registry_path
 

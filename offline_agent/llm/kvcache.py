@@ -29,6 +29,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from offline_agent.home import home_dir
+
 MAGIC = b"OAKV0001"
 SUFFIX = ".kv"
 STALE_TMP_SECONDS = 3600
@@ -36,8 +38,7 @@ STALE_TMP_SECONDS = 3600
 
 def default_state_dir() -> Path:
     """$OFFLINE_AGENT_HOME/kv-cache, else ~/.offline-agent/kv-cache."""
-    home = Path(os.environ.get("OFFLINE_AGENT_HOME") or "~/.offline-agent").expanduser()
-    return home / "kv-cache"
+    return home_dir() / "kv-cache"
 
 
 def identity(llm: llama_cpp.Llama, model_path: Path) -> str:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
@@ -19,24 +19,9 @@ from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
 from offline_agent.llm.guidance import GuidedDecoder, common_prefix
 from offline_agent.llm.kvcache import PrefixCache
+from offline_agent.llm.options import LlamaOptions
 from offline_agent.records import Completion, Message, Usage
 from offline_agent.settings import usable_cores
-
-
-@dataclass(frozen=True)
-class LlamaOptions:
-    """How to load and sample the model."""
-
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    """CPU threads for decoding and for prompts; None: every usable core (llama-cpp-python's
-    own default, half the cores, decodes ~1.5x slower on 2 cores)."""
-    n_gpu_layers: int = 0
-    seed: int = 0
-    temperature: float = 0.0
-    grammar_engine: Literal["llguidance", "llama"] = "llguidance"
-    """Who enforces the reply schema: llguidance in our own decoding loop (fast, see
-    `guidance.py`) or llama.cpp's GBNF grammar sampler (a full mask every token)."""
 
 
 @dataclass(frozen=True)

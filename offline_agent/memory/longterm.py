@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from offline_agent.home import home_dir
 from offline_agent.memory.disk import StoreInfo, check_model, clear_store, read_info
 from offline_agent.memory.embedder import Embedder, SentenceTransformerEmbedder
 from offline_agent.memory.store import (
@@ -23,11 +23,11 @@ from offline_agent.memory.store import (
 )
 
 
-def default_memory_dir(agent_name: str = "default", goals: Sequence[str] = ()) -> Path:
+def default_memory_dir(agent_name: str = "Agent", goals: Sequence[str] = ()) -> Path:
     """$OFFLINE_AGENT_HOME/memory/<agent>, else ~/.offline-agent/memory/<agent>; with `goals`,
     a folder of that agent's own for that set of goals (`<agent>-<digest>`), so that runs
     with other goals do not pool their memories unless asked to."""
-    home = Path(os.environ.get("OFFLINE_AGENT_HOME") or "~/.offline-agent").expanduser()
+    home = home_dir()
     # An agent's name is free text; keep it to one safe path component.
     folder = re.sub(r"[^\w.-]+", "-", agent_name).strip(".-") or "default"
     if goals:

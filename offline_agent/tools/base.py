@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from offline_agent.errors import AgentError, Finished, ToolError
 from offline_agent.records import CommandCall, ToolResult
+from offline_agent.sandbox import Sandbox, SandboxUnavailable, sandbox_problem
 
 if TYPE_CHECKING:
     from offline_agent.workspace import Workspace
@@ -142,7 +143,19 @@ class ToolContext:
     shell: ShellPolicy | None = None
     python_timeout: float = 30.0
     output_limit: int = 4000
+    sandbox: Sandbox | None = field(default_factory=Sandbox.default)
+    """Where programs the agent starts are confined (None: `--sandbox off`, as the user)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def confinement(self) -> Sandbox | None:
+        """The sandbox for a program about to start; ToolError when it cannot be set up here
+        (fail closed: code does not run unconfined unless the user turned the sandbox off)."""
+        if self.sandbox is None:
+            return None
+        problem = sandbox_problem()
+        if problem is not None:
+            raise SandboxUnavailable(problem)
+        return self.sandbox
 
 
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}

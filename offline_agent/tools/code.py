@@ -27,6 +27,7 @@ def _run(ctx: ToolContext, args: list[str]) -> str:
         cwd=ctx.workspace.root,
         timeout=ctx.python_timeout,
         output_limit=ctx.output_limit,
+        sandbox=ctx.confinement(),
     )
     return _observation(result, ctx.python_timeout)
 

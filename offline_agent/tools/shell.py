@@ -52,6 +52,7 @@ def execute_shell(ctx: ToolContext, command_line: Long) -> str:
         cwd=ctx.workspace.root,
         timeout=ctx.python_timeout,
         output_limit=ctx.output_limit,
+        sandbox=ctx.confinement(),
     )
     status = (
         f"timed out after {ctx.python_timeout:g} s"
