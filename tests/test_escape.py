@@ -32,6 +32,9 @@ from tests.conftest import FINISH, reply, script
 
 pytestmark = pytest.mark.skipif(sandbox_problem() is not None, reason=str(sandbox_problem()))
 
+SWAPS = 8
+"""read_file steps while a daemon keeps swapping the file for a symlink to a secret."""
+
 DAEMON_WAIT = 1.5
 """Seconds a started daemon waits before it writes its marker (the run is over by then)."""
 
@@ -117,25 +120,46 @@ def run_suite(tmp_path: Path, ports: tuple[int, int], sandbox: str) -> dict[str,
     (outside / "secret.txt").write_text("the secret")
     attempts = cases(outside, *ports)
     replies = [code(text) for text in attempts.values()]
+    swapper = (  # between the jail's check of swap.txt and its open, a symlink may appear
+        "import os, time\nopen('swap.txt', 'w').write('plain')\nif os.fork() == 0:\n"
+        "    os.setsid()\n    end = time.time() + 5\n    while time.time() < end:\n"
+        f"        os.symlink({str(outside / 'secret.txt')!r}, 'tmp.lnk')\n"
+        "        os.replace('tmp.lnk', 'swap.txt')\n"
+        "        open('tmp.txt', 'w').write('plain')\n        os.replace('tmp.txt', 'swap.txt')\n"
+        "    os._exit(0)\nprint('swapping')"
+    )
     replies += [
         reply("read_file", filename="hl.txt"),
         reply("append_file", filename="hl.txt", text="ESCAPED append_hard_link"),
+        code(swapper),
+        # Spelled apart, so that the repeat guard does not end the run.
+        *[reply("read_file", filename="./" * i + "swap.txt") for i in range(SWAPS)],
         FINISH,
     ]
     result = CliRunner().invoke(cli, [
         "run", "--goal", "escape", "--model", script(tmp_path, replies), "--continuous",
-        "--no-memory", "--rule", "none", "--python-timeout", "5", "--max-steps", "20",
+        "--no-memory", "--rule", "none", "--python-timeout", "5", "--max-steps", "40",
         "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
         "--sandbox", sandbox,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
     steps = recorded_steps(run)
-    names = [*attempts, "read_hard_link", "append_hard_link", "finish"]
+    names = [*attempts, "read_hard_link", "append_hard_link", "swapper",
+             *[f"swap{i}" for i in range(SWAPS)], "finish"]  # fmt: skip
     assert len(steps) == len(names)
     observations = {
         name: str(step["result"]["output"]) for name, step in zip(names, steps, strict=True)
     }
+    reads = [observations.pop(f"swap{i}") for i in range(SWAPS)]
+    observations["symlink_swap"] = "\n".join(reads)
+    if any("the secret" in read for read in reads):
+        observations["symlink_swap"] += "\nESCAPED symlink_swap"
+    # With the sandbox, nothing runs between commands: every read sees the same file.
+    seen = {
+        "plain" if "plain" in read else "outside" if "outside" in read else read for read in reads
+    }
+    observations["swapping_daemon"] = "ESCAPED swapping_daemon" if len(seen) > 1 else ""
     time.sleep(DAEMON_WAIT + 1)
     observations["daemon"] += (
         "\nESCAPED daemon" if (tmp_path / "ws" / "daemon.txt").exists() else ""
@@ -170,7 +194,8 @@ def test_the_same_escapes_succeed_with_the_sandbox_off(
     expected = {"read_home", "read_outside", "read_system_secret", "write_outside",
                 "write_proc_self", "connect_loopback", "resolve_name", "daemon",
                 "processes"}  # fmt: skip
-    assert escaped(observations) == expected, observations
+    # Whether reads land inside the swap's window is chance: not asserted either way.
+    assert escaped(observations) - {"symlink_swap", "swapping_daemon"} == expected, observations
     # What holds without the sandbox: the memory limit, and the file jail refuses a file
     # with other names (the hard link agent code made to a file outside).
     assert "has other names" in observations["read_hard_link"]
