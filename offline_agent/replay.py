@@ -13,6 +13,7 @@ from typing import Any
 
 from offline_agent.records import CommandCall
 from offline_agent.runs import RunMeta, read_entries
+from offline_agent.sandbox import Sandbox
 from offline_agent.tools import ToolContext, ToolRegistry
 from offline_agent.tools.base import execute_command
 from offline_agent.workspace import Workspace
@@ -56,9 +57,11 @@ def _normalised(text: str, *roots: str) -> str:
 
 def replay(folder: Path, workspace: Workspace, tools: ToolRegistry) -> ReplayReport:
     """Re-apply the recorded commands of the run in `folder` to `workspace`."""
-    workspace_then = RunMeta.load(folder).workspace
-    original_root = str(workspace_then) if workspace_then else ""
-    ctx = ToolContext(workspace=workspace)
+    meta = RunMeta.load(folder)
+    original_root = str(meta.workspace) if meta.workspace else ""
+    # Code runs as it ran then: in the sandbox unless the run was made with --sandbox off.
+    confined = meta.settings.get("sandbox", True)
+    ctx = ToolContext(workspace=workspace, sandbox=Sandbox.default() if confined else None)
     report = ReplayReport()
     for step in recorded_steps(folder):
         if step["status"] != "ok" or step["reply"] is None or step["result"] is None:
