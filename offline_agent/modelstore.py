@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from offline_agent import gguf
+from offline_agent import gguf, stores
 from offline_agent.errors import ChecksumError, ConfigError, ModelError
 from offline_agent.home import home_dir
 
@@ -95,6 +95,16 @@ class ResolvedModel:
     path: Path
     spec: ModelSpec | None
     chat_format: str | None
+    label: str = ""
+    """The model's name for records and servers: its registry or store name, else the
+    file's stem."""
+    sha256: str | None = None
+    """The file's sha256 when known without reading it (registered, or named by a store)."""
+
+    @property
+    def name(self) -> str:
+        """The registry name, else the store name, else the file name without .gguf."""
+        return self.spec.name if self.spec else self.label or self.path.stem
 
 
 @dataclass(frozen=True)
@@ -382,8 +392,11 @@ def resolve(name_or_path: str, registry: Registry, models_dir: Path) -> Resolved
     """Turn a registry name or a path to a .gguf file into a file ready to load."""
     if name_or_path in registry:
         spec = registry.get(name_or_path)
-        return ResolvedModel(verify_once(spec, models_dir), spec, spec.chat_format)
-    path = Path(name_or_path).expanduser()
+        return ResolvedModel(
+            verify_once(spec, models_dir), spec, spec.chat_format, sha256=spec.sha256
+        )
+    found = stores.find(name_or_path) if stores.is_store_name(name_or_path) else None
+    path = found.path if found else Path(name_or_path).expanduser()
     if not path.exists():
         if path.suffix != ".gguf" and len(path.parts) == 1:
             known = ", ".join(sorted(registry.models))
@@ -397,9 +410,12 @@ def resolve(name_or_path: str, registry: Registry, models_dir: Path) -> Resolved
     for spec in registry.models.values():
         location = spec.location(models_dir)
         if location.exists() and location.samefile(path):
-            return ResolvedModel(path, spec, spec.chat_format)
+            return ResolvedModel(path, spec, spec.chat_format, sha256=spec.sha256)
     has_template = bool(metadata.get("tokenizer.chat_template"))
-    return ResolvedModel(path, None, TEMPLATE_FORMAT if has_template else None)
+    chat_format = TEMPLATE_FORMAT if has_template else None
+    if found is not None:
+        return ResolvedModel(path, None, chat_format, found.name, found.sha256)
+    return ResolvedModel(path, None, chat_format)
 
 
 def add(

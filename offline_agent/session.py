@@ -221,8 +221,8 @@ def model_digest(settings: RunSettings) -> str | None:
         return sha256_file(Path(model.removeprefix(SCRIPTED_PREFIX)))
     resolved = resolve(model, registry, settings.models_dir)
     # resolve() has checked a registered file against its recorded sha256 (once per file
-    # state); an unregistered file is hashed here.
-    return resolved.spec.sha256 if resolved.spec else sha256_file(resolved.path)
+    # state), and a store names its files by their sha256; any other file is hashed here.
+    return resolved.sha256 or sha256_file(resolved.path)
 
 
 def start(settings: RunSettings, model: str, extra: dict[str, Any] | None = None) -> RunRecord:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 import zipfile
 from pathlib import Path
 
@@ -15,69 +14,9 @@ from offline_agent import gguf, modelstore
 from offline_agent.cli.models import models
 from offline_agent.errors import ChecksumError, ConfigError, ModelError
 from offline_agent.modelstore import ChunkSource, ModelSpec
+from tests.conftest import craft_gguf
 
 REAL_MODELS = ("smollm2-135m", "gemma3-270m")
-
-# --- Crafting GGUF bytes by hand ------------------------------------------------------
-
-U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
-_FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f",
-        BOOL: "<?", U64: "<Q", I64: "<q", F64: "<d"}  # fmt: skip
-
-
-def _s(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _val(kind: int, value: object) -> bytes:
-    if kind == STR:
-        assert isinstance(value, str)
-        return _s(value)
-    return struct.pack(_FMT[kind], value)
-
-
-def _kv(key: str, kind: int, value: object) -> bytes:
-    return _s(key) + struct.pack("<I", kind) + _val(kind, value)
-
-
-def _kv_array(key: str, kind: int, items: list[object]) -> bytes:
-    body = struct.pack("<IQ", kind, len(items)) + b"".join(_val(kind, v) for v in items)
-    return _s(key) + struct.pack("<I", ARR) + body
-
-
-def craft_gguf(*, template: str | None = "{{ messages }}", version: int = 3) -> bytes:
-    """A valid little GGUF: every value type, a long token array, one 4x8 F32 tensor."""
-    kvs = [
-        _kv("general.architecture", STR, "tiny"),
-        _kv("general.name", STR, "Tiny Test"),
-        _kv("general.file_type", U32, 3),
-        _kv("tiny.context_length", U32, 2048),
-        _kv("t.u8", U8, 200),
-        _kv("t.i8", I8, -5),
-        _kv("t.u16", U16, 60000),
-        _kv("t.i16", I16, -300),
-        _kv("t.i32", I32, -70000),
-        _kv("t.f32", F32, 0.5),
-        _kv("t.bool", BOOL, True),
-        _kv("t.u64", U64, 2**40),
-        _kv("t.i64", I64, -(2**40)),
-        _kv("t.f64", F64, 0.25),
-        _kv_array("general.languages", STR, ["en", "fr"]),
-        _kv_array("tokenizer.ggml.tokens", STR, [f"tok{i}" for i in range(600)]),
-        _kv_array("tokenizer.ggml.scores", F32, [0.0] * 600),
-        # An array of arrays: [[1, 2], [3]] of int32.
-        _s("t.nested")
-        + struct.pack("<IIQ", ARR, ARR, 2)
-        + struct.pack("<IQii", I32, 2, 1, 2)
-        + struct.pack("<IQi", I32, 1, 3),
-    ]
-    if template is not None:
-        kvs.append(_kv("tokenizer.chat_template", STR, template))
-    tensor = _s("w") + struct.pack("<I", 2) + struct.pack("<QQ", 4, 8) + struct.pack("<IQ", 0, 0)
-    head = b"GGUF" + struct.pack("<IQQ", version, 1, len(kvs)) + b"".join(kvs) + tensor
-    padding = b"\0" * (-len(head) % 32)
-    return head + padding + b"\0" * (4 * 8 * 4)
 
 
 @pytest.fixture

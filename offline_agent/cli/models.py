@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from offline_agent import gguf, modelstore
+from offline_agent import gguf, modelstore, stores
 from offline_agent.cli.common import library_errors
 from offline_agent.errors import ConfigError
 
@@ -45,16 +45,27 @@ def models() -> None:
 
 @models.command("list")
 @_models_dir_option
-def list_command(models_dir: Path) -> None:
+@click.option(
+    "--discover",
+    is_flag=True,
+    help="Also list the GGUF files of Ollama, the Hugging Face cache and LM Studio on this "
+    "disk, with the --model name that runs each.",
+)
+def list_command(models_dir: Path, discover: bool) -> None:
     """List registered models and whether each is fetched."""
     with library_errors():
         rows = modelstore.list_models(_registry(models_dir), models_dir)
+        found = stores.discover() if discover else []
     for row in rows:
         mark = "*" if row.default else " "
         state = "fetched" if row.fetched else "missing"
         click.echo(f"{mark} {row.name:<24} {state:<8} {_mb(row.size):>8}  {row.path}")
         if row.description:
             click.echo(f"  {'':<24} {row.description}")
+    if discover:
+        click.echo(f"\n{len(found)} GGUF file(s) in other tools' stores:")
+        for item in found:
+            click.echo(f"  {item.name:<60} {_mb(item.size):>8}  {item.store}: {item.path}")
 
 
 @models.command(short_help="Download models and check their sha256.")

@@ -25,7 +25,7 @@ def server_argv(
     chat_format: str | None,
 ) -> list[str]:
     """The `python -m llama_cpp.server` command line that serves `resolved`."""
-    name = resolved.spec.name if resolved.spec else resolved.path.stem
+    name = resolved.name
     fmt = chat_format or resolved.chat_format
     if fmt is None:
         raise ConfigError(f"{resolved.path} has no chat template; pass --chat-format")

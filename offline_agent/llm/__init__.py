@@ -49,7 +49,7 @@ def open_model(
         resolved.path,
         chat_format or resolved.chat_format or "template",
         options,
-        name=resolved.spec.name if resolved.spec else resolved.path.stem,
+        name=resolved.name,
         state_dir=default_state_dir(),
     )
 
