@@ -50,3 +50,61 @@ def test_a_file_template_is_rendered_with_the_generation_prompt() -> None:
     fmt = chat_format_for("template", template, "<s>", "</s>")
     assert fmt.render([SYSTEM]) == "[system]You are FileBot.</s>"
     assert fmt.stop == ("</s>",)
+
+
+# Templates written for these tests in the ways published ones behave (not copies of any).
+REFUSES_SYSTEM = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+IGNORES_SYSTEM = (
+    "{% for m in messages %}{% if m.role != 'system' %}<{{ m.role }}>{{ m.content }}\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+DATED_WITH_TOOLS_AND_THINKING = (
+    "{% if messages[0].role == 'system' %}{% set system = messages[0].content %}"
+    "{% set rest = messages[1:] %}{% else %}{% set system = '' %}{% set rest = messages %}"
+    "{% endif %}<sys>Today: {{ strftime_now('%d %b %Y') }}\n{{ system }}"
+    "{% if tools is defined and tools %}\nTools: {{ tools | tojson }}{% endif %}</sys>\n"
+    "{% for m in rest %}{% if loop.index > 50 %}{% break %}{% endif %}"
+    "<{{ m.role }}>{{ m.content }}</{{ m.role }}>\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}"
+    "{% endif %}"
+)
+USER = {"role": "user", "content": "next step"}
+
+
+def test_a_template_that_refuses_the_system_role_gets_it_in_the_first_user_turn() -> None:
+    fmt = chat_format_for("template", REFUSES_SYSTEM, "<s>", "</s>")
+    assert fmt.name == "template+folded-system"
+    assert fmt.render([SYSTEM, USER]) == "<s>[user]You are FileBot.\n\nnext step\n[assistant]"
+
+
+def test_a_template_that_drops_the_system_message_does_not_drop_ours() -> None:
+    fmt = chat_format_for("template", IGNORES_SYSTEM, "<s>", "</s>")
+    assert fmt.name == "template+folded-system"
+    assert "You are FileBot." in fmt.render([SYSTEM, USER])
+    history = [SYSTEM, USER, {"role": "assistant", "content": "a"}, USER]
+    assert fmt.render(history).startswith("<user>You are FileBot.\n\nnext step\n<assistant>a\n")
+
+
+def test_helpers_templates_call_are_there() -> None:
+    fmt = chat_format_for("template", DATED_WITH_TOOLS_AND_THINKING, "<s>", "</s>")
+    text = fmt.render([SYSTEM, USER])
+    assert fmt.name == "template" and "You are FileBot." in text
+    assert text.startswith("<sys>Today: ") and text.endswith("<user>next step</user>\n<assistant>")
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{% for m in messages %}{{ m.content }", "does not parse"),
+        ("{{ raise_exception('always') }}", "chat template failed: always"),
+    ],
+)
+def test_a_template_that_cannot_render_is_one_line(template: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        chat_format_for("template", template, "<s>", "</s>")

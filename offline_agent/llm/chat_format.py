@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NoReturn
 
+from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from offline_agent.errors import ModelError
@@ -26,17 +29,74 @@ class ChatFormat:
     stop: tuple[str, ...]
 
 
+_PROBE_SYSTEM = "PROBE-SYSTEM-7f3a"
+_PROBE_USER = "PROBE-USER-7f3a"
+
+
+class TemplateRaised(Exception):
+    """A chat template called raise_exception (e.g. "System role not supported")."""
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise TemplateRaised(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _fold_system(messages: Sequence[Message]) -> list[Message]:
+    """The system message put at the head of the first user turn, for templates that have
+    no system role (they refuse it, or leave it out)."""
+    if not messages or messages[0]["role"] != "system":
+        return list(messages)
+    system, rest = messages[0], list(messages[1:])
+    if rest and rest[0]["role"] == "user":
+        first = Message(role="user", content=f"{system['content']}\n\n{rest[0]['content']}")
+        return [first, *rest[1:]]
+    return [Message(role="user", content=system["content"]), *rest]
+
+
 def from_template(template: str, bos: str, eos: str) -> ChatFormat:
-    """A format from the Jinja chat template stored in a GGUF file."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    compiled = env.from_string(template)
+    """A format from the Jinja chat template stored in a GGUF file.
 
-    def render(messages: Sequence[Message]) -> str:
-        return compiled.render(
-            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
-        )
+    The template gets what templates in the wild expect (as Hugging Face's tokenizers give
+    it): `raise_exception`, `strftime_now`, loop controls, `add_generation_prompt`. A
+    template that refuses a system message or leaves it out is detected once, here, with a
+    probe conversation: the system message is then folded into the first user turn
+    (named "template+folded-system"), never dropped. ModelError when it cannot render.
+    """
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+    try:
+        compiled = env.from_string(template)
+    except TemplateError as err:
+        raise ModelError(f"the model's chat template does not parse: {err}") from None
 
-    return ChatFormat("template", render, (eos,))
+    def plain(messages: Sequence[Message]) -> str:
+        try:
+            return compiled.render(
+                messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
+            )
+        except (TemplateError, TemplateRaised, TypeError, ValueError) as err:
+            raise ModelError(f"the model's chat template failed: {err}") from None
+
+    def folded(messages: Sequence[Message]) -> str:
+        return plain(_fold_system(messages))
+
+    probe = [Message(role="system", content=_PROBE_SYSTEM),
+             Message(role="user", content=_PROBE_USER)]  # fmt: skip
+    try:
+        keeps_system = _PROBE_SYSTEM in plain(probe)
+    except ModelError:
+        keeps_system = False
+    if keeps_system:
+        return ChatFormat("template", plain, (eos,))
+    if _PROBE_SYSTEM not in folded(probe):  # raises if it cannot render even that
+        raise ModelError("the model's chat template drops the conversation's first message")
+    return ChatFormat("template+folded-system", folded, (eos,))
 
 
 def _gemma(messages: Sequence[Message]) -> str:
