@@ -43,6 +43,7 @@ from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
 from offline_agent.tools.base import ShellPolicy
+from offline_agent.tools.user import with_user_tools
 from offline_agent.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class RunSettings:
     python_timeout: float = 30.0
     sandbox: bool = True
     """Programs the agent starts run in the kernel sandbox (`offline_agent.sandbox`)."""
+    tools: tuple[Path, ...] = ()
+    """Python files whose functions are commands too (`offline_agent.tools.user`)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for run.json; an API key is never written."""
@@ -83,6 +86,7 @@ class RunSettings:
             }
         for key in ("models_dir", "workspace", "runs_dir", "memory_dir"):
             data[key] = None if data[key] is None else str(data[key])
+        data["tools"] = [str(path) for path in self.tools]
         return data
 
     @classmethod
@@ -111,6 +115,7 @@ class RunSettings:
                 python_timeout=data["python_timeout"],
                 # Runs recorded before the sandbox resume inside it.
                 sandbox=data.get("sandbox", True),
+                tools=tuple(Path(path) for path in data.get("tools") or ()),
                 shell=ShellPolicy(
                     frozenset(shell["allow"]) if shell["allow"] is not None else None,
                     frozenset(shell["deny"]),
@@ -129,15 +134,20 @@ def build_agent(
     model: ChatModel | None = None,
     record: Callable[[ChatModel], RunRecord] | None = None,
 ) -> Agent:
-    """Open the workspace, the model and memory named by `settings`, and make the agent.
+    """Open the workspace, the commands, the model and memory named by `settings`, and make
+    the agent.
 
+    The user's commands load before the model, so that a bad one is an error at once.
     `record` opens the run's record once everything else is open, so that a model that
     fails to load leaves no empty run behind. `model`, when given, is the already loaded
-    model `settings` names (the benchmark loads
-    one for many runs). The caller gives the agent its run record once the model has
-    loaded, so that a model that fails to load leaves no empty run behind.
+    model `settings` names (the benchmark loads one for many runs).
     """
     workspace = Workspace.create(settings.workspace)
+    memory_on = settings.memory_dir is not None
+    tools = with_user_tools(
+        run_tools(settings.rules, memory=memory_on, shell=settings.shell is not None),
+        settings.tools,
+    )
     if model is None:
         model = open_model(
             settings.model, settings.llama, settings.models_dir, settings.chat_format, settings.http
@@ -148,7 +158,6 @@ def build_agent(
         if isinstance(model, HttpModel):  # the model computes elsewhere: load memory now
             memory.preload()
         # Otherwise the agent starts loading it once the first reply is in (`Agent._step`).
-    tools = run_tools(settings.rules, memory=memory is not None, shell=settings.shell is not None)
     examples: list[str] = []
     if settings.rules.examples:
         embedder = memory.embedder if memory is not None else SentenceTransformerEmbedder()

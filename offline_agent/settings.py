@@ -58,9 +58,10 @@ def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Pr
     return Profile(name, role, tuple(goals))
 
 
-def load_ai_settings(path: Path) -> tuple[Profile, Rules]:
-    """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals), and the step
-    rules its optional `rules:` mapping switches (`agent_commands: on`)."""
+def load_ai_settings(path: Path) -> tuple[Profile, Rules, tuple[Path, ...]]:
+    """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals), the step
+    rules its optional `rules:` mapping switches (`agent_commands: on`), and the Python
+    files of commands its optional `tools:` list names (relative to the YAML file)."""
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -81,7 +82,11 @@ def load_ai_settings(path: Path) -> tuple[Profile, Rules]:
     if not isinstance(rules, dict):
         raise ConfigError(f"{path}: rules must be a mapping such as {{agent_commands: on}}")
     items = [f"{k}={_yaml_value(v)}" for k, v in rules.items()]
-    return make_profile(data["ai_name"], data["ai_role"], goals), Rules.parse(items)
+    tools = data.get("tools") or []
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        raise ConfigError(f"{path}: tools must be a list of Python files")
+    files = tuple((path.parent / tool).expanduser().absolute() for tool in tools)
+    return make_profile(data["ai_name"], data["ai_role"], goals), Rules.parse(items), files
 
 
 def _yaml_value(value: Any) -> str:

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check, with every socket blocked, that a run needs nothing from a network.",
     ),
     "runs": ("offline_agent.cli.runs", "List, show, verify, replay and resume recorded runs."),
+    "tools": (
+        "offline_agent.cli.tools",
+        "Show the commands a run offers the model, yours included.",
+    ),
     "bench": (
         "offline_agent.cli.bench",
         "Benchmark models on a challenge suite: each attempt in a fresh workspace, judged.",

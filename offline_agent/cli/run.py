@@ -186,6 +186,13 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
     help="Seconds per program.",
 )
 @sandbox_option
+@click.option(
+    "--tools",
+    "tools_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A Python file whose functions become commands (repeatable; see `tools list`).",
+)
 @click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
 @click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
 @click.option("--shell-deny", multiple=True, help="With --allow-shell: also refuse these.")
@@ -224,9 +231,12 @@ def run(
     shell_allow: tuple[str, ...],
     shell_deny: tuple[str, ...],
     sandbox: Literal["on", "off"],
+    tools_files: tuple[Path, ...],
 ) -> None:
     """Run an agent on its goals until it finishes or a limit stops it."""
-    profile, rules = load_ai_settings(ai_settings) if ai_settings else (None, Rules())
+    profile, rules, tool_files = (
+        load_ai_settings(ai_settings) if ai_settings else (None, Rules(), ())
+    )
     profile = profile or make_profile(name, role, goals)
     rules = Rules.parse(
         [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])], rules
@@ -262,6 +272,7 @@ def run(
         continuous=continuous,
         python_timeout=python_timeout,
         sandbox=sandbox == "on",
+        tools=(*tool_files, *(path.absolute() for path in tools_files)),
         shell=ShellPolicy(
             frozenset(shell_allow) if shell_allow else None,
             DEFAULT_DENY.difference(shell_allow) | frozenset(shell_deny),

@@ -1,9 +1,10 @@
-"""The built-in commands, in the order the model sees them."""
+"""Commands: the built-in ones, in the order the model sees them, and what a user needs to
+write their own (`tool`, `ToolContext`, `Short`, `Long`; see `offline_agent.tools.user`)."""
 
 from __future__ import annotations
 
 from offline_agent.tools.agents import AGENT_TOOLS
-from offline_agent.tools.base import Tool, ToolContext, ToolRegistry, tool
+from offline_agent.tools.base import Long, Short, Tool, ToolContext, ToolRegistry, tool
 from offline_agent.tools.code import CODE_TOOLS
 from offline_agent.tools.control import CONTROL_TOOLS
 from offline_agent.tools.files import FILE_TOOLS
@@ -47,4 +48,4 @@ def builtin_tools(
     return registry
 
 
-__all__ = ["Tool", "ToolContext", "ToolRegistry", "builtin_tools", "tool"]
+__all__ = ["Long", "Short", "Tool", "ToolContext", "ToolRegistry", "builtin_tools", "tool"]
