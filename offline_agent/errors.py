@@ -41,6 +41,10 @@ class BackendError(AgentError):
     exit_code = 5
 
 
+class ToolServerGone(BackendError):
+    """A process that serves commands (an MCP server) stopped: the run cannot go on."""
+
+
 class ContextOverflowError(AgentError):
     """The fixed part of the prompt alone does not fit in the context window."""
 

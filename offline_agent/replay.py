@@ -2,7 +2,8 @@
 
 `replay` re-applies every executed command of a run, in order, to a fresh workspace and
 compares each result with the recorded one; the first difference is reported. Commands whose
-results depend on state outside the workspace (memory, sub-agents) are skipped and listed.
+results depend on state outside the workspace (memory, sub-agents, MCP servers, the user's
+own commands) are skipped and listed.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def replay(folder: Path, workspace: Workspace, tools: ToolRegistry) -> ReplayRep
         if step["status"] != "ok" or step["reply"] is None or step["result"] is None:
             continue  # nothing ran: an invalid reply, human feedback, or finish
         call = CommandCall(**step["reply"]["command"])
-        if call.name in NOT_REPLAYABLE:
+        if call.name in NOT_REPLAYABLE or call.name not in tools:
             report.skipped.append((step["index"], call.name))
             continue
         got = execute_command(tools, ctx, call).output

@@ -7,7 +7,8 @@ with, and continues the same record.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
 from offline_agent.tools.base import ShellPolicy
+from offline_agent.tools.mcp_servers import MCPServers
 from offline_agent.tools.user import with_user_tools
 from offline_agent.workspace import Workspace
 
@@ -72,6 +74,8 @@ class RunSettings:
     """Programs the agent starts run in the kernel sandbox (`offline_agent.sandbox`)."""
     tools: tuple[Path, ...] = ()
     """Python files whose functions are commands too (`offline_agent.tools.user`)."""
+    mcp: tuple[str, ...] = ()
+    """Command lines of MCP servers whose tools are commands too (`tools.mcp_servers`)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for run.json; an API key is never written."""
@@ -116,6 +120,7 @@ class RunSettings:
                 # Runs recorded before the sandbox resume inside it.
                 sandbox=data.get("sandbox", True),
                 tools=tuple(Path(path) for path in data.get("tools") or ()),
+                mcp=tuple(data.get("mcp") or ()),
                 shell=ShellPolicy(
                     frozenset(shell["allow"]) if shell["allow"] is not None else None,
                     frozenset(shell["deny"]),
@@ -132,12 +137,15 @@ def build_agent(
     events: Events,
     approve: Callable[[Step], Approval] | None,
     model: ChatModel | None = None,
-    record: Callable[[ChatModel], RunRecord] | None = None,
+    *,
+    record: Callable[[ChatModel, ToolRegistry], RunRecord] | None = None,
+    servers: MCPServers | None = None,
 ) -> Agent:
     """Open the workspace, the commands, the model and memory named by `settings`, and make
     the agent.
 
-    The user's commands load before the model, so that a bad one is an error at once.
+    The user's commands load, and `servers` (the run's MCP servers, which the caller stops)
+    start, before the model, so that a bad one is an error at once.
     `record` opens the run's record once everything else is open, so that a model that
     fails to load leaves no empty run behind. `model`, when given, is the already loaded
     model `settings` names (the benchmark loads one for many runs).
@@ -147,6 +155,7 @@ def build_agent(
     tools = with_user_tools(
         run_tools(settings.rules, memory=memory_on, shell=settings.shell is not None),
         settings.tools,
+        servers.start() if servers is not None and settings.mcp else (),
     )
     if model is None:
         model = open_model(
@@ -180,7 +189,7 @@ def build_agent(
         rules=settings.rules,
         examples=examples,
         memory=memory,
-        record=record(model) if record is not None else None,
+        record=record(model, tools) if record is not None else None,
         events=events,
         approve=None if settings.continuous else approve,
     )
@@ -314,9 +323,12 @@ class Run:
     with how the run ended whatever happens. `offline-agent run`, `runs resume` and the
     benchmark all go through it."""
 
-    def __init__(self, agent: Agent, record: RunRecord, restored: int = 0) -> None:
+    def __init__(
+        self, agent: Agent, record: RunRecord, servers: MCPServers, restored: int = 0
+    ) -> None:
         self.agent = agent
         self.record = record
+        self.servers = servers
         self.restored = restored
         """Steps taken before this process (a resumed run)."""
 
@@ -329,15 +341,19 @@ class Run:
         extra: dict[str, Any] | None = None,
         model: ChatModel | None = None,
     ) -> Run:
-        """A new run of `settings`; `extra` goes into its run.json."""
+        """A new run of `settings`; `extra` goes into its run.json, with the commands offered
+        and the MCP tools left out."""
         records: list[RunRecord] = []
+        servers = MCPServers(settings.mcp, settings.python_timeout)
 
-        def opened(loaded: ChatModel) -> RunRecord:
-            records.append(start(settings, loaded.name, extra))
+        def opened(loaded: ChatModel, tools: ToolRegistry) -> RunRecord:
+            offered = {"commands": tools.names, "mcp_left_out": servers.left_out}
+            records.append(start(settings, loaded.name, {**(extra or {}), **offered}))
             return records[0]
 
-        agent = build_agent(settings, events, approve, model, opened)
-        return cls(agent, records[0])
+        with _closed_on_error(servers):
+            agent = build_agent(settings, events, approve, model, record=opened, servers=servers)
+        return cls(agent, records[0], servers)
 
     @classmethod
     def resume(
@@ -349,8 +365,12 @@ class Run:
     ) -> Run:
         """The interrupted run in `folder`, restored to where its record ends."""
         settings, record = reopen(folder, max_steps)
-        agent = build_agent(settings, events, approve, record=lambda _: record)
-        return cls(agent, record, restore(agent, folder, record))
+        servers = MCPServers(settings.mcp, settings.python_timeout)
+        with _closed_on_error(servers):
+            agent = build_agent(
+                settings, events, approve, record=lambda *_: record, servers=servers
+            )
+            return cls(agent, record, servers, restore(agent, folder, record))
 
     def execute(self, drive: Callable[[Agent], RunResult] = Agent.run) -> RunResult:
         """Run the agent through `drive` to its end, and close the record with that end.
@@ -368,3 +388,14 @@ class Run:
             return result
         finally:
             self.record.close()
+            self.servers.close()
+
+
+@contextlib.contextmanager
+def _closed_on_error(servers: MCPServers) -> Iterator[None]:
+    """Stop the MCP servers if what follows fails (a model that does not load)."""
+    try:
+        yield
+    except BaseException:
+        servers.close()
+        raise

@@ -58,10 +58,13 @@ def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Pr
     return Profile(name, role, tuple(goals))
 
 
-def load_ai_settings(path: Path) -> tuple[Profile, Rules, tuple[Path, ...]]:
+def load_ai_settings(
+    path: Path,
+) -> tuple[Profile, Rules, tuple[Path, ...], tuple[str, ...]]:
     """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals), the step
-    rules its optional `rules:` mapping switches (`agent_commands: on`), and the Python
-    files of commands its optional `tools:` list names (relative to the YAML file)."""
+    rules its optional `rules:` mapping switches (`agent_commands: on`), the Python files
+    of commands its optional `tools:` list names (relative to the YAML file), and the MCP
+    server command lines of its optional `mcp:` list."""
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -86,7 +89,11 @@ def load_ai_settings(path: Path) -> tuple[Profile, Rules, tuple[Path, ...]]:
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise ConfigError(f"{path}: tools must be a list of Python files")
     files = tuple((path.parent / tool).expanduser().absolute() for tool in tools)
-    return make_profile(data["ai_name"], data["ai_role"], goals), Rules.parse(items), files
+    servers = data.get("mcp") or []
+    if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+        raise ConfigError(f"{path}: mcp must be a list of server command lines")
+    profile = make_profile(data["ai_name"], data["ai_role"], goals)
+    return profile, Rules.parse(items), files, tuple(servers)
 
 
 def _yaml_value(value: Any) -> str:

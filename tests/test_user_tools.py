@@ -150,6 +150,6 @@ def test_tools_list_shows_what_the_model_reads(tmp_path: Path) -> None:
     shown = CliRunner().invoke(cli, ["tools", "list", "--tools", str(tools_file(tmp_path))])
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
-    assert "add(a, b): Add two whole numbers." in lines[-4] and lines[-4].endswith("[yours]")
+    assert "add(a, b): Add two whole numbers." in lines[-4] and lines[-4].endswith("[added]")
     assert json.loads(lines[-3].split("schema: ", 1)[1])["required"] == ["a", "b"]
     assert len(run_tools(Rules(), memory=True, shell=False)) + 2 == len(lines) // 2

@@ -193,6 +193,14 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
     type=click.Path(path_type=Path),
     help="A Python file whose functions become commands (repeatable; see `tools list`).",
 )
+@click.option(
+    "--mcp",
+    "mcp_commands",
+    multiple=True,
+    metavar="COMMAND",
+    help='An MCP server to start over stdio, e.g. "python -m my_server"; its tools become '
+    "commands (repeatable). They act outside the workspace and the sandbox.",
+)
 @click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
 @click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
 @click.option("--shell-deny", multiple=True, help="With --allow-shell: also refuse these.")
@@ -232,10 +240,11 @@ def run(
     shell_deny: tuple[str, ...],
     sandbox: Literal["on", "off"],
     tools_files: tuple[Path, ...],
+    mcp_commands: tuple[str, ...],
 ) -> None:
     """Run an agent on its goals until it finishes or a limit stops it."""
-    profile, rules, tool_files = (
-        load_ai_settings(ai_settings) if ai_settings else (None, Rules(), ())
+    profile, rules, tool_files, servers = (
+        load_ai_settings(ai_settings) if ai_settings else (None, Rules(), (), ())
     )
     profile = profile or make_profile(name, role, goals)
     rules = Rules.parse(
@@ -273,6 +282,7 @@ def run(
         python_timeout=python_timeout,
         sandbox=sandbox == "on",
         tools=(*tool_files, *(path.absolute() for path in tools_files)),
+        mcp=(*servers, *mcp_commands),
         shell=ShellPolicy(
             frozenset(shell_allow) if shell_allow else None,
             DEFAULT_DENY.difference(shell_allow) | frozenset(shell_deny),
@@ -280,6 +290,15 @@ def run(
         if allow_shell
         else None,
     )
+    if continuous and settings.mcp:
+        click.secho(
+            "Note: the commands of MCP servers run without asking and act outside the "
+            f"workspace and the sandbox, with your rights: {', '.join(settings.mcp)}",
+            fg="yellow",
+            err=True,
+        )
     events = ConsoleEvents(profile.name)
     run = Run.new(settings, events, ask_user, {"argv": _redacted(sys.argv[1:])})
+    for command, why in run.servers.left_out.items():
+        click.secho(f"Left out {command}: {why}", fg="yellow", err=True)
     drive(run, events, interactive=not continuous)

@@ -124,7 +124,10 @@ def replay_run(run: str, workspace: Path | None, runs_dir: Path | None) -> None:
         raise StorageError(f"{workspace} is not empty; replay needs a fresh workspace")
     report = replay(folder, Workspace.create(root), builtin_tools())
     for index, name in report.skipped:
-        click.echo(f"step {index}: {name} not replayed (depends on state outside the workspace)")
+        click.echo(
+            f"step {index}: {name} not replayed (an MCP server's, your own, or a command that "
+            "depends on state outside the workspace)"
+        )
     if report.divergence is not None:
         d = report.divergence
         raise ReplayDivergedError(

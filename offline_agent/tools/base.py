@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
-from offline_agent.errors import AgentError, Finished, ToolError
+import jsonschema
+
+from offline_agent.errors import AgentError, Finished, ToolError, ToolServerGone
 from offline_agent.records import CommandCall, ToolResult
 from offline_agent.sandbox import Sandbox, SandboxUnavailable, sandbox_problem
 
@@ -214,9 +216,15 @@ class Tool:
     required: tuple[str, ...]
     names: dict[str, Names] = field(default_factory=dict)
     """Arguments that name something that must exist (see `Names`)."""
+    schema: dict[str, Any] | None = None
+    """The whole JSON schema of `args` when an outside tool gives one (an MCP server's);
+    then `parameters` only describe it for the prompt, and arguments are checked against
+    it."""
 
     def args_schema(self) -> dict[str, Any]:
         """JSON schema of this command's `args` object."""
+        if self.schema is not None:
+            return self.schema
         return {
             "type": "object",
             "properties": self.parameters,
@@ -237,6 +245,14 @@ class Tool:
 
     def check_args(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return `args` with types checked; raise ToolError naming what is wrong."""
+        if self.schema is not None:
+            problem = next(
+                iter(jsonschema.Draft202012Validator(self.schema).iter_errors(args)), None
+            )
+            if problem is not None:
+                where = "/".join(str(p) for p in problem.absolute_path) or "args"
+                raise ToolError(f"{self.name}: {where}: {problem.message}")
+            return args
         unknown = sorted(set(args) - set(self.parameters))
         if unknown:
             raise ToolError(f"{self.name} takes no argument named {', '.join(unknown)}")
@@ -324,7 +340,7 @@ def execute_command(tools: ToolRegistry, ctx: ToolContext, call: CommandCall) ->
     """Run a command; its failures become the observation the model sees."""
     try:
         return ToolResult(tools.get(call.name)(ctx, call.args))
-    except Finished:
+    except (Finished, ToolServerGone):
         raise
     except AgentError as err:
         return ToolResult(f"Error: {err}", ok=False)

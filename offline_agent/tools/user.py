@@ -72,14 +72,22 @@ def load_tools(path: Path, taken: Sequence[str] = ()) -> list[Tool]:
     return found
 
 
-def with_user_tools(builtins: ToolRegistry, files: Sequence[Path]) -> ToolRegistry:
-    """The built-in commands with the files' commands added before `finish`."""
+def with_user_tools(
+    builtins: ToolRegistry, files: Sequence[Path], more: Sequence[Tool] = ()
+) -> ToolRegistry:
+    """The built-in commands with the files' commands, then `more` (an MCP server's),
+    added before `finish`; ConfigError when a name is taken twice."""
     taken = list(builtins.names)
     added: list[Tool] = []
     for path in files:
         for command in load_tools(path, taken):
             taken.append(command.name)
             added.append(command)
+    for command in more:
+        if command.name in taken:
+            raise ConfigError(f"command {command.name} of an MCP server has a name already taken")
+        taken.append(command.name)
+        added.append(command)
     if not added:
         return builtins
     rest = [t for t in builtins if t.name != "finish"]
