@@ -7,7 +7,7 @@ emit: `$ref`/`$defs`, `anyOf` for optional values, `oneOf`, `enum`, formats, pat
 nested objects and arrays, bounds, `not`), compile a tool schema that uses it with
 llguidance (what `--mcp` checks at start) and with llama.cpp's GBNF converter (the
 `--grammar-engine llama` path), and say whether each accepted it. `--write` puts the table
-in docs/benchmarks.md.
+in docs/tools.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from benchlib import write_doc_block
 
 from offline_agent.tools.mcp_servers import _schema_problem
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "tools.md"
 
 
 def obj(properties: dict[str, Any], **more: Any) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def llama_problem(schema: dict[str, Any]) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true", help="update docs/tools.md")
     args = parser.parse_args()
     rows = [
         "| schema feature | llguidance (`--mcp` checks this) | llama.cpp GBNF converter |",
@@ -86,7 +86,7 @@ def main() -> None:
     table = "\n".join(rows)
     print(table)
     if args.write:
-        write_doc_block(DOC, "mcp-schemas", table, "Benchmarks", "MCP tool schemas")
+        write_doc_block(DOC, "mcp-schemas", table, "Tools", "Which schemas the grammar holds")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from offline_agent.bench.runner import (
 from offline_agent.bench.scoreboard import score, wilson
 from offline_agent.cli import cli
 from offline_agent.records import Completion, Step
+from offline_agent.replay import recorded_steps
 from offline_agent.runs import verify
 from tests.conftest import FINISH, NONE, make_agent, reply
 
@@ -323,3 +325,32 @@ def test_llm_evals_are_scored_by_the_judge_model(tmp_path: Path, script: str) ->
     assert (with_judge.passed, with_judge.judged) == (True, "passed: llm: output.txt")
     [without] = Runner(settings(root, script, repeats=1), load_suite(root), tmp_path / "b").run()
     assert not without.passed and "judge model" in without.judged
+
+
+def test_bench_takes_the_users_tools_and_mcp_servers(tmp_path: Path, suite: Path) -> None:
+    """Models compared on goals that need a user's commands: a tools file and an MCP server
+    (the published reference server) are there in every attempt."""
+    tools = tmp_path / "my_tools.py"
+    tools.write_text(
+        'def shout(text: str) -> str:\n    """Say it louder.\n\n    Args:\n'
+        '        text: what to say\n    """\n    return text.upper()\n'
+    )
+    replies = [reply("shout", text="washington"),
+               reply("mcp_time_get_current_time", timezone="UTC"),
+               reply("write_file", filename="output.txt", text="Washington"), FINISH]  # fmt: skip
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(replies))
+    out = tmp_path / "out"
+    server = f"{sys.executable} -m mcp_server_time --local-timezone UTC"
+    result = CliRunner().invoke(cli, [
+        "bench", "--suite", str(suite), "--model", f"scripted:{path}", "--repeats", "1",
+        "--out", str(out), "--rule", "none", "--no-report", "--challenge", "WriteWashington",
+        "--tools", str(tools), "--mcp", server,
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (attempt,) = read_results(out)
+    assert attempt.passed
+    outputs = [s["result"]["output"] for s in recorded_steps(out / "runs" / attempt.run_id)]
+    assert outputs[0] == "WASHINGTON" and '"timezone": "UTC"' in outputs[1]
+    saved = json.loads((out / "bench.json").read_text())["settings"]
+    assert saved["tools"] == [str(tools)] and saved["mcp"] == [server]

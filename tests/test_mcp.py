@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli import cli
-from offline_agent.errors import ConfigError
+from offline_agent.errors import ConfigError, Finished
+from offline_agent.llm import LlamaOptions, open_model
+from offline_agent.records import Profile
 from offline_agent.replay import recorded_steps
 from offline_agent.runs import RunMeta, read_entries
-from offline_agent.tools import ToolContext
+from offline_agent.state import Rules
+from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
 from offline_agent.tools.mcp_servers import MCPServers
 from offline_agent.workspace import Workspace
 from tests.conftest import FINISH, reply, script
@@ -139,3 +143,42 @@ def test_a_server_that_dies_ends_the_run_with_an_intact_record(tmp_path: Path, s
     assert end["type"] == "end" and end["result"]["status"] == "error"
     assert [s["status"] for s in recorded_steps(run)] == ["ok", "error"]
     assert json.loads((run / "run.json").read_text())["settings"]["mcp"] == [server]
+
+
+PUBLISHED = f"{sys.executable} -m mcp_server_time --local-timezone UTC"
+
+
+def test_a_published_server_from_the_registry_works_offline(tmp_path: Path) -> None:
+    """mcp-server-time (the MCP project's reference server, installed from the registry)."""
+    replies = [reply("mcp_time_get_current_time", timezone="Europe/Paris"), FINISH]
+    code, err, run = run_with(tmp_path, PUBLISHED, replies)
+    assert code == 0, err
+    answer = json.loads(recorded_steps(run)[0]["result"]["output"])
+    assert answer["timezone"] == "Europe/Paris" and "datetime" in answer
+
+
+def test_the_real_model_calls_an_mcp_tool_only_validly(
+    real_models: dict[str, Path], tmp_path: Path, server: str
+) -> None:
+    """SmolLM2 with only the server's commands and finish (not offered before a success):
+    its first reply must call an MCP tool, and the grammar makes the call valid."""
+
+    model = open_model(str(real_models["smollm2-135m"]), LlamaOptions(seed=0), tmp_path)
+    with MCPServers([server], call_seconds=5) as servers:
+        finish = builtin_tools().get("finish")
+        tools = ToolRegistry([*servers.start(), finish])
+        profile = Profile("Calc", "an assistant with a calculator", ("Add 20 and 22.",))
+        ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"))
+        agent = Agent(profile, model, tools, ctx, AgentConfig(max_steps=3), rules=Rules())
+        calls = 0
+        for _ in range(3):
+            try:
+                step = agent.step()
+            except Finished:
+                break
+            assert step.status == "ok" and step.reply is not None, step.error
+            # The arguments held to the server's own schema, and the server ran the call.
+            tools.get(step.reply.command.name).check_args(step.reply.command.args)
+            assert step.result is not None
+            calls += 1
+        assert calls >= 1

@@ -71,18 +71,23 @@ class BenchSettings:
     models_dir: Path = field(default=Path())
     sandbox: bool = True
     """Programs the agents start run in the kernel sandbox (`offline_agent.sandbox`)."""
+    tools: tuple[str, ...] = ()
+    """Python files of the user's own commands, for every attempt (`--tools`)."""
+    mcp: tuple[str, ...] = ()
+    """MCP servers started for every attempt (`--mcp`)."""
 
     # What may differ between two invocations that write to the same results folder: the
     # attempts they cover, and where the files live. Everything else changes the numbers.
     EXTENSIBLE: ClassVar[tuple[str, ...]] = ("models", "repeats", "threads", "models_dir", "suite")
     # Settings added later, with the value results saved before them were made with.
-    ADDED: ClassVar[dict[str, Any]] = {"sandbox": False}
+    ADDED: ClassVar[dict[str, Any]] = {"sandbox": False, "tools": [], "mcp": []}
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for bench.json."""
         data = asdict(self)
         data["models"] = list(self.models)
         data["models_dir"] = str(self.models_dir)
+        data["tools"], data["mcp"] = list(self.tools), list(self.mcp)
         return data
 
     def conflicts(self, saved: dict[str, Any]) -> list[str]:
@@ -411,6 +416,8 @@ class Runner:
             continuous=True,
             python_timeout=min(30.0, float(planned.challenge.cutoff)),
             sandbox=s.sandbox,
+            tools=tuple(Path(path) for path in s.tools),
+            mcp=s.mcp,
         )
 
     def attempt(self, planned: Planned, model: ChatModel) -> Attempt:

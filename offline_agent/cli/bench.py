@@ -142,6 +142,20 @@ def _print_report(out: Path) -> None:
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--no-report", is_flag=True, help="Do not rebuild the report at the end.")
 @sandbox_option
+@click.option(
+    "--tools",
+    "tools_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A Python file whose functions become commands in every attempt (as `run`).",
+)
+@click.option(
+    "--mcp",
+    "mcp_commands",
+    multiple=True,
+    metavar="COMMAND",
+    help="An MCP server started for every attempt (as `run`).",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -166,6 +180,8 @@ def bench(
     models_dir: Path | None,
     no_report: bool,
     sandbox: Literal["on", "off"],
+    tools_files: tuple[Path, ...],
+    mcp_commands: tuple[str, ...],
 ) -> None:
     """Benchmark models on a challenge suite: each attempt in a fresh workspace, judged."""
     if ctx.invoked_subcommand is not None:
@@ -199,6 +215,8 @@ def bench(
         judge_model=judge_model,
         models_dir=models_dir,
         sandbox=sandbox == "on",
+        tools=tuple(str(path.absolute()) for path in tools_files),
+        mcp=mcp_commands,
     )
     command = shlex.join(["offline-agent", *sys.argv[1:]])
     runner = Runner(settings, challenges, out, ConsoleProgress(), command)

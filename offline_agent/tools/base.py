@@ -237,7 +237,9 @@ class Tool:
         `name(a): description. Arguments: a, what a is.`: no placeholder in the place of a
         JSON value, which small models copy as the value."""
         if prose:
-            args = "; ".join(f"{name}, {self.arg_docs[name]}" for name in self.parameters)
+            args = "; ".join(
+                f"{name}, {self.arg_docs[name].rstrip('.')}" for name in self.parameters
+            )
             described = f" Arguments: {args}." if args else ""
             return f"{self.name}({', '.join(self.parameters)}): {self.description}{described}"
         args = ", ".join(f'"{name}": <{self.arg_docs[name]}>' for name in self.parameters)
