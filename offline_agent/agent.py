@@ -201,13 +201,10 @@ class Agent:
         history, step count, invalid replies in a row, the rules' progress, pending notes."""
         self.history = [message for step in steps for message in step["history"]]
         self.steps_taken = len(steps)
-        invalid = ("format_error", "truncated")
-        self._format_errors = sum(1 for _ in itertools.takewhile(
-            lambda step: step["status"] in invalid, reversed(steps)))  # fmt: skip
-        stale = self.steering.restore(steps, self.ctx)
-        self._notes = (
-            self._loop_notes(steps[-1]["reply"]["command"]["name"], stale) if stale else []
-        )
+        invalid = itertools.takewhile(lambda s: s["status"] in ("format_error", "truncated"),
+                                      reversed(steps))  # fmt: skip
+        self._format_errors = len(list(invalid))
+        self._notes = self.steering.restore(steps, self.ctx)
         if self.ctx.agents is not None:  # sub-agents reloaded by the caller are not news
             self._agents_version = self.ctx.agents.version
 
@@ -296,18 +293,7 @@ class Agent:
             raise RunEnded(
                 "loop", f"{stale} commands in a row ran just before or returned the same as before"
             )
-        self._notes += self._loop_notes(reply.command.name, stale)
-
-    def _loop_notes(self, command: str, stale: int) -> list[str]:
-        """What the next request says about `stale` repeating steps of `command` in a row."""
-        if not stale:
-            return []
-        return [
-            f"{command} with these arguments ran just before or returned the same before "
-            f"({stale} such step{'s' if stale > 1 else ''} in a row); running it again "
-            "changes nothing."
-            + (" If every goal is done, use finish." if self.steering.may_finish else "")
-        ]
+        self._notes += self.steering.repeat_notes(reply.command.name, stale)
 
     def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:
         """Append the step's request, reply and outcome to history; remember the exchange."""

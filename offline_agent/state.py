@@ -472,29 +472,29 @@ class Steering:
         """Note a command about to run in the workspace as `plan` last saw it."""
         self._ran.append((call, self._now))
 
-    def restore(self, steps: Sequence[dict[str, Any]], ctx: ToolContext) -> int:
+    def restore(self, steps: Sequence[dict[str, Any]], ctx: ToolContext) -> list[str]:
         """Rebuild this run's progress from its recorded steps as if they had just run; the
-        stale count the last step left (what its note said). An invalid reply leaves the
+        notes the last step left for the next request. An invalid reply leaves the repeat
         count as it was (as in the loop: a model that alternates a repeat and an invalid
         reply is still looping).
 
         Each step's snapshot stands for the `plan` that step made (a workspace bigger than
         `RECORDED_FILES` files was not recorded; the snapshot of now stands in for it).
         """
-        stale = 0
+        notes: list[str] = []
         for step in steps:
             saved = step.get("snapshot")
             self._now = Snapshot.from_json(saved) if saved else Snapshot.take(ctx)
             self.view.observe(self._now)
             self._held_back = ""
             reply, result = step.get("reply"), step.get("result")
+            notes = []
             if step["status"] == "ok" and reply and result is not None:
                 call = CommandCall(**reply["command"])
                 self.running(call)
                 stale = self.ran(call, bool(result.get("ok")), step["history"][-1]["content"])
-            else:
-                stale = 0
-        return stale
+                notes = self.repeat_notes(call.name, stale)
+        return notes
 
     def ran(self, call: CommandCall, ok: bool, result: str) -> int:
         """Note what a command returned; the repeating steps in a row, this one included. A
@@ -506,7 +506,13 @@ class Steering:
             self._held_back = call.name
         return stale
 
-    @property
-    def may_finish(self) -> bool:
-        """Whether a note may suggest finishing (the grammar decides whether it is offered)."""
-        return self.succeeded or not self.rules.finish_after_success
+    def repeat_notes(self, command: str, stale: int) -> list[str]:
+        """What the next request says about `stale` repeating steps of `command` in a row."""
+        if not stale:
+            return []
+        may_finish = self.succeeded or not self.rules.finish_after_success
+        return [
+            f"{command} with these arguments ran just before or returned the same before "
+            f"({stale} such step{'s' if stale > 1 else ''} in a row); running it again "
+            "changes nothing." + (" If every goal is done, use finish." if may_finish else "")
+        ]
