@@ -563,3 +563,42 @@ def test_cli_reports_library_errors_in_one_line(tmp_path: Path, mem: LongTermMem
         assert result.stderr.startswith("Error: memory in"), args
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.output
+
+
+def test_ingest_of_nothing_usable_is_one_line_and_an_error_exit(tmp_path: Path) -> None:
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "a.bin").write_bytes(b"\0\1\2" * 10)
+    (tmp_path / "empty").mkdir()
+    for folder, said in [("blobs", "(1 files not UTF-8 text)"), ("empty", "no text")]:
+        result = CliRunner().invoke(
+            memory, ["ingest", str(tmp_path / folder), "--memory-dir", str(tmp_path / "mem")]
+        )
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("Error: nothing to ingest in ") and said in line
+
+
+def test_a_second_ingest_embeds_only_what_is_new_or_changed(tmp_path: Path) -> None:
+    """Each batch is saved as it is done, and stored chunks are not embedded again: an
+    interrupted ingest run again, or a folder ingested after a change, costs only the new."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"Document {i}. " + "words " * 300)
+    counting = HashEmbedder()
+    embedded: list[str] = []
+    real_embed = counting.embed
+
+    def embed(texts: list[str]) -> Any:
+        embedded.extend(texts)
+        return real_embed(texts)
+
+    counting.embed = embed  # type: ignore[method-assign]
+    mem = open_memory(tmp_path / "mem", counting)
+    first = ingest(mem, [docs], batch=2)
+    assert first.added == first.chunks == len(embedded) > 3
+    embedded.clear()
+    (docs / "1.txt").write_text("Document 1, rewritten. " + "other " * 10)
+    second = ingest(mem, [docs], batch=2)
+    assert second.added == len(embedded) == 1  # only the changed file's one new chunk
+    assert embedded[0].startswith("Document 1, rewritten.")

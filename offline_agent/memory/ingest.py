@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offline_agent.errors import StorageError
+from offline_agent.errors import ConfigError, StorageError
 from offline_agent.memory.longterm import LongTermMemory
 
 CHUNK_CHARS = 800
@@ -146,8 +146,18 @@ def ingest(
     batch: int = BATCH,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Store every chunk of the files under `paths` in `memory`, `batch` chunks per save."""
+    """Store every chunk of the files under `paths` in `memory`, `batch` chunks per save.
+
+    Chunks already stored are not embedded again, and each batch is saved as it is done:
+    an interrupted ingest, run again, embeds only what is new or changed. ConfigError when
+    the paths hold no text at all (before anything is embedded).
+    """
+    paths = list(paths)
     chunks, report = collect_chunks(paths, size, overlap)
+    if not chunks:
+        shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        binary = f" ({len(report.skipped)} files not UTF-8 text)" if report.skipped else ""
+        raise ConfigError(f"nothing to ingest in {shown}: no text{binary}")
     if progress is not None:
         progress(0, len(chunks))
     for first in range(0, len(chunks), batch):
