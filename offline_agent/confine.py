@@ -215,6 +215,7 @@ def _run_init(config: dict[str, Any], parent_gone: int, report: int) -> None:
     command = os.fork()
     if command == 0:
         os.close(report)
+        os.close(parent_gone)  # the command inherits no descriptor of ours
         try:
             _limits(config)
             _landlock(box["read"] + readable, box["write"])
