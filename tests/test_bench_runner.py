@@ -354,3 +354,27 @@ def test_bench_takes_the_users_tools_and_mcp_servers(tmp_path: Path, suite: Path
     assert outputs[0] == "WASHINGTON" and '"timezone": "UTC"' in outputs[1]
     saved = json.loads((out / "bench.json").read_text())["settings"]
     assert saved["tools"] == [str(tools)] and saved["mcp"] == [server]
+
+
+def test_jobs_run_attempts_at_once_with_the_same_results(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    """Two worker processes give the results one at a time gives, each attempt once, and
+    the results file is written by the driver alone (whole lines, resumable)."""
+    challenge(suite, "WriteRome", "Rome", "rome.txt")
+    one, two = tmp_path / "one", tmp_path / "two"
+    Runner(settings(suite, script), load_suite(suite), one).run()
+    recorder = Recorder()
+    ran = Runner(settings(suite, script), load_suite(suite), two, recorder).run(jobs=2)
+    assert len(ran) == 6 and len(recorder.started_names) == 6
+
+    def outcome(out: Path) -> list[tuple[Any, ...]]:
+        return sorted((a.key, a.passed, a.status, a.steps, a.replies) for a in read_results(out))
+
+    assert outcome(two) == outcome(one)
+    lines = (two / RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(line) for line in lines)
+    assert {a.run_id for a in read_results(two)} == {p.name for p in (two / "runs").iterdir()}
+    # Nothing left: running again with jobs starts nothing.
+    again = Recorder()
+    assert Runner(settings(suite, script), load_suite(suite), two, again).run(jobs=2) == []

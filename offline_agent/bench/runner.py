@@ -14,7 +14,6 @@ one repeat share the model's KV cache for their common prompt prefix, as steps o
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -22,7 +21,6 @@ import re
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -297,6 +295,7 @@ class Runner:
         self.progress = progress or Progress()
         self._memory = PeakMemory()
         self._judge_model: ChatModel | None = None
+        self._held: tuple[tuple[str, int], ChatModel] | None = None
 
     def plan(self) -> tuple[list[Planned], int]:
         """The attempts still to run, model by model and repeat by repeat; and the total."""
@@ -310,23 +309,29 @@ class Runner:
         todo = [p for p in every if p.key not in done]
         return todo, len(every)
 
-    def run(self) -> list[Attempt]:
-        """Run every attempt not yet in the results; return the ones run now."""
+    def run(self, jobs: int = 1) -> list[Attempt]:
+        """Run every attempt not yet in the results, `jobs` at a time (worker processes, see
+        `bench.parallel`); return the ones run now. This process alone writes the results."""
         self.prepare()
         todo, total = self.plan()
-        done = total - len(todo)
         ran: list[Attempt] = []
         with (self.out / RESULTS_FILE).open("a", encoding="utf-8") as results:
-            for name, repeat, model in self._models(todo):
-                for planned in (p for p in todo if (p.model, p.repeat) == (name, repeat)):
-                    self.progress.started(done, total, planned)
-                    attempt = self.attempt(planned, model())
-                    results.write(json.dumps(asdict(attempt)) + "\n")
-                    results.flush()
-                    os.fsync(results.fileno())
-                    done += 1
-                    ran.append(attempt)
-                    self.progress.finished(done, total, attempt)
+
+            def save(attempt: Attempt) -> None:
+                results.write(json.dumps(asdict(attempt)) + "\n")
+                results.flush()
+                os.fsync(results.fileno())
+                ran.append(attempt)
+                self.progress.finished(total - len(todo) + len(ran), total, attempt)
+
+            if jobs > 1:
+                from offline_agent.bench.parallel import run_parallel  # noqa: PLC0415 (cycle)
+
+                run_parallel(self, todo, jobs, save, total)
+            else:
+                for planned in todo:
+                    self.progress.started(total - len(todo) + len(ran), total, planned)
+                    save(self.attempt(planned, self.model_for(planned)))
         return ran
 
     def prepare(self) -> None:
@@ -368,24 +373,21 @@ class Runner:
         s = self.settings
         return HttpOptions(s.base_url, None, s.constraint) if s.base_url else None
 
-    def _models(self, todo: list[Planned]) -> Iterator[tuple[str, int, Callable[[], ChatModel]]]:
-        """Each (model, repeat) with attempts to run, and how to get its model for an attempt.
+    def model_for(self, planned: Planned) -> ChatModel:
+        """The model of an attempt, loaded with its repeat's seed.
 
-        One model is held at a time, loaded with the repeat's seed. A scripted model replays
-        its replies from the start in every attempt, so it is reopened for each.
+        One model is held at a time, kept while attempts of the same model and repeat follow
+        one another. A scripted model replays its replies from the start in every attempt,
+        so it is reopened for each.
         """
-        for name, repeat in dict.fromkeys((p.model, p.repeat) for p in todo):
-            seed = self.settings.seed + repeat
-            if name.startswith(SCRIPTED_PREFIX):
-                yield name, repeat, functools.partial(self._open, name, seed)
-            else:
-                loaded = self._open(name, seed)
-
-                def same(loaded: ChatModel = loaded) -> ChatModel:
-                    return loaded
-
-                yield name, repeat, same
-                del loaded, same
+        seed = self.settings.seed + planned.repeat
+        if planned.model.startswith(SCRIPTED_PREFIX):
+            return self._open(planned.model, seed)
+        key = (planned.model, planned.repeat)
+        if self._held is None or self._held[0] != key:
+            self._held = None  # let the previous model go before the next one loads
+            self._held = (key, self._open(planned.model, seed))
+        return self._held[1]
 
     def _open(self, name: str, seed: int) -> ChatModel:
         return open_model(name, self._options(seed), self.settings.models_dir, http=self._http())

@@ -143,6 +143,13 @@ def _print_report(out: Path) -> None:
 @click.option("--no-report", is_flag=True, help="Do not rebuild the report at the end.")
 @sandbox_option
 @click.option(
+    "--jobs",
+    type=AT_LEAST_ONE,
+    default=1,
+    show_default=True,
+    help="Attempts at once, each in a worker process (in-process models split the cores).",
+)
+@click.option(
     "--tools",
     "tools_files",
     multiple=True,
@@ -182,6 +189,7 @@ def bench(
     sandbox: Literal["on", "off"],
     tools_files: tuple[Path, ...],
     mcp_commands: tuple[str, ...],
+    jobs: int,
 ) -> None:
     """Benchmark models on a challenge suite: each attempt in a fresh workspace, judged."""
     if ctx.invoked_subcommand is not None:
@@ -227,7 +235,7 @@ def bench(
         f"{total - len(todo)} of {total} attempts already in {out}"
     )
     try:
-        runner.run()
+        runner.run(jobs)
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted; finished attempts are saved in {out}. Run again to continue.")
         sys.exit(130)
