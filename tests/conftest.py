@@ -3,9 +3,15 @@ put them; scripted replies and an agent built around a scripted model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +179,69 @@ def craft_gguf(*, template: str | None = "{{ messages }}", version: int = 3) -> 
     head = b"GGUF" + struct.pack("<IQQ", version, 1, len(kvs)) + b"".join(kvs) + tensor
     padding = b"\0" * (-len(head) % 32)
     return head + padding + b"\0" * (4 * 8 * 4)
+
+
+# --- A fake server -------------------------------------------------------------------
+
+
+@dataclass
+class FakeServer:
+    """Answers each request with the next (status, body, delay) of `script`; keeps requests."""
+
+    url: str
+    script: list[tuple[int, Any, float]] = field(default_factory=list)
+    requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
+    route: Callable[[str, Any], tuple[int, Any, float]] | None = None
+    """When set, answers (path, body) instead of the script: for concurrent clients."""
+
+
+@contextlib.contextmanager
+def fake_server() -> Iterator[FakeServer]:
+    """A fake OpenAI-compatible server on loopback, answering from its `script`."""
+    state = FakeServer("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            state.requests.append((self.command, self.path, dict(self.headers), body))
+            if state.route is not None:
+                status, answer, delay = state.route(self.path, body)
+            else:
+                status, answer, delay = state.script.pop(0) if state.script else (404, "no", 0.0)
+            time.sleep(delay)
+            data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with fake_server() as server:
+        yield server
+
+
+def completion_body(text: str = '{"a": 1}', finish: str = "stop") -> dict[str, Any]:
+    """An OpenAI chat completion answering `text`."""
+    return {
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+    }

@@ -26,7 +26,7 @@ from offline_agent.cli import cli
 from offline_agent.records import Completion, Step
 from offline_agent.replay import recorded_steps
 from offline_agent.runs import verify
-from tests.conftest import FINISH, NONE, make_agent, reply
+from tests.conftest import FINISH, NONE, completion_body, fake_server, make_agent, reply
 
 
 def challenge(root: Path, name: str, word: str, filename: str, cutoff: int = 60) -> None:
@@ -378,3 +378,32 @@ def test_jobs_run_attempts_at_once_with_the_same_results(
     # Nothing left: running again with jobs starts nothing.
     again = Recorder()
     assert Runner(settings(suite, script), load_suite(suite), two, again).run(jobs=2) == []
+
+
+def test_each_model_on_its_own_server(tmp_path: Path, suite: Path) -> None:
+    """`--model NAME=URL`: each model's requests go to its own server, N at a time."""
+    write = json.dumps(reply("write_file", filename="output.txt", text="Washington"))
+    done = json.dumps(FINISH)
+
+    def answer(path: str, body: Any) -> tuple[int, Any, float]:
+        if path.endswith("/tokenize/count"):
+            return 404, "no", 0.0  # the client then estimates token counts
+        replied = any(m["role"] == "assistant" for m in body["messages"])
+        return 200, completion_body(done if replied else write), 0.0
+
+    with fake_server() as a, fake_server() as b:
+        a.route = b.route = answer
+        result = CliRunner().invoke(cli, [
+            "bench", "--suite", str(suite), "--challenge", "WriteWashington", "--repeats", "2",
+            "--model", f"alpha={a.url}", "--model", f"beta={b.url}", "--out", str(tmp_path / "o"),
+            "--rule", "none", "--no-report", "--jobs", "2", "--constraint", "none",
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        for server, name in ((a, "alpha"), (b, "beta")):
+            posts = [body for _, path, _, body in server.requests if path.endswith("/completions")]
+            assert len(posts) == 4 and {body["model"] for body in posts} == {name}
+    attempts = read_results(tmp_path / "o")
+    assert sorted((x.model, x.repeat, x.passed) for x in attempts) == [
+        ("alpha", 0, True), ("alpha", 1, True), ("beta", 0, True), ("beta", 1, True)]  # fmt: skip
+    saved = json.loads((tmp_path / "o" / "bench.json").read_text())["settings"]
+    assert saved["servers"] == {"alpha": a.url, "beta": b.url}

@@ -3,7 +3,6 @@ for the agent end to end, in-process vs server parity, and a server killed mid-r
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import socket
@@ -13,8 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from offline_agent.runs import RunRecord, read_entries, verify
 from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
-from tests.conftest import NONE
+from tests.conftest import NONE, FakeServer, completion_body
 
 GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
@@ -48,59 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def completion_body(text: str = '{"a": 1}', finish: str = "stop") -> dict[str, Any]:
-    return {
-        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
-    }
-
-
-# --- A fake server -------------------------------------------------------------------
-
-
-@dataclass
-class FakeServer:
-    """Answers each request with the next (status, body, delay) of `script`; keeps requests."""
-
-    url: str
-    script: list[tuple[int, Any, float]] = field(default_factory=list)
-    requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeServer]:
-    state = FakeServer("")
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            body = json.loads(raw) if raw else None
-            state.requests.append((self.command, self.path, dict(self.headers), body))
-            status, answer, delay = state.script.pop(0) if state.script else (404, "no", 0.0)
-            time.sleep(delay)
-            data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 def http_model(url: str, sleeps: list[float], **options: Any) -> HttpModel:

@@ -51,7 +51,7 @@ def run_parallel(
 ) -> None:
     """Run `todo` in `jobs` worker processes, passing each attempt to `save` as it ends."""
     settings = runner.settings
-    if settings.threads is None and settings.base_url is None:
+    if settings.threads is None and settings.base_url is None and not settings.servers:
         settings = replace(settings, threads=max(1, usable_cores() // jobs))
     context = multiprocessing.get_context("spawn")  # no fork of a process holding a model
     pool = ProcessPoolExecutor(

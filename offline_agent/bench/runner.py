@@ -63,6 +63,8 @@ class BenchSettings:
     """The step rules every attempt runs with (`--rule`, `--reply-format`)."""
     base_url: str | None = None
     """Benchmark models served by an OpenAI-compatible server instead of in-process."""
+    servers: tuple[tuple[str, str], ...] = ()
+    """(model, URL): a model served by a server of its own (`--model NAME=URL`)."""
     constraint: Constraint = "json_object"
     judge_model: str | None = None
     """The local model that scores `llm` evals (greedy, in-process); without one they fail."""
@@ -78,7 +80,7 @@ class BenchSettings:
     # attempts they cover, and where the files live. Everything else changes the numbers.
     EXTENSIBLE: ClassVar[tuple[str, ...]] = ("models", "repeats", "threads", "models_dir", "suite")
     # Settings added later, with the value results saved before them were made with.
-    ADDED: ClassVar[dict[str, Any]] = {"sandbox": False, "tools": [], "mcp": []}
+    ADDED: ClassVar[dict[str, Any]] = {"sandbox": False, "tools": [], "mcp": [], "servers": {}}
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for bench.json."""
@@ -86,6 +88,7 @@ class BenchSettings:
         data["models"] = list(self.models)
         data["models_dir"] = str(self.models_dir)
         data["tools"], data["mcp"] = list(self.tools), list(self.mcp)
+        data["servers"] = dict(self.servers)
         return data
 
     def conflicts(self, saved: dict[str, Any]) -> list[str]:
@@ -369,9 +372,11 @@ class Runner:
             s.n_ctx, s.threads, s.n_gpu_layers, seed, s.temperature, s.grammar_engine
         )
 
-    def _http(self) -> HttpOptions | None:
+    def _http(self, model: str) -> HttpOptions | None:
+        """Where `model` is served: its own server, else `--base-url`; None: in-process."""
         s = self.settings
-        return HttpOptions(s.base_url, None, s.constraint) if s.base_url else None
+        url = dict(s.servers).get(model) or s.base_url
+        return HttpOptions(url, None, s.constraint) if url else None
 
     def model_for(self, planned: Planned) -> ChatModel:
         """The model of an attempt, loaded with its repeat's seed.
@@ -390,7 +395,8 @@ class Runner:
         return self._held[1]
 
     def _open(self, name: str, seed: int) -> ChatModel:
-        return open_model(name, self._options(seed), self.settings.models_dir, http=self._http())
+        http = self._http(name)
+        return open_model(name, self._options(seed), self.settings.models_dir, http=http)
 
     def _judge(self, challenge: Challenge) -> ChatModel | None:
         """The judge model for an `llm` eval, loaded on first use."""
@@ -413,7 +419,7 @@ class Runner:
             llama=self._options(s.seed + planned.repeat),
             agent=AgentConfig(max_steps=s.max_steps, time_limit=float(planned.challenge.cutoff)),
             rules=s.rules,
-            http=self._http(),
+            http=self._http(planned.model),
             memory_dir=memory,
             continuous=True,
             python_timeout=min(30.0, float(planned.challenge.cutoff)),

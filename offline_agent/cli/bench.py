@@ -92,7 +92,8 @@ def _print_report(out: Path) -> None:
     "--model",
     "models",
     multiple=True,
-    help="Registry name, GGUF path or scripted:FILE; repeat to compare (default: the default).",
+    help="Registry name, GGUF path or scripted:FILE, or NAME=URL for a model served by its "
+    "own OpenAI-compatible server; repeat to compare (default: the default).",
 )
 @click.option(
     "--repeats",
@@ -205,6 +206,12 @@ def bench(
     models_dir = models_dir or default_models_dir()
     if not models:
         models = (load_registry(user_registry_path(models_dir)).default,)
+    # NAME=URL: that model is served by its own OpenAI-compatible server.
+    named = [
+        m.split("=", 1) if "=" in m and "://" in m.split("=", 1)[1] else [m, ""] for m in models
+    ]
+    models = tuple(name for name, _ in named)
+    servers = tuple((name, url) for name, url in named if url)
     settings = BenchSettings(
         suite=suite if suite == "builtin" else str(Path(suite).resolve()),
         models=models,
@@ -219,6 +226,7 @@ def bench(
         memory=memory,
         rules=rules,
         base_url=base_url,
+        servers=servers,
         constraint=constraint,
         judge_model=judge_model,
         models_dir=models_dir,
