@@ -4,10 +4,10 @@
 
 For each feature found in published MCP servers' tool schemas (what pydantic and zod
 emit: `$ref`/`$defs`, `anyOf` for optional values, `oneOf`, `enum`, formats, patterns,
-nested objects and arrays, bounds, `not`), compile a tool schema that uses it with
-llguidance (what `--mcp` checks at start) and with llama.cpp's GBNF converter (the
-`--grammar-engine llama` path), and say whether each accepted it. `--write` puts the table
-in docs/tools.md.
+nested objects and arrays, bounds, `not`), compile a reply schema whose command's
+arguments use it (references inlined, as `--mcp` does) with llguidance (what `--mcp`
+checks at start) and with llama.cpp's GBNF converter (the `--grammar-engine llama` path),
+and say whether each accepted it. `--write` puts the table in docs/tools.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from benchlib import write_doc_block
 
-from offline_agent.tools.mcp_servers import _schema_problem
+from offline_agent.tools.mcp_servers import _schema_problem, inline_refs, reply_schema_for
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "tools.md"
 
@@ -78,7 +78,9 @@ def main() -> None:
         "|---|---|---|",
     ]
     for name, schema in FEATURES.items():
-        guided, llama = _schema_problem(schema), llama_problem(schema)
+        # As `--mcp` does: references inlined, then the schema nested in a reply schema.
+        nested = reply_schema_for(inline_refs(schema))
+        guided, llama = _schema_problem(nested), llama_problem(nested)
         rows.append(
             f"| {name} | {'yes' if guided is None else 'no: ' + guided} | "
             f"{'yes' if llama is None else 'no: ' + llama} |"

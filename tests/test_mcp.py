@@ -29,7 +29,7 @@ import os, sys, time
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 app = MCPServer("Notes Server")
 
@@ -50,6 +50,17 @@ def shout(text: str) -> str:
     if text == "hang":
         time.sleep(100)
     return text.upper()
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+@app.tool()
+def norm(p: Point) -> float:
+    """The length of a point's vector (its schema refers to $defs)."""
+    return (p.x ** 2 + p.y ** 2) ** 0.5
 
 
 @app.tool()
@@ -83,11 +94,14 @@ def test_tools_become_commands_and_calls_become_observations(tmp_path: Path, ser
     ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"))
     with MCPServers([server], call_seconds=2) as servers:
         tools = {t.name: t for t in servers.start()}
-        assert sorted(tools) == ["notes_server_add", "notes_server_shout"]
+        assert sorted(tools) == ["notes_server_add", "notes_server_norm", "notes_server_shout"]
         # A schema the grammar cannot hold exactly is left out, and said why; never loosened.
         assert list(servers.left_out) == ["notes_server_pick"]
         assert tools["notes_server_add"].args_schema()["additionalProperties"] is False
         assert tools["notes_server_add"](ctx, {"a": 2, "b": 40}) == "42"
+        # $defs are inlined: the schema means the same nested in the reply schema.
+        assert "$ref" not in json.dumps(tools["notes_server_norm"].args_schema())
+        assert tools["notes_server_norm"](ctx, {"p": {"x": 3, "y": 4}}) == "5.0"
         assert tools["notes_server_shout"](ctx, {"text": "hi"}) == "HI"
         # A tool's error is the observation (this SDK's server hides the exception's text).
         assert tools["notes_server_shout"](ctx, {"text": "fail"}).startswith("Error: ")
@@ -117,13 +131,13 @@ def run_with(tmp_path: Path, server: str, replies: list[object]) -> tuple[int, s
 
 def test_a_run_calls_mcp_tools_and_stops_the_server(tmp_path: Path, server: str) -> None:
     replies = [reply("notes_server_add", a=20, b=22), reply("notes_server_shout", text="fail"),
-               FINISH]  # fmt: skip
+               reply("notes_server_norm", p={"x": 6, "y": 8}), FINISH]  # fmt: skip
     code, err, run = run_with(tmp_path, server, replies)
     assert code == 0, err
     assert "act outside the workspace and the sandbox" in err
     assert "Left out notes_server_pick" in err
     outputs = [s["result"]["output"] for s in recorded_steps(run)]
-    assert outputs[0] == "42" and outputs[1].startswith("Error: ")
+    assert outputs[0] == "42" and outputs[1].startswith("Error: ") and outputs[2] == "10.0"
     meta = RunMeta.load(run)
     assert "notes_server_add" in meta.extra["commands"]
     assert meta.settings["mcp"] == [server]

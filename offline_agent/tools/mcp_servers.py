@@ -45,6 +45,36 @@ class _Server:
     """Why the server stopped, once it has."""
 
 
+MAX_REF_DEPTH = 8
+"""How deep `$ref`s are inlined; a schema deeper than that (a recursive one) is left out."""
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every local `$ref` (`#/$defs/X`, `#/definitions/X`) replaced by what it
+    points at, so that it still means the same once nested in the reply schema (where `#`
+    is another root). ValueError for a reference that is not local, missing, or recursive."""
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, list):
+            return [walk(item, depth) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            ref = str(node["$ref"])
+            name = ref.rsplit("/", 1)[-1]
+            if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in defs:
+                raise ValueError(f"unsupported $ref {ref}")
+            if depth >= MAX_REF_DEPTH:
+                raise ValueError(f"$ref {ref} nests deeper than {MAX_REF_DEPTH} (recursive?)")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return walk({**defs[name], **rest}, depth + 1)
+        return {k: walk(v, depth) for k, v in node.items() if k not in ("$defs", "definitions")}
+
+    inlined: dict[str, Any] = walk(schema, 0)
+    return inlined
+
+
 def _schema_problem(schema: dict[str, Any]) -> str | None:
     """Why llguidance cannot hold `schema` exactly (None when it can)."""
     from llguidance import LLMatcher  # noqa: PLC0415 (only runs with MCP servers load it)
@@ -57,6 +87,14 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
     if failed or messages:
         return "; ".join(m.splitlines()[-1] for m in messages)[:200] or "not compilable"
     return None
+
+
+def reply_schema_for(args: dict[str, Any]) -> dict[str, Any]:
+    """A reply schema with one command whose arguments are `args`: what the grammar
+    compiles, checked as a whole (a schema can compile alone and fail nested)."""
+    command = {"type": "object", "properties": {"name": {"const": "x"}, "args": args},
+               "required": ["name", "args"]}  # fmt: skip
+    return {"type": "object", "properties": {"thought": {"type": "string"}, "command": command}}
 
 
 def _observation(result: Any) -> str:
@@ -190,11 +228,15 @@ class MCPServers:
         commands = []
         for listed in server.tools:
             name = f"{server.name}_{_NAME.sub('_', listed.name.lower()).strip('_')}"
-            schema = dict(listed.input_schema or {"type": "object"})
+            try:  # it is nested in the reply schema, where `#` is another root
+                schema = inline_refs(dict(listed.input_schema or {"type": "object"}))
+            except ValueError as err:
+                self.left_out[name] = f"its input schema cannot be held by the grammar: {err}"
+                continue
             schema.setdefault("type", "object")
             # Only the arguments the server declares: a small model adds others otherwise.
             schema.setdefault("additionalProperties", False)
-            problem = _schema_problem(schema)
+            problem = _schema_problem(reply_schema_for(schema))
             if problem is not None:
                 self.left_out[name] = f"its input schema cannot be held by the grammar: {problem}"
                 continue
