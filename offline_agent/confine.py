@@ -4,8 +4,9 @@ Run by path with `python -I -S confine.py CONFIG_JSON` (standard library only, s
 fast and never imports the package). CONFIG_JSON holds the command and its limits; with
 `"sandbox"` set the command runs:
 
-- in new user, network, mount and PID namespaces: no network at all (not even loopback),
-  no view of the machine's other processes;
+- in new user, network, mount, PID, IPC, UTS and cgroup namespaces: no network at all
+  (not even loopback), no view of the machine's other processes or their System V shared
+  memory and message queues;
 - under Landlock: it reads and runs only the paths given as `read` (the Python runtime,
   the system's libraries) and writes only under `write` (the workspace, a private
   temporary folder); TCP is refused and, where the kernel has it, signals and abstract
@@ -14,9 +15,10 @@ fast and never imports the package). CONFIG_JSON holds the command and its limit
 - as the child of a small init process: when the command's first process exits, or the
   launcher or the agent dies (even by `kill -9`), every process it started is killed.
 
-Anything that cannot be set up ends the launcher with exit code 125 and one line starting
-with `offline-agent sandbox:` (fail closed: nothing runs unconfined by accident). The
-process tree is: agent → launcher (outside the namespaces) → init (PID 1 inside) → command.
+Anything that cannot be set up ends the launcher with exit code 125 and one line on the
+status pipe (`status_fd`), which the command never holds, so a program cannot pretend the
+sandbox failed (fail closed: nothing runs unconfined by accident). The process tree is:
+agent → launcher (outside the namespaces) → init (PID 1 inside) → command.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from typing import Any
 
 SETUP_FAILED = 125
 """The launcher's exit code when the sandbox cannot be set up."""
-MARKER = "offline-agent sandbox:"
 
 _CLONE_NEWNS = 0x00020000
+_CLONE_NEWCGROUP = 0x02000000
+_CLONE_NEWUTS = 0x04000000
+_CLONE_NEWIPC = 0x08000000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
@@ -157,6 +161,8 @@ def _enter_namespaces() -> None:
     """New user, network, mount and PID namespaces (the next child is PID 1 of the last)."""
     uid, gid = os.getuid(), os.getgid()
     flags = _CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWPID
+    # IPC: no System V shared memory or message queues of the machine's other processes.
+    flags |= _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
     _check(_libc.unshare(flags), "unshare (user namespaces may be disabled)")
     try:
         _write("/proc/self/setgroups", "deny")
@@ -220,9 +226,8 @@ def _run_init(config: dict[str, Any], parent_gone: int, report: int) -> None:
             _limits(config)
             _landlock(box["read"] + readable, box["write"])
         except (SetupError, OSError) as err:
-            print(f"{MARKER} {err}", flush=True)
-            os._exit(SETUP_FAILED)
-        _exec(config["argv"])
+            _fail(config, err)
+        _exec(config)
     while True:
         pid, status = os.wait()
         if pid == command:
@@ -230,7 +235,18 @@ def _run_init(config: dict[str, Any], parent_gone: int, report: int) -> None:
             os._exit(0)
 
 
-def _exec(argv: list[str]) -> None:
+def _fail(config: dict[str, Any], err: BaseException) -> None:
+    """Say on the status pipe why the sandbox could not be set up, and end this process."""
+    with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
+        os.write(int(config["status_fd"]), str(err).encode("utf-8", "replace")[:500])
+    os._exit(SETUP_FAILED)
+
+
+def _exec(config: dict[str, Any]) -> None:
+    """Become the command; the status pipe closes on the way (the command never holds it)."""
+    argv = config["argv"]
+    with contextlib.suppress(KeyError, OSError, TypeError, ValueError):
+        os.set_inheritable(int(config["status_fd"]), False)
     try:
         os.execvp(argv[0], argv)
     except (OSError, ValueError) as err:
@@ -246,7 +262,7 @@ def main(config: dict[str, Any]) -> None:
         os._exit(SETUP_FAILED)  # the agent died while this launcher started
     if not config.get("sandbox"):
         _limits(config)
-        _exec(config["argv"])
+        _exec(config)
     _enter_namespaces()
     alive_r, alive_w = os.pipe()  # alive_w stays open in this process only
     report_r, report_w = os.pipe()
@@ -257,8 +273,7 @@ def main(config: dict[str, Any]) -> None:
         try:
             _run_init(config, alive_r, report_w)
         except (SetupError, OSError) as err:
-            print(f"{MARKER} {err}", flush=True)
-            os._exit(SETUP_FAILED)
+            _fail(config, err)
     os.close(alive_r)
     os.close(report_w)
     _, init_status = os.waitpid(init, 0)
@@ -267,8 +282,8 @@ def main(config: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    settings = json.loads(sys.argv[1])
     try:
-        main(json.loads(sys.argv[1]))
+        main(settings)
     except (SetupError, OSError) as err:
-        print(f"{MARKER} {err}", flush=True)
-        os._exit(SETUP_FAILED)
+        _fail(settings, err)

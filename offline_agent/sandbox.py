@@ -338,6 +338,10 @@ def _launch(
             "write": [str(cwd.resolve()), str(temp), *WRITABLE_DEVICES],
             "max_procs": sandbox.max_procs,
         }
+    # The launcher says why the sandbox failed on a pipe of its own, not in the output,
+    # which the program controls.
+    status_r, status_w = os.pipe()
+    config["status_fd"] = status_w
     command = [sys.executable, "-I", "-S", _LAUNCHER, json.dumps(config)]
     ctrl_c = _HeldInterrupt()
     try:
@@ -349,13 +353,18 @@ def _launch(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=(status_w,),
         )
     except (OSError, ValueError) as exc:
         ctrl_c.release()
+        os.close(status_r)
         raise ToolError(f"cannot start {Path(argv[0]).name}: {exc}") from None
     except BaseException:
         ctrl_c.release()
+        os.close(status_r)
         raise
+    finally:
+        os.close(status_w)
     output = _Output(output_limit)
     with proc:
         try:
@@ -364,7 +373,8 @@ def _launch(
         except BaseException:  # Ctrl-C or an error while waiting: nothing started lives on
             _kill_group(proc.pid)
             raise
-    text = output.text()
-    if proc.returncode == confine.SETUP_FAILED and text.startswith(confine.MARKER):
-        raise SandboxUnavailable(text.splitlines()[0].removeprefix(confine.MARKER).strip())
-    return ProcessResult(proc.returncode, text, timed_out)
+    with os.fdopen(status_r, "rb") as status:
+        failed = status.read(1000).decode("utf-8", "replace").strip()
+    if failed:
+        raise SandboxUnavailable(failed)
+    return ProcessResult(proc.returncode, output.text(), timed_out)

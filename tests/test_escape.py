@@ -8,6 +8,7 @@ the sandbox is what stops, so these tests can fail.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pwd
@@ -43,7 +44,7 @@ def code(text: str) -> dict[str, object]:
     return reply("execute_python_code", code=text)
 
 
-def cases(outside: Path, port: int, udp_port: int) -> dict[str, str]:
+def cases(outside: Path, port: int, udp_port: int, shm: int) -> dict[str, str]:
     """Escape attempts by name: Python code that prints ESCAPED <name> when it gets through."""
     home = pwd.getpwuid(os.getuid()).pw_dir
     secret = outside / "secret.txt"
@@ -83,8 +84,28 @@ def cases(outside: Path, port: int, udp_port: int) -> dict[str, str]:
             "    print('ESCAPED processes')"
         ),
         "memory_8gb": "b = bytearray(8 * 1024**3)\nprint('ESCAPED memory_8gb')",
+        "shared_memory": (  # a System V segment the test made, found by its id
+            "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\n"
+            f"at = libc.shmat({shm}, None, 0)\n"
+            "if at not in (None, ctypes.c_void_p(-1).value):\n"
+            "    print('ESCAPED shared_memory', ctypes.string_at(at, 10))"
+        ),
         "hard_link": f"import os\nos.link({str(secret)!r}, 'hl.txt'); print('linked')",
     }
+
+
+@pytest.fixture
+def segment() -> Iterator[int]:
+    """A System V shared-memory segment holding a secret; its id."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(0, 4096, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
+    assert shmid >= 0
+    at = libc.shmat(shmid, None, 0)
+    ctypes.memmove(at, b"shm secret", 10)
+    yield shmid
+    libc.shmdt(ctypes.c_void_p(at))
+    libc.shmctl(shmid, 0, None)  # IPC_RMID
 
 
 @pytest.fixture
@@ -113,12 +134,12 @@ def listeners() -> Iterator[tuple[int, int]]:
     udp.close()
 
 
-def run_suite(tmp_path: Path, ports: tuple[int, int], sandbox: str) -> dict[str, str]:
+def run_suite(tmp_path: Path, ports: tuple[int, int], sandbox: str, shm: int) -> dict[str, str]:
     """Every case, then a file command on the hard link, in one run; observation by case."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("the secret")
-    attempts = cases(outside, *ports)
+    attempts = cases(outside, *ports, shm)
     replies = [code(text) for text in attempts.values()]
     swapper = (  # between the jail's check of swap.txt and its open, a symlink may appear
         "import os, time\nopen('swap.txt', 'w').write('plain')\nif os.fork() == 0:\n"
@@ -176,8 +197,10 @@ def escaped(observations: dict[str, str]) -> set[str]:
 
 
 @pytest.mark.slow
-def test_no_escape_with_the_sandbox_on(tmp_path: Path, listeners: tuple[int, int]) -> None:
-    observations = run_suite(tmp_path, listeners, "on")
+def test_no_escape_with_the_sandbox_on(
+    tmp_path: Path, listeners: tuple[int, int], segment: int
+) -> None:
+    observations = run_suite(tmp_path, listeners, "on", segment)
     assert escaped(observations) == set(), observations
     # Each attempt was an observation the model could read, not an error of the run.
     assert "Permission denied" in observations["read_outside"]
@@ -188,12 +211,12 @@ def test_no_escape_with_the_sandbox_on(tmp_path: Path, listeners: tuple[int, int
 
 @pytest.mark.slow
 def test_the_same_escapes_succeed_with_the_sandbox_off(
-    tmp_path: Path, listeners: tuple[int, int]
+    tmp_path: Path, listeners: tuple[int, int], segment: int
 ) -> None:
-    observations = run_suite(tmp_path, listeners, "off")
+    observations = run_suite(tmp_path, listeners, "off", segment)
     expected = {"read_home", "read_outside", "read_system_secret", "write_outside",
                 "write_proc_self", "connect_loopback", "resolve_name", "daemon",
-                "processes"}  # fmt: skip
+                "processes", "shared_memory"}  # fmt: skip
     # Whether reads land inside the swap's window is chance: not asserted either way.
     assert escaped(observations) - {"symlink_swap", "swapping_daemon"} == expected, observations
     # What holds without the sandbox: the memory limit, and the file jail refuses a file

@@ -13,7 +13,7 @@ import pytest
 
 from offline_agent import sandbox
 from offline_agent.errors import ToolError
-from offline_agent.sandbox import run_python
+from offline_agent.sandbox import Sandbox, run_python
 
 
 def run(
@@ -222,3 +222,11 @@ def test_ctrl_c_while_the_child_starts_still_kills_it(
         signal.signal(signal.SIGINT, inherited)
     time.sleep(1.5)
     assert not (tmp_path / "late.txt").exists()
+
+
+def test_a_program_cannot_pretend_the_sandbox_failed(tmp_path: Path) -> None:
+    """Why the sandbox failed comes on a pipe the program never holds, not in its output."""
+    code = "print('offline-agent sandbox: fake'); raise SystemExit(125)"
+    result = run_python(["-c", code], cwd=tmp_path, timeout=10, output_limit=200,
+                        sandbox=Sandbox.default())  # fmt: skip
+    assert (result.exit_code, result.output.strip()) == (125, "offline-agent sandbox: fake")
