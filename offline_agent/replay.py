@@ -56,13 +56,15 @@ def _normalised(text: str, *roots: str) -> str:
     return text
 
 
-def replay(folder: Path, workspace: Workspace, tools: ToolRegistry) -> ReplayReport:
-    """Re-apply the recorded commands of the run in `folder` to `workspace`."""
+def replay(
+    folder: Path, workspace: Workspace, tools: ToolRegistry, *, sandbox: bool = True
+) -> ReplayReport:
+    """Re-apply the recorded commands of the run in `folder` to `workspace`; recorded code
+    runs in the sandbox unless `sandbox` is False (the caller's choice, never the record's:
+    a record is data, and whoever edits it must not be able to switch the sandbox off)."""
     meta = RunMeta.load(folder)
     original_root = str(meta.workspace) if meta.workspace else ""
-    # Code runs as it ran then: in the sandbox unless the run was made with --sandbox off.
-    confined = meta.settings.get("sandbox", True)
-    ctx = ToolContext(workspace=workspace, sandbox=Sandbox.default() if confined else None)
+    ctx = ToolContext(workspace=workspace, sandbox=Sandbox.default() if sandbox else None)
     report = ReplayReport()
     for step in recorded_steps(folder):
         if step["status"] != "ok" or step["reply"] is None or step["result"] is None:

@@ -293,3 +293,21 @@ def test_where_the_sandbox_cannot_be_set_up_code_refuses_and_doctor_fails(tmp_pa
     observation = recorded_steps(run)[0]["result"]["output"]
     assert "could not be set up" in observation and "--sandbox off" in observation
     assert not (tmp_path / "ws" / "ran.txt").exists()
+
+
+def test_a_record_cannot_switch_the_sandbox_off_for_replay(tmp_path: Path) -> None:
+    """A run made with --sandbox off replays in the sandbox unless the replay says otherwise:
+    the record is data, and anyone who can edit it could write "sandbox": false."""
+    (tmp_path / "outside.txt").write_text("outside")
+    code_ = f"print(open({str(tmp_path / 'outside.txt')!r}).read())"
+    result = CliRunner().invoke(cli, [
+        "run", "--goal", "g", "--model", script(tmp_path, [code(code_), FINISH]), "--continuous",
+        "--no-memory", "--rule", "none", "--sandbox", "off", "--workspace", str(tmp_path / "ws"),
+        "--runs-dir", str(tmp_path / "r"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "r").iterdir()
+    confined = CliRunner().invoke(cli, ["runs", "replay", str(run)])
+    assert confined.exit_code == 9 and "diverged" in confined.stderr and "Permis" in confined.stderr
+    unconfined = CliRunner().invoke(cli, ["runs", "replay", str(run), "--sandbox", "off"])
+    assert unconfined.exit_code == 0, unconfined.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from offline_agent.cli.common import AT_LEAST_ONE
+from offline_agent.cli.common import AT_LEAST_ONE, sandbox_option
 from offline_agent.cli.console import ConsoleEvents, ask_user
 from offline_agent.cli.run import drive
 from offline_agent.errors import ReplayDivergedError, StorageError
@@ -116,13 +116,14 @@ def verify_run(run: str, runs_dir: Path | None) -> None:
     help="Where to replay (default: a new temporary folder).",
 )
 @runs_dir_option
-def replay_run(run: str, workspace: Path | None, runs_dir: Path | None) -> None:
+@sandbox_option
+def replay_run(run: str, workspace: Path | None, runs_dir: Path | None, sandbox: str) -> None:
     """Re-run RUN's commands without the model and compare each result with the record."""
     folder = _folder(run, runs_dir)
     root = workspace or Path(tempfile.mkdtemp(prefix="offline-agent-replay-"))
     if workspace is not None and workspace.exists() and any(workspace.iterdir()):
         raise StorageError(f"{workspace} is not empty; replay needs a fresh workspace")
-    report = replay(folder, Workspace.create(root), builtin_tools())
+    report = replay(folder, Workspace.create(root), builtin_tools(), sandbox=sandbox == "on")
     for index, name in report.skipped:
         click.echo(
             f"step {index}: {name} not replayed (an MCP server's, your own, or a command that "
@@ -144,7 +145,21 @@ def replay_run(run: str, workspace: Path | None, runs_dir: Path | None) -> None:
 def resume(run: str, max_steps: int | None, runs_dir: Path | None) -> None:
     """Continue RUN after a crash, a kill or Ctrl-C, with its settings, history and memory."""
     folder = _folder(run, runs_dir)
-    events = ConsoleEvents(RunMeta.load(folder).name)
+    meta = RunMeta.load(folder)
+    # What the record makes this process load or start: say it before it happens.
+    asked = (
+        [f"commands from {', '.join(meta.settings.get('tools') or [])}"]
+        if meta.settings.get("tools")
+        else []
+    )
+    if meta.settings.get("mcp"):
+        asked.append(f"MCP servers {', '.join(meta.settings['mcp'])} (they act outside the "
+                     "workspace and the sandbox)")  # fmt: skip
+    if meta.settings.get("sandbox") is False:
+        asked.append("programs outside the sandbox (--sandbox off)")
+    if asked:
+        click.secho(f"This run's record asks for: {'; '.join(asked)}", fg="yellow", err=True)
+    events = ConsoleEvents(meta.name)
     resumed = Run.resume(folder, events, ask_user, max_steps)
     click.echo(f"Resuming {folder.name} after {resumed.restored} recorded steps.")
     drive(resumed, events, interactive=resumed.agent.approve is not None)
