@@ -46,6 +46,20 @@ def helper(x):
     return x
 
 
+def documented_helper(x, y):
+    """Documented, but without type hints: a helper, not a command."""
+    return x + y
+
+
+def ctx_named(ctx: str) -> str:
+    """An argument may be called ctx.
+
+    Args:
+        ctx: anything
+    """
+    return ctx
+
+
 def _private(a: int) -> int:
     """Not a command.
 
@@ -64,7 +78,7 @@ def tools_file(tmp_path: Path, text: str = TOOLS, name: str = "my_tools.py") -> 
 
 def test_decorated_and_plain_functions_become_commands(tmp_path: Path) -> None:
     commands = {c.name: c for c in load_tools(tools_file(tmp_path))}
-    assert sorted(commands) == ["add", "count_rows"]
+    assert sorted(commands) == ["add", "count_rows", "ctx_named"]
     assert commands["add"].args_schema()["properties"] == {
         "a": {"type": "integer"},
         "b": {"type": "integer"},
@@ -74,7 +88,8 @@ def test_decorated_and_plain_functions_become_commands(tmp_path: Path) -> None:
     assert commands["add"](ctx, {"a": 2, "b": 3}) == "5"
     assert commands["count_rows"](ctx, {"filename": "t.csv"}) == "2"
     registry = with_user_tools(builtin_tools(), [tools_file(tmp_path)])
-    assert registry.names[-3:] == ["count_rows", "add", "finish"]
+    assert registry.names[-4:] == ["count_rows", "add", "ctx_named", "finish"]
+    assert commands["ctx_named"](ctx, {"ctx": "hi"}) == "hi"
 
 
 @pytest.mark.parametrize(
@@ -150,6 +165,6 @@ def test_tools_list_shows_what_the_model_reads(tmp_path: Path) -> None:
     shown = CliRunner().invoke(cli, ["tools", "list", "--tools", str(tools_file(tmp_path))])
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
-    assert "add(a, b): Add two whole numbers." in lines[-4] and lines[-4].endswith("[added]")
-    assert json.loads(lines[-3].split("schema: ", 1)[1])["required"] == ["a", "b"]
-    assert len(run_tools(Rules(), memory=True, shell=False)) + 2 == len(lines) // 2
+    assert "add(a, b): Add two whole numbers." in lines[-6] and lines[-6].endswith("[added]")
+    assert json.loads(lines[-5].split("schema: ", 1)[1])["required"] == ["a", "b"]
+    assert len(run_tools(Rules(), memory=True, shell=False)) + 3 == len(lines) // 2

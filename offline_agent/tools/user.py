@@ -25,7 +25,8 @@ A module offers commands in two ways:
 A `@tool` function gets the run's `ToolContext` (the workspace jail, the limits); a plain
 public function with type hints and a docstring documenting every argument becomes a
 command too, called with the arguments alone (its result, if not text, is shown as JSON).
-Functions whose names start with `_`, and public ones without a docstring, are helpers.
+Functions whose names start with `_`, and public ones without a docstring or without a
+type hint on every argument, are helpers.
 Every command gets a branch of the reply grammar from its signature, like the built-in
 ones. User commands run in the agent's process, with the user's rights: they are the
 user's own code, not the model's.
@@ -114,27 +115,30 @@ def _import(path: Path) -> Any:
 
 
 def _is_command_function(value: object, module: str) -> bool:
-    return (
-        inspect.isfunction(value)
-        and value.__module__ == module
-        and not value.__name__.startswith("_")
-        and bool(value.__doc__)
-    )
+    """A public function of the module with a docstring and a type hint on every argument
+    (others are the module's helpers)."""
+    if not inspect.isfunction(value) or value.__module__ != module:
+        return False
+    if value.__name__.startswith("_") or not value.__doc__:
+        return False
+    parameters = inspect.signature(value).parameters.values()
+    return all(p.annotation is not inspect.Parameter.empty for p in parameters)
 
 
 def _from_function(func: Callable[..., Any], path: Path) -> Tool:
     """A command from a plain function: the arguments alone, the result shown as text."""
 
     @functools.wraps(func)
-    def call(ctx: ToolContext, *args: Any, **kwargs: Any) -> str:
+    def call(_context: ToolContext, /, *args: Any, **kwargs: Any) -> str:
         result = func(*args, **kwargs)
         return result if isinstance(result, str) else json.dumps(result, default=str)
 
-    # The signature `tool` reads: a context first, then the function's own parameters.
-    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    # The signature `tool` reads: a context first (named so as to clash with no argument of
+    # the function's), then the function's own parameters.
+    context = inspect.Parameter("_offline_agent_context", inspect.Parameter.POSITIONAL_ONLY)
     own = inspect.signature(func)
     call.__signature__ = own.replace(parameters=[context, *own.parameters.values()])  # type: ignore[attr-defined]
     try:
         return tool(call)
-    except (TypeError, NameError) as err:
-        raise ConfigError(f"{path}: {err}") from None
+    except (TypeError, NameError, KeyError, ValueError) as err:
+        raise ConfigError(f"{path}: command {func.__name__}: {err}") from None
