@@ -15,9 +15,10 @@ calls from a queue.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import re
 import shlex
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -29,6 +30,8 @@ from offline_agent.tools.base import Tool, ToolContext
 
 START_SECONDS = 30.0
 """How long a server may take to start and list its tools."""
+SHUTDOWN_SECONDS = 5.0
+"""How long a server's task may take to end before it is cancelled."""
 
 _NAME = re.compile(r"[^a-z0-9_]+")
 
@@ -43,6 +46,8 @@ class _Server:
     calls: asyncio.Queue[tuple[str, dict[str, Any], Future[Any]] | None] | None = None
     gone: str = ""
     """Why the server stopped, once it has."""
+    said: str = ""
+    """The last line the server wrote to its stderr, when it failed to start."""
 
 
 MAX_REF_DEPTH = 8
@@ -144,7 +149,10 @@ class MCPServers:
             except Exception as err:
                 self.close()
                 what = shlex.join(server.command)
-                raise ConfigError(f"MCP server {what!r} did not start: {_reason(err)}") from None
+                said = f" (it said: {server.said})" if server.said else ""
+                raise ConfigError(
+                    f"MCP server {what!r} did not start: {_reason(err)}{said}"
+                ) from None
             tools += self._commands(server)
         return tools
 
@@ -153,40 +161,52 @@ class MCPServers:
         loop, self._loop = self._loop, None
         if loop is None:
             return
-        for server in self._servers:
-            if server.calls is not None:
-                loop.call_soon_threadsafe(server.calls.put_nowait, None)
-        for task in self._tasks:
-            try:
-                task.result(timeout=10)
-            except Exception:  # a server that failed has already said why
-                task.cancel()
+        with contextlib.suppress(Exception):  # a server that failed has already said why
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        loop.close()
+        if self._thread is None or not self._thread.is_alive():
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        """Ask each server's task to end; cancel those that do not, and wait for every one,
+        so that each transport closes and ends its server process."""
+        for server in self._servers:
+            if server.calls is not None:
+                server.calls.put_nowait(None)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS) if tasks else ((), ())
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=SHUTDOWN_SECONDS)
 
     async def _serve(self, server: _Server, ready: Future[None]) -> None:
         from mcp import ClientSession, StdioServerParameters  # noqa: PLC0415
         from mcp.client.stdio import stdio_client  # noqa: PLC0415
 
         params = StdioServerParameters(command=server.command[0], args=server.command[1:])
+        # The server's stderr: its last line says why it did not start, when it does not.
+        errlog = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed in the finally below, after the except reads it)
         try:
-            with open(os.devnull, "w") as errlog:
-                async with (
-                    stdio_client(params, errlog=errlog) as (read, write),
-                    ClientSession(read, write) as session,
-                ):
-                    info = await session.initialize()
-                    listed = await session.list_tools()
-                    label = getattr(info.server_info, "name", "") or server.command[-1]
-                    server.name = _NAME.sub("_", label.lower()).strip("_") or "mcp"
-                    server.tools = list(listed.tools)
-                    server.calls = asyncio.Queue()
-                    ready.set_result(None)
-                    await self._answer(session, server)
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                info = await session.initialize()
+                listed = await session.list_tools()
+                label = getattr(info.server_info, "name", "") or server.command[-1]
+                server.name = _NAME.sub("_", label.lower()).strip("_") or "mcp"
+                server.tools = list(listed.tools)
+                server.calls = asyncio.Queue()
+                ready.set_result(None)
+                await self._answer(session, server)
         except BaseException as err:
             server.gone = _reason(err)
+            errlog.seek(0)
+            said = errlog.read().strip().splitlines()
+            server.said = said[-1][:200] if said else ""
             if not ready.done():
                 ready.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
             if server.calls is not None:  # fail what waits, and what comes later
@@ -196,6 +216,8 @@ class MCPServers:
                         item[2].set_exception(ToolServerGone(f"MCP server {server.name} stopped"))
             if not isinstance(err, Exception):
                 raise
+        finally:
+            errlog.close()
 
     async def _answer(self, session: Any, server: _Server) -> None:
         assert server.calls is not None
