@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import functools
 import json
 import os
 import selectors
@@ -81,9 +80,21 @@ class Sandbox:
         return cls(read=tuple(sorted(runtime)) + SYSTEM_READ)
 
 
-@functools.cache
 def sandbox_problem() -> str | None:
-    """Why the sandbox cannot run on this machine, or None when it can (tried once)."""
+    """Why the sandbox cannot run on this machine, or None when it can (a success is
+    remembered; a failure is tried again next time, as it may have been passing)."""
+    if not _PROBED:
+        problem = _probe()
+        if problem is not None:
+            return problem
+        _PROBED.append(True)
+    return None
+
+
+_PROBED: list[bool] = []
+
+
+def _probe() -> str | None:
     if not sys.platform.startswith("linux"):
         return f"the sandbox needs Linux (this is {sys.platform})"
     if confine.landlock_abi() < 1:

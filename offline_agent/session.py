@@ -286,7 +286,8 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
     """
     entries = read_entries(folder)
     steps = [entry["step"] for entry in entries if entry["type"] == "step"]
-    used_replies = sum(1 for step in steps if step["completion"] is not None)
+    # A step recorded as interrupted by an earlier resume has a reply but no completion.
+    used_replies = sum(1 for s in steps if s["completion"] is not None or s["reply"] is not None)
     if entries and entries[-1]["type"] == "command":
         pending = entries[-1]
         command = pending["reply"]["command"]

@@ -482,14 +482,17 @@ class Steering:
         `RECORDED_FILES` files was not recorded; the snapshot of now stands in for it).
         """
         notes: list[str] = []
+        now = Snapshot.take(ctx) if any(not step.get("snapshot") for step in steps) else None
         for step in steps:
             saved = step.get("snapshot")
-            self._now = Snapshot.from_json(saved) if saved else Snapshot.take(ctx)
+            self._now = Snapshot.from_json(saved) if saved else now or Snapshot()
             self.view.observe(self._now)
             self._held_back = ""
             reply, result = step.get("reply"), step.get("result")
             notes = []
-            if step["status"] == "ok" and reply and result is not None:
+            if step["status"] == "interrupted" and reply:  # it was running when it stopped
+                self.running(CommandCall(**reply["command"]))
+            elif step["status"] == "ok" and reply and result is not None:
                 call = CommandCall(**reply["command"])
                 self.running(call)
                 stale = self.ran(call, bool(result.get("ok")), step["history"][-1]["content"])

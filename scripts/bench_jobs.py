@@ -21,6 +21,7 @@ from pathlib import Path
 from benchlib import machine, write_doc_block
 
 from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.parallel import ParallelRunner
 from offline_agent.bench.runner import BenchSettings, Runner, read_results
 from offline_agent.state import Rules
 
@@ -32,7 +33,8 @@ def rate(settings: BenchSettings, k: int, jobs: int, folder: Path) -> tuple[floa
     """Attempts per minute with `jobs`, and each attempt's outcome."""
     challenges = load_suite("builtin")[:k]
     start = time.perf_counter()
-    Runner(settings, challenges, folder).run(jobs)
+    runner = ParallelRunner(settings, challenges, folder, jobs=jobs) if jobs > 1 else None
+    (runner or Runner(settings, challenges, folder)).run()
     minutes = (time.perf_counter() - start) / 60
     attempts = read_results(folder)
     outcomes = sorted(f"{a.challenge}:{a.passed}:{a.steps}:{a.status}" for a in attempts)

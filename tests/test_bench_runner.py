@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from offline_agent.agent import AgentConfig
 from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.parallel import ParallelRunner
 from offline_agent.bench.runner import (
     RESULTS_FILE,
     Attempt,
@@ -365,7 +366,7 @@ def test_jobs_run_attempts_at_once_with_the_same_results(
     one, two = tmp_path / "one", tmp_path / "two"
     Runner(settings(suite, script), load_suite(suite), one).run()
     recorder = Recorder()
-    ran = Runner(settings(suite, script), load_suite(suite), two, recorder).run(jobs=2)
+    ran = ParallelRunner(settings(suite, script), load_suite(suite), two, recorder, jobs=2).run()
     assert len(ran) == 6 and len(recorder.started_names) == 6
 
     def outcome(out: Path) -> list[tuple[Any, ...]]:
@@ -377,7 +378,7 @@ def test_jobs_run_attempts_at_once_with_the_same_results(
     assert {a.run_id for a in read_results(two)} == {p.name for p in (two / "runs").iterdir()}
     # Nothing left: running again with jobs starts nothing.
     again = Recorder()
-    assert Runner(settings(suite, script), load_suite(suite), two, again).run(jobs=2) == []
+    assert ParallelRunner(settings(suite, script), load_suite(suite), two, again).run() == []
 
 
 def test_each_model_on_its_own_server(tmp_path: Path, suite: Path) -> None:

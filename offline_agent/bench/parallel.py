@@ -15,7 +15,7 @@ results saved; running the same command again runs what is missing.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
@@ -42,46 +42,47 @@ def _attempt(model: str, challenge: str, repeat: int) -> dict[str, Any]:
     return asdict(runner.attempt(planned, runner.model_for(planned)))
 
 
-def run_parallel(
-    runner: Runner,
-    todo: Sequence[Planned],
-    jobs: int,
-    save: Callable[[Attempt], None],
-    total: int,
-) -> None:
-    """Run `todo` in `jobs` worker processes, passing each attempt to `save` as it ends."""
-    settings = runner.settings
-    if settings.threads is None and settings.base_url is None and not settings.servers:
-        settings = replace(settings, threads=max(1, usable_cores() // jobs))
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding a model
-    pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=context,
-        initializer=_start,
-        initargs=(settings, runner.challenges, runner.out),
-    )
-    waiting = list(todo)
-    running: dict[Future[dict[str, Any]], Planned] = {}
-    saved = total - len(todo)
-    try:
-        while waiting or running:
-            while waiting and len(running) < jobs:  # submit as workers free up, in order
-                planned = waiting.pop(0)
-                runner.progress.started(saved, total, planned)
-                future = pool.submit(
-                    _attempt, planned.model, planned.challenge.name, planned.repeat
-                )
-                running[future] = planned
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                del running[future]
-                try:
-                    save(Attempt(**future.result()))
-                except BrokenProcessPool:
-                    raise BackendError(
-                        "a benchmark worker died; the attempts saved are kept: run the same "
-                        "command again to run the ones it lost"
-                    ) from None
-                saved += 1
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+class ParallelRunner(Runner):
+    """A `Runner` whose attempts run `jobs` at a time in worker processes."""
+
+    def __init__(self, *args: Any, jobs: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.jobs = jobs
+
+    def execute(self, todo: list[Planned], save: Callable[[Attempt], None], total: int) -> None:
+        """Run `todo` in the worker processes, passing each attempt to `save` as it ends."""
+        settings, jobs = self.settings, self.jobs
+        if settings.threads is None and settings.base_url is None and not settings.servers:
+            settings = replace(settings, threads=max(1, usable_cores() // jobs))
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding a model
+        pool = ProcessPoolExecutor(
+            jobs,
+            mp_context=context,
+            initializer=_start,
+            initargs=(settings, self.challenges, self.out),
+        )
+        waiting = list(todo)
+        running: dict[Future[dict[str, Any]], Planned] = {}
+        saved = total - len(todo)
+        try:
+            while waiting or running:
+                while waiting and len(running) < jobs:  # submit as workers free up, in order
+                    planned = waiting.pop(0)
+                    self.progress.started(saved, total, planned)
+                    future = pool.submit(
+                        _attempt, planned.model, planned.challenge.name, planned.repeat
+                    )
+                    running[future] = planned
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    del running[future]
+                    try:
+                        save(Attempt(**future.result()))
+                    except BrokenProcessPool:
+                        raise BackendError(
+                            "a benchmark worker died; the attempts saved are kept: run the same "
+                            "command again to run the ones it lost"
+                        ) from None
+                    saved += 1
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -21,6 +21,7 @@ import re
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -312,9 +313,9 @@ class Runner:
         todo = [p for p in every if p.key not in done]
         return todo, len(every)
 
-    def run(self, jobs: int = 1) -> list[Attempt]:
-        """Run every attempt not yet in the results, `jobs` at a time (worker processes, see
-        `bench.parallel`); return the ones run now. This process alone writes the results."""
+    def run(self) -> list[Attempt]:
+        """Run every attempt not yet in the results; return the ones run now. This process
+        alone writes the results (`execute` may run attempts elsewhere)."""
         self.prepare()
         todo, total = self.plan()
         ran: list[Attempt] = []
@@ -327,15 +328,14 @@ class Runner:
                 ran.append(attempt)
                 self.progress.finished(total - len(todo) + len(ran), total, attempt)
 
-            if jobs > 1:
-                from offline_agent.bench.parallel import run_parallel  # noqa: PLC0415 (cycle)
-
-                run_parallel(self, todo, jobs, save, total)
-            else:
-                for planned in todo:
-                    self.progress.started(total - len(todo) + len(ran), total, planned)
-                    save(self.attempt(planned, self.model_for(planned)))
+            self.execute(todo, save, total)
         return ran
+
+    def execute(self, todo: list[Planned], save: Callable[[Attempt], None], total: int) -> None:
+        """Run `todo`, one attempt at a time in this process, passing each to `save`."""
+        for done, planned in enumerate(todo, start=total - len(todo)):
+            self.progress.started(done, total, planned)
+            save(self.attempt(planned, self.model_for(planned)))
 
     def prepare(self) -> None:
         """Create the results folder, or check that it holds results of the same settings.

@@ -11,6 +11,7 @@ from typing import Literal
 import click
 
 from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.parallel import ParallelRunner
 from offline_agent.bench.report import write_report
 from offline_agent.bench.runner import (
     Attempt,
@@ -235,7 +236,11 @@ def bench(
         mcp=mcp_commands,
     )
     command = shlex.join(["offline-agent", *sys.argv[1:]])
-    runner = Runner(settings, challenges, out, ConsoleProgress(), command)
+    runner = (
+        ParallelRunner(settings, challenges, out, ConsoleProgress(), command, jobs=jobs)
+        if jobs > 1
+        else Runner(settings, challenges, out, ConsoleProgress(), command)
+    )
     runner.prepare()
     todo, total = runner.plan()
     click.echo(
@@ -243,7 +248,7 @@ def bench(
         f"{total - len(todo)} of {total} attempts already in {out}"
     )
     try:
-        runner.run(jobs)
+        runner.run()
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted; finished attempts are saved in {out}. Run again to continue.")
         sys.exit(130)
