@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
-import resource
 import select
 import signal
 import sys
@@ -62,7 +62,11 @@ _FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@functools.cache
+def _c() -> ctypes.CDLL:
+    """The C library, loaded on first use (importing this module loads nothing)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class SetupError(Exception):
@@ -81,7 +85,7 @@ def landlock_abi() -> int:
     """The kernel's Landlock ABI version; 0 where there is none (or it is disabled)."""
     if not sys.platform.startswith("linux"):
         return 0
-    version = _libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
+    version = _c().syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
                             ctypes.c_uint32(_CREATE_RULESET_VERSION))  # fmt: skip
     return max(int(version), 0)
 
@@ -119,7 +123,7 @@ def _landlock(read: list[str], write: list[str]) -> None:
         attr.net, size = _NET_BIND_TCP | _NET_CONNECT_TCP, 16
     if abi >= 6:
         attr.scoped, size = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL, 24
-    ruleset = _check(_libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+    ruleset = _check(_c().syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                                    ctypes.c_uint32(0)), "landlock_create_ruleset")  # fmt: skip
     read_rights = _EXECUTE | _READ_FILE | _READ_DIR
     for paths, rights in ((read, read_rights), (write, handled)):
@@ -131,13 +135,13 @@ def _landlock(read: list[str], write: list[str]) -> None:
             try:
                 allowed = rights if os.path.isdir(path) else rights & _FILE_RIGHTS
                 rule = _PathBeneath(allowed=allowed & handled, parent_fd=fd)
-                _check(_libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH,
+                _check(_c().syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH,
                                      ctypes.byref(rule), ctypes.c_uint32(0)),
                        f"landlock_add_rule {path}")  # fmt: skip
             finally:
                 os.close(fd)
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(_libc.syscall(_SYS_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
+    _check(_c().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(_c().syscall(_SYS_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
     os.close(ruleset)
 
 
@@ -147,7 +151,7 @@ def _die_with_parent(parent_gone: int | None = None) -> None:
     `parent_gone` is a pipe end that reads as EOF once the parent has died (inside a new PID
     namespace the parent's pid cannot be checked).
     """
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    _check(_c().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     if parent_gone is not None and select.select([parent_gone], [], [], 0)[0]:
         os._exit(SETUP_FAILED)
 
@@ -163,7 +167,7 @@ def _enter_namespaces() -> None:
     flags = _CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWPID
     # IPC: no System V shared memory or message queues of the machine's other processes.
     flags |= _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
-    _check(_libc.unshare(flags), "unshare (user namespaces may be disabled)")
+    _check(_c().unshare(flags), "unshare (user namespaces may be disabled)")
     try:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
@@ -177,10 +181,10 @@ def _init_namespace(max_procs: int) -> list[str]:
 
     Returns the paths that became readable (the new /proc), empty where it could not be made.
     """
-    _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
+    _check(_c().mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
     readable = []
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    if _libc.mount(b"proc", b"/proc", b"proc", flags, None) == 0:
+    if _c().mount(b"proc", b"/proc", b"proc", flags, None) == 0:
         readable.append("/proc")
     # pid_max is per PID namespace since Linux 6.14; elsewhere RLIMIT_NPROC is the cap.
     with contextlib.suppress(OSError):
@@ -190,6 +194,8 @@ def _init_namespace(max_procs: int) -> list[str]:
 
 def _limits(config: dict[str, Any]) -> None:
     """The resource limits of the command (kept across exec and by its children)."""
+    import resource  # noqa: PLC0415 (Unix only: the package imports this module elsewhere too)
+
     memory = int(config.get("memory", 0))
     if memory > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))

@@ -11,6 +11,7 @@ or changed by someone who did not also rewrite the chain.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from offline_agent.records import RunResult, Step
 STEPS_FILE = "steps.jsonl"
 META_FILE = "run.json"
 HEAD_FILE = "steps.head"
+LOCK_FILE = ".lock"
 GENESIS = "0" * 64
 """What the first line of a record made before run.json was chained points back to."""
 
@@ -122,6 +124,7 @@ class RunRecord:
         self._file: IO[str] | None = None
         self._last_hash = _meta_hash(folder)
         self._lines = 0
+        self._lock = _lock(folder)
 
     @classmethod
     def create(
@@ -205,10 +208,30 @@ class RunRecord:
         write_json_atomic(self.folder / HEAD_FILE, {"lines": self._lines, "hash": self._last_hash})
 
     def close(self) -> None:
-        """Close the steps file."""
+        """Close the steps file, and let another process have the record."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        if not self._lock.closed:
+            self._lock.close()
+
+
+def _lock(folder: Path) -> IO[str]:
+    """Hold the run folder for this process, so that two processes (a run and a resume of
+    it, or two resumes) never append to one record; StorageError when another holds it.
+    The kernel lets go when the process ends, even by `kill -9`."""
+    try:
+        handle = (folder / LOCK_FILE).open("a", encoding="utf-8")
+    except OSError as err:
+        raise StorageError(f"cannot lock {folder}: {err.strerror}") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StorageError(
+            f"run {folder.name} is in use by another process (a run or a resume of it)"
+        ) from None
+    return handle
 
 
 def read_entries(folder: Path) -> list[dict[str, Any]]:

@@ -154,6 +154,8 @@ def protections() -> list[str]:
     abi = confine.landlock_abi()
     held = [f"files: the workspace, and the runtime read-only (Landlock ABI {abi})"
             if "files" in lines else "files NOT confined"]  # fmt: skip
+    if abi < 3:  # Landlock before ABI 3 (Linux 6.2) cannot refuse truncate(2)
+        held.append("truncating files the user owns NOT confined (Landlock ABI < 3)")
     held.append("no network" if "network" in lines else "network NOT cut off")
     held.append("nothing outlives a command" if "processes" in lines
                 else "processes NOT contained")  # fmt: skip

@@ -88,7 +88,7 @@ def load_ai_settings(
     tools = data.get("tools") or []
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise ConfigError(f"{path}: tools must be a list of Python files")
-    files = tuple((path.parent / tool).expanduser().absolute() for tool in tools)
+    files = tuple((path.parent / Path(tool).expanduser()).absolute() for tool in tools)
     servers = data.get("mcp") or []
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
         raise ConfigError(f"{path}: mcp must be a list of server command lines")

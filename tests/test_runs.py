@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -292,3 +294,19 @@ def test_records_carry_the_digests_of_model_grammar_and_results(tmp_path: Path) 
     first = next(e for e in read_entries(folder) if e["type"] == "step")
     assert first["result_sha256"] == hashlib.sha256(b"Wrote 5 characters to a.txt.").hexdigest()
     assert len(first["step"]["grammar_sha256"]) == 64
+
+
+def test_a_record_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """A resume of a run that is still going (or two resumes at once) is refused: two
+    writers would fork the hash chain and share one workspace."""
+    record = recorded_run(tmp_path)
+    held = RunRecord.reopen(record.folder)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from offline_agent.runs import RunRecord; RunRecord.reopen(Path(sys.argv[1]))",
+         str(record.folder)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "is in use by another process" in done.stderr
+    held.close()
+    RunRecord.reopen(record.folder).close()  # free again once the holder let go
