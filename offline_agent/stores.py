@@ -87,7 +87,8 @@ def _is_gguf(path: Path) -> bool:
 def ollama_roots(env: Mapping[str, str]) -> list[Path]:
     """Where Ollama keeps models: $OLLAMA_MODELS alone when set, else the usual places."""
     if env.get("OLLAMA_MODELS"):
-        return [Path(env["OLLAMA_MODELS"]).expanduser()]
+        root = Path(env["OLLAMA_MODELS"]).expanduser()
+        return [root] if (root / "manifests").is_dir() else []
     candidates = [_home(env) / ".ollama" / "models", Path("/usr/share/ollama/.ollama/models"),
                   Path("/var/lib/ollama/.ollama/models")]  # fmt: skip
     return [root for root in candidates if (root / "manifests").is_dir()]

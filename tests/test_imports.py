@@ -28,8 +28,8 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
 
 def test_help_and_version_load_no_backend_torch_or_numpy() -> None:
     code = ("import sys\nfrom offline_agent.cli import main\n"
-            "sys.argv = ['offline-agent', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "for flag in ('--help', '--version'):\n    sys.argv = ['offline-agent', flag]\n"
+            "    try:\n        main()\n    except SystemExit:\n        pass\n"
             "heavy = {'llama_cpp', 'torch', 'numpy', 'jsonschema', 'faiss'} & set(sys.modules)\n"
             "print(sorted(heavy))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

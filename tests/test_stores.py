@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from offline_agent import modelstore, stores
+from offline_agent import modelstore, session, stores
 from offline_agent.cli import cli
 from offline_agent.errors import ModelError
 from offline_agent.runs import RunMeta
@@ -97,7 +97,7 @@ def test_ollama_errors_say_what_is_there(tmp_path: Path, env: dict[str, str]) ->
     with pytest.raises(ModelError, match="is not a GGUF file"):
         stores.find("ollama:odd", env)
     with pytest.raises(ModelError, match="no Ollama store found"):
-        stores.find("ollama:tiny", {"HOME": str(tmp_path / "nobody")})
+        stores.find("ollama:tiny", {"OLLAMA_MODELS": str(tmp_path / "nowhere")})
 
 
 def test_the_hugging_face_cache_by_repo_and_file(tmp_path: Path, env: dict[str, str]) -> None:
@@ -165,6 +165,11 @@ def test_a_run_on_a_model_read_from_an_ollama_store(
     manifest.write_text(json.dumps({"layers": [layer]}))
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
     monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path / "home"))
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(session, "sha256_file", no_hashing)
     result = CliRunner().invoke(cli, [
         "run", "--model", "ollama:smollm2:135m", "--goal", "Write hi to hi.txt", "--continuous",
         "--no-memory", "--max-steps", "1", "--workspace", str(tmp_path / "ws"),
