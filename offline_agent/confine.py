@@ -11,6 +11,8 @@ fast and never imports the package). CONFIG_JSON holds the command and its limit
   the system's libraries) and writes only under `write` (the workspace, a private
   temporary folder); TCP is refused and, where the kernel has it, signals and abstract
   sockets do not leave the sandbox;
+- with `/tmp`, `/var/tmp`, `/run` and `/dev/shm` covered by empty tmpfs mounts (the
+  allowed paths there bound back), hiding the named sockets kept there;
 - with at most `max_procs` processes (the namespace's pid_max, and RLIMIT_NPROC);
 - as the child of a small init process: when the command's first process exits, or the
   launcher or the agent dies (even by `kill -9`), every process it started is killed.
@@ -43,6 +45,7 @@ _CLONE_NEWIPC = 0x08000000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
+_MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MS_NOSUID = 0x2
@@ -192,6 +195,36 @@ def _init_namespace(max_procs: int) -> list[str]:
     return readable
 
 
+MASKED = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+"""Folders where programs keep Unix sockets (D-Bus, Docker, X11, ssh-agent) and shared
+files: each is covered by an empty private tmpfs, with the allowed paths inside bound back.
+Landlock does not cover connecting to a named socket; not seeing it does."""
+
+
+def _mask(paths: list[str]) -> None:
+    """Cover each of `MASKED` with an empty tmpfs, and bind `paths` under them back."""
+    inside = [p for p in paths if any(p == m or p.startswith(m + "/") for m in MASKED)]
+    held = {}
+    for path in inside:  # handles on the real folders, before they are covered
+        with contextlib.suppress(OSError):
+            held[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    for folder in MASKED:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            _check(_c().mount(b"tmpfs", folder.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                              b"mode=1777"), f"covering {folder}")  # fmt: skip
+    for path, fd in held.items():
+        source = f"/proc/self/fd/{fd}"
+        if os.path.isdir(source):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a"):
+                pass
+        _check(_c().mount(source.encode(), path.encode(), None, _MS_BIND | _MS_REC, None),
+               f"binding {path} back")  # fmt: skip
+        os.close(fd)
+
+
 def _limits(config: dict[str, Any]) -> None:
     """The resource limits of the command (kept across exec and by its children)."""
     import resource  # noqa: PLC0415 (Unix only: the package imports this module elsewhere too)
@@ -224,6 +257,7 @@ def _run_init(config: dict[str, Any], parent_gone: int, report: int) -> None:
     _die_with_parent(parent_gone)
     box = config["sandbox"]
     readable = _init_namespace(int(box.get("max_procs", 0)))
+    _mask([*box["write"], *box["read"]])
     command = os.fork()
     if command == 0:
         os.close(report)

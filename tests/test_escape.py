@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def code(text: str) -> dict[str, object]:
     return reply("execute_python_code", code=text)
 
 
-def cases(outside: Path, port: int, udp_port: int, shm: int) -> dict[str, str]:
+def cases(outside: Path, port: int, udp_port: int, shm: int, sock: str) -> dict[str, str]:
     """Escape attempts by name: Python code that prints ESCAPED <name> when it gets through."""
     home = pwd.getpwuid(os.getuid()).pw_dir
     secret = outside / "secret.txt"
@@ -84,6 +85,10 @@ def cases(outside: Path, port: int, udp_port: int, shm: int) -> dict[str, str]:
             "    print('ESCAPED processes')"
         ),
         "memory_8gb": "b = bytearray(8 * 1024**3)\nprint('ESCAPED memory_8gb')",
+        "unix_socket": (  # a named socket outside the workspace, as D-Bus or Docker have
+            "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({sock!r})\nprint('ESCAPED unix_socket')"
+        ),
         "shared_memory": (  # a System V segment the test made, found by its id
             "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\n"
             f"at = libc.shmat({shm}, None, 0)\n"
@@ -92,6 +97,19 @@ def cases(outside: Path, port: int, udp_port: int, shm: int) -> dict[str, str]:
         ),
         "hard_link": f"import os\nos.link({str(secret)!r}, 'hl.txt'); print('linked')",
     }
+
+
+@pytest.fixture
+def unix_listener() -> Iterator[str]:
+    """A Unix socket listening in a folder of /tmp (where ssh-agent and X11 keep theirs)."""
+    folder = tempfile.mkdtemp(dir="/tmp", prefix="escape-")
+    path = f"{folder}/agent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(4)
+    yield path
+    server.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -134,12 +152,14 @@ def listeners() -> Iterator[tuple[int, int]]:
     udp.close()
 
 
-def run_suite(tmp_path: Path, ports: tuple[int, int], sandbox: str, shm: int) -> dict[str, str]:
+def run_suite(
+    tmp_path: Path, ports: tuple[int, int], sandbox: str, shm: int, sock: str
+) -> dict[str, str]:
     """Every case, then a file command on the hard link, in one run; observation by case."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("the secret")
-    attempts = cases(outside, *ports, shm)
+    attempts = cases(outside, *ports, shm, sock)
     replies = [code(text) for text in attempts.values()]
     swapper = (  # between the jail's check of swap.txt and its open, a symlink may appear
         "import os, time\nopen('swap.txt', 'w').write('plain')\nif os.fork() == 0:\n"
@@ -198,12 +218,13 @@ def escaped(observations: dict[str, str]) -> set[str]:
 
 @pytest.mark.slow
 def test_no_escape_with_the_sandbox_on(
-    tmp_path: Path, listeners: tuple[int, int], segment: int
+    tmp_path: Path, listeners: tuple[int, int], segment: int, unix_listener: str
 ) -> None:
-    observations = run_suite(tmp_path, listeners, "on", segment)
+    observations = run_suite(tmp_path, listeners, "on", segment, unix_listener)
     assert escaped(observations) == set(), observations
     # Each attempt was an observation the model could read, not an error of the run.
-    assert "Permission denied" in observations["read_outside"]
+    # Refused, or not even there (/tmp is a private tmpfs with only the workspace bound in).
+    assert any(why in observations["read_outside"] for why in ("Permission denied", "No such"))
     assert "MemoryError" in observations["memory_8gb"]
     started = int(observations["processes"].split("started ")[1].split()[0])
     assert started < 400
@@ -211,12 +232,12 @@ def test_no_escape_with_the_sandbox_on(
 
 @pytest.mark.slow
 def test_the_same_escapes_succeed_with_the_sandbox_off(
-    tmp_path: Path, listeners: tuple[int, int], segment: int
+    tmp_path: Path, listeners: tuple[int, int], segment: int, unix_listener: str
 ) -> None:
-    observations = run_suite(tmp_path, listeners, "off", segment)
+    observations = run_suite(tmp_path, listeners, "off", segment, unix_listener)
     expected = {"read_home", "read_outside", "read_system_secret", "write_outside",
                 "write_proc_self", "connect_loopback", "resolve_name", "daemon",
-                "processes", "shared_memory"}  # fmt: skip
+                "processes", "shared_memory", "unix_socket"}  # fmt: skip
     # Whether reads land inside the swap's window is chance: not asserted either way.
     assert escaped(observations) - {"symlink_swap", "swapping_daemon"} == expected, observations
     # What holds without the sandbox: the memory limit, and the file jail refuses a file
@@ -308,6 +329,6 @@ def test_a_record_cannot_switch_the_sandbox_off_for_replay(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "r").iterdir()
     confined = CliRunner().invoke(cli, ["runs", "replay", str(run)])
-    assert confined.exit_code == 9 and "diverged" in confined.stderr and "Permis" in confined.stderr
+    assert confined.exit_code == 9 and "diverged" in confined.stderr
     unconfined = CliRunner().invoke(cli, ["runs", "replay", str(run), "--sandbox", "off"])
     assert unconfined.exit_code == 0, unconfined.output
