@@ -192,7 +192,10 @@ def test_the_real_model_calls_an_mcp_tool_only_validly(
                 break
             assert step.status == "ok" and step.reply is not None, step.error
             # The arguments held to the server's own schema, and the server ran the call.
-            tools.get(step.reply.command.name).check_args(step.reply.command.args)
-            assert step.result is not None
+            call = step.reply.command
+            tools.get(call.name).check_args(call.args)
+            assert step.result is not None and step.result.ok, step.result
+            if call.name == "notes_server_add":
+                assert step.result.output == str(call.args["a"] + call.args["b"])
             calls += 1
         assert calls >= 1
