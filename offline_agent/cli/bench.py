@@ -26,6 +26,7 @@ from offline_agent.cli.common import (
     AT_LEAST_ONE,
     SEED,
     TEMPERATURE,
+    commands_options,
     machine_options,
     sandbox_option,
 )
@@ -151,20 +152,7 @@ def _print_report(out: Path) -> None:
     show_default=True,
     help="Attempts at once, each in a worker process (in-process models split the cores).",
 )
-@click.option(
-    "--tools",
-    "tools_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="A Python file whose functions become commands in every attempt (as `run`).",
-)
-@click.option(
-    "--mcp",
-    "mcp_commands",
-    multiple=True,
-    metavar="COMMAND",
-    help="An MCP server started for every attempt (as `run`).",
-)
+@commands_options
 @click.pass_context
 def bench(
     ctx: click.Context,

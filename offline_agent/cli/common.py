@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -36,6 +37,26 @@ def machine_options(func: F) -> F:
     ]):  # fmt: skip
         func = option(func)
     return func
+
+
+def commands_options(func: F) -> F:
+    """--tools FILE and --mcp COMMAND (repeatable): the user's own commands, as
+    `tools_files` and `mcp_commands`."""
+    func = click.option(
+        "--mcp",
+        "mcp_commands",
+        multiple=True,
+        metavar="COMMAND",
+        help='An MCP server to start over stdio, e.g. "python -m my_server"; its tools become '
+        "commands (repeatable). They act outside the workspace and the sandbox.",
+    )(func)
+    return click.option(
+        "--tools",
+        "tools_files",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="A Python file whose functions become commands (repeatable; see `tools list`).",
+    )(func)
 
 
 def sandbox_option(func: F) -> F:

@@ -14,6 +14,7 @@ from offline_agent.cli.common import (
     SECONDS,
     SEED,
     TEMPERATURE,
+    commands_options,
     machine_options,
     sandbox_option,
 )
@@ -186,21 +187,7 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
     help="Seconds per program.",
 )
 @sandbox_option
-@click.option(
-    "--tools",
-    "tools_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="A Python file whose functions become commands (repeatable; see `tools list`).",
-)
-@click.option(
-    "--mcp",
-    "mcp_commands",
-    multiple=True,
-    metavar="COMMAND",
-    help='An MCP server to start over stdio, e.g. "python -m my_server"; its tools become '
-    "commands (repeatable). They act outside the workspace and the sandbox.",
-)
+@commands_options
 @click.option("--allow-shell", is_flag=True, help="Offer the execute_shell command.")
 @click.option("--shell-allow", multiple=True, help="With --allow-shell: only these programs.")
 @click.option("--shell-deny", multiple=True, help="With --allow-shell: also refuse these.")

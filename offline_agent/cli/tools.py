@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from offline_agent.cli.common import library_errors
+from offline_agent.cli.common import commands_options, library_errors
 from offline_agent.session import run_tools
 from offline_agent.state import Rules
 from offline_agent.tools.mcp_servers import MCPServers
@@ -20,14 +20,7 @@ def tools() -> None:
 
 
 @tools.command("list")
-@click.option(
-    "--tools",
-    "tools_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="A Python file whose functions become commands (as `run --tools`).",
-)
-@click.option("--mcp", "mcp_commands", multiple=True, metavar="COMMAND", help="As `run`.")
+@commands_options
 @click.option("--rule", "rule_items", multiple=True, metavar="NAME=VALUE", help="As `run`.")
 @click.option("--allow-shell", is_flag=True, help="As `run`.")
 @click.option("--no-memory", is_flag=True, help="As `run`.")
