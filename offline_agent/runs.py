@@ -124,6 +124,8 @@ class RunRecord:
         self._file: IO[str] | None = None
         self._last_hash = _meta_hash(folder)
         self._lines = 0
+        self._commanded = 0
+        """The step whose command line was written last (it holds the step's snapshot)."""
         self._lock = _lock(folder)
 
     @classmethod
@@ -172,10 +174,14 @@ class RunRecord:
         return self.folder.name
 
     def write_step(self, step: Step) -> None:
-        """Append one step, with the digest of what its command returned."""
+        """Append one step, with the digest of what its command returned. Its snapshot is
+        not written again when its command line holds it (`snapshot_of` finds it there)."""
         output = step.result.output if step.result else ""
         digest = hashlib.sha256(output.encode("utf-8", errors="surrogatepass")).hexdigest()
-        self._append({"type": "step", "step": step.to_dict(), "result_sha256": digest})
+        data = step.to_dict()
+        if step.index == self._commanded:
+            data["snapshot"] = None
+        self._append({"type": "step", "step": data, "result_sha256": digest})
 
     def write_command(self, step: Step) -> None:
         """Append the command a step is about to run, with the request and reply that chose
@@ -185,6 +191,7 @@ class RunRecord:
         request = step.messages[-1] if step.messages else None
         self._append({"type": "command", "index": step.index, "raw": raw, "reply": reply,
                       "request": request, "snapshot": step.snapshot})  # fmt: skip
+        self._commanded = step.index
 
     def write_end(self, result: RunResult) -> None:
         """Append how the run ended."""
@@ -232,6 +239,19 @@ def _lock(folder: Path) -> IO[str]:
             f"run {folder.name} is in use by another process (a run or a resume of it)"
         ) from None
     return handle
+
+
+def recorded_steps_with_snapshots(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The step entries' steps, each with its snapshot (from its command line if there)."""
+    announced = {e["index"]: e.get("snapshot") for e in entries if e.get("type") == "command"}
+    steps = []
+    for entry in entries:
+        if entry.get("type") == "step":
+            step = entry["step"]
+            if step.get("snapshot") is None and step["index"] in announced:
+                step = {**step, "snapshot": announced[step["index"]]}
+            steps.append(step)
+    return steps
 
 
 def read_entries(folder: Path) -> list[dict[str, Any]]:

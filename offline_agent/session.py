@@ -38,7 +38,7 @@ from offline_agent.records import (
     Thoughts,
     ToolResult,
 )
-from offline_agent.runs import RunMeta, RunRecord, read_entries
+from offline_agent.runs import RunMeta, RunRecord, read_entries, recorded_steps_with_snapshots
 from offline_agent.sandbox import Sandbox
 from offline_agent.state import Rules
 from offline_agent.subagents import SubAgents
@@ -285,7 +285,7 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
     model is told to check.
     """
     entries = read_entries(folder)
-    steps = [entry["step"] for entry in entries if entry["type"] == "step"]
+    steps = recorded_steps_with_snapshots(entries)
     # A step recorded as interrupted by an earlier resume has a reply but no completion.
     used_replies = sum(1 for s in steps if s["completion"] is not None or s["reply"] is not None)
     if entries and entries[-1]["type"] == "command":
