@@ -14,18 +14,43 @@ alone (seed R), so that a 3-repeat run compares with 1-repeat rows on the same s
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from benchlib import write_doc_block
 
-from offline_agent.bench.runner import read_results, read_settings
+from offline_agent.bench.runner import Attempt, read_results, read_settings
 from offline_agent.bench.scoreboard import score
+from offline_agent.replay import recorded_steps
 from offline_agent.state import Rules
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+READS = ("read_file", "list_files", "execute_python_file")
 
 
-def row(label: str, folder: Path, only: set[str], repeat: int | None = None) -> list[str]:
+def failure_modes(folder: Path, attempts: list[Attempt]) -> tuple[int, int, int, int]:
+    """From the attempts' run records: commands run, commands that failed, attempts that
+    finished at their first step, and reads repeated with the same arguments."""
+    commands = failed = finished_first = rereads = 0
+    for attempt in attempts:
+        steps = recorded_steps(folder / "runs" / attempt.run_id)
+        seen: set[str] = set()
+        for number, step in enumerate(steps):
+            if step["reply"] is None:
+                continue
+            call = step["reply"]["command"]
+            commands += 1
+            finished_first += number == 0 and call["name"] == "finish"
+            failed += bool(step["result"]) and not step["result"]["ok"]
+            key = json.dumps(call, sort_keys=True)
+            rereads += call["name"] in READS and key in seen
+            seen.add(key)
+    return commands, failed, finished_first, rereads
+
+
+def row(
+    label: str, folder: Path, only: set[str], repeat: int | None = None, modes: bool = False
+) -> list[str]:
     """One table row for one results folder."""
     attempts = [
         a
@@ -50,6 +75,11 @@ def row(label: str, folder: Path, only: set[str], repeat: int | None = None) -> 
             f"{s.steps:.1f}", f"{s.wall_mean:.1f}", f"{wall / steps:.2f}" if steps else "–",
             f"{s.valid_share:.0%}", str(s.destroyed), endings,
         ])  # fmt: skip
+        if modes:
+            commands, failed, first, rereads = failure_modes(
+                folder, [a for a in attempts if a.model == s.model]
+            )
+            cells[-1] += [f"{failed}/{commands}", str(first), str(rereads)]
     return cells[0] if len(cells) == 1 else [label, "several models", "", "", "", "", "", "",
                                               "", "", ""]  # fmt: skip
 
@@ -59,13 +89,23 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="LABEL=RESULTS_DIR")
     parser.add_argument("--only", nargs="*", default=[], help="challenge names to keep")
     parser.add_argument("--repeat", type=int, help="keep only this repeat (seed) of each folder")
+    parser.add_argument(
+        "--modes",
+        action="store_true",
+        help="add failure modes from the run records: failed commands, finish at step 1, "
+        "repeated reads",
+    )
     parser.add_argument("--write", metavar="MARKER", help="update docs/benchmarks.md there")
     args = parser.parse_args()
     header = ["configuration", "model", "rules changed from the defaults", "success",
               "95% interval", "steps", "s/attempt", "s/step", "valid replies",
               "destroyed an input", "how runs ended"]  # fmt: skip
     pairs = [item.split("=", 1) for item in args.runs]
-    rows = [row(label, Path(folder), set(args.only), args.repeat) for label, folder in pairs]
+    rows = [
+        row(label, Path(folder), set(args.only), args.repeat, args.modes) for label, folder in pairs
+    ]
+    if args.modes:
+        header += ["commands that failed", "finished at step 1", "repeated reads"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     table = "\n".join(lines)
