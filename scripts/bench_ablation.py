@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from benchlib import write_doc_block
@@ -58,10 +59,17 @@ def row(
         if (not only or a.challenge in only) and (repeat is None or a.repeat == repeat)
     ]
     rules = read_settings(folder)["settings"].get("rules")
+    none = Rules.none()
     if rules is None:
         changed = "?"
-    elif Rules.from_json(rules) == Rules.none():
+    elif Rules.from_json(rules) == none:
         changed = "all off (`--rule none`)"
+    elif len(Rules.from_json(rules).changed()) > len(Rules.parse(["none"]).changed()) // 2:
+        # Closer to `--rule none` than to the defaults: say what is on.
+        on = Rules.from_json(rules)
+        items = [f"`{f.name}={getattr(on, f.name)}`" for f in fields(Rules)
+                 if getattr(on, f.name) != getattr(none, f.name)]  # fmt: skip
+        changed = "`none` + " + ", ".join(items)
     else:
         changed = ", ".join(f"`{c}`" for c in Rules.from_json(rules).changed())
     cells = []
