@@ -147,15 +147,14 @@ def resume(run: str, max_steps: int | None, runs_dir: Path | None) -> None:
     folder = _folder(run, runs_dir)
     meta = RunMeta.load(folder)
     # What the record makes this process load or start: say it before it happens.
-    asked = (
-        [f"commands from {', '.join(meta.settings.get('tools') or [])}"]
-        if meta.settings.get("tools")
-        else []
-    )
-    if meta.settings.get("mcp"):
-        asked.append(f"MCP servers {', '.join(meta.settings['mcp'])} (they act outside the "
+    settings = meta.settings
+    asked = []
+    if settings.get("tools"):
+        asked.append(f"commands from {', '.join(settings['tools'])}")
+    if settings.get("mcp"):
+        asked.append(f"MCP servers {', '.join(settings['mcp'])} (they act outside the "
                      "workspace and the sandbox)")  # fmt: skip
-    if meta.settings.get("sandbox") is False:
+    if settings.get("sandbox") is False:
         asked.append("programs outside the sandbox (--sandbox off)")
     if asked:
         click.secho(f"This run's record asks for: {'; '.join(asked)}", fg="yellow", err=True)
