@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol
 
 from offline_agent.errors import Finished, FormatError, TruncatedReplyError
@@ -27,6 +28,7 @@ from offline_agent.records import (
     ToolResult,
 )
 from offline_agent.reply import parse_reply, reply_schema, schema_digest
+from offline_agent.sampling import sample
 from offline_agent.state import Rules, Steering
 from offline_agent.tools.base import MemoryLike, ToolContext, ToolRegistry, execute_command
 
@@ -46,6 +48,9 @@ class AgentConfig:
     """Memories less similar than this (cosine) to the latest exchange are not recalled: on
     real steps, 55% of other attempts at the same goal score above it and 2.7% of steps of
     other goals (scripts/bench_recall.py, docs/memory.md)."""
+    samples: int = 1
+    """Candidate replies decoded per step, the likeliest sound one kept (`sampling.py`);
+    more than one needs a temperature above zero."""
     max_repeats: int = 3
     """Stale steps in a row that end a run: a command that ran just before, or that returned
     the same result before."""
@@ -224,9 +229,11 @@ class Agent:
         self.events.thinking(step.index)
         schema = reply_schema(plan.tools, self.rules.reply_format)
         step.grammar_sha256 = schema_digest(schema)
-        step.completion = self.model.complete(
-            step.messages, schema=schema, max_tokens=self.config.reply_tokens
-        )
+        step.completion, candidates = sample(
+            self.model, step.messages, schema=schema, max_tokens=self.config.reply_tokens,
+            samples=self.config.samples, check=partial(self.steering.doubt, plan, schema),
+        )  # fmt: skip
+        step.candidates = [candidate.to_json() for candidate in candidates]
         if self.memory is not None:
             # The embedder's load would take CPU and the GIL from a model in this process; a
             # first prompt recalls nothing, so it loads once that reply is in (then a no-op).

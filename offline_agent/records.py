@@ -43,6 +43,9 @@ class Completion:
     prompt_seconds: float = 0.0
     total_seconds: float = 0.0
     constrained: bool = False
+    logprob: float | None = None
+    """Mean log-probability of the tokens the model chose, where the backend reports it
+    (in-process with llguidance): what `--samples` ranks candidates by."""
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -115,6 +118,9 @@ class Step:
     so an audit can tell which constraint produced each reply."""
     left_out: dict[str, str] = field(default_factory=dict)
     """Commands this step's grammar left out → the rule that did it and why."""
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    """With `--samples`: every candidate reply (text, mean log-probability, what the checks
+    found wrong); `completion` is the one kept."""
     snapshot: dict[str, Any] | None = None
     """The workspace this step's plan saw (`state.Snapshot`), for `runs resume`; None in
     a workspace too big to record."""

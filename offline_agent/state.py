@@ -13,18 +13,20 @@ test it.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args
 
-from offline_agent.errors import ConfigError, ToolError
-from offline_agent.records import CommandCall
-from offline_agent.reply import ReplyFormat
+from offline_agent.errors import ConfigError, FormatError, ToolError
+from offline_agent.records import CommandCall, Completion
+from offline_agent.reply import ReplyFormat, parse_reply
 from offline_agent.tools.base import Names, Tool, ToolContext, ToolRegistry
 
 MAX_CHOICES = 40
@@ -417,6 +419,25 @@ def _excerpt(ctx: ToolContext, path: str) -> str:
     return text
 
 
+def python_problem(call: CommandCall) -> str:
+    """Why the Python source `call` writes or runs would not compile; empty when it would,
+    or when the command carries no Python source."""
+    source = None
+    if call.name == "execute_python_code":
+        source = call.args.get("code")
+    elif call.name == "write_file" and str(call.args.get("filename", "")).endswith(".py"):
+        source = call.args.get("text")
+    if not isinstance(source, str):
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escape sequences: still runs
+            ast.parse(source)
+    except (SyntaxError, ValueError) as err:
+        return f"its Python does not compile: {getattr(err, 'msg', err)}"
+    return ""
+
+
 class RepeatGuard:
     """Counts steps in a row that only repeat: a command with the same arguments that ran
     just before (A A), or that returned this same result before (A B A B)."""
@@ -471,6 +492,21 @@ class Steering:
     def running(self, call: CommandCall) -> None:
         """Note a command about to run in the workspace as `plan` last saw it."""
         self._ran.append((call, self._now))
+
+    def doubt(self, plan: StepPlan, schema: dict[str, Any], completion: Completion) -> str:
+        """Why a reply to this step's `plan` is likely wrong, by checks that need no model:
+        it is invalid, its command is the one that ran just before or ran in this same
+        workspace before, its Python does not compile; empty when none applies (`--samples`
+        prefers replies without doubt)."""
+        try:
+            call = parse_reply(completion, plan.tools, schema, plan.left_out).command
+        except FormatError as err:
+            return f"invalid: {err}"
+        if self._ran and call == self._ran[-1][0]:
+            return "it is the command that ran just before"
+        if any(call == earlier and then == self._now for earlier, then in self._ran):
+            return "it ran with these arguments in this same workspace before"
+        return python_problem(call)
 
     def restore(self, steps: Sequence[dict[str, Any]], ctx: ToolContext) -> list[str]:
         """Rebuild this run's progress from its recorded steps as if they had just run; the

@@ -58,7 +58,8 @@ def row(
         for a in read_results(folder)
         if (not only or a.challenge in only) and (repeat is None or a.repeat == repeat)
     ]
-    rules = read_settings(folder)["settings"].get("rules")
+    settings = read_settings(folder)["settings"]
+    rules = settings.get("rules")
     none = Rules.none()
     if rules is None:
         changed = "?"
@@ -72,6 +73,8 @@ def row(
         changed = "`none` + " + ", ".join(items)
     else:
         changed = ", ".join(f"`{c}`" for c in Rules.from_json(rules).changed())
+    if settings.get("samples", 1) > 1:
+        changed = ", ".join(filter(None, [changed, f"`--samples {settings['samples']}`"]))
     cells = []
     for s in score(attempts):
         steps = sum(a.steps for a in attempts if a.model == s.model)
@@ -105,7 +108,7 @@ def main() -> None:
     )
     parser.add_argument("--write", metavar="MARKER", help="update docs/benchmarks.md there")
     args = parser.parse_args()
-    header = ["configuration", "model", "rules changed from the defaults", "success",
+    header = ["configuration", "model", "changed from the defaults", "success",
               "95% interval", "steps", "s/attempt", "s/step", "valid replies",
               "destroyed an input", "how runs ended"]  # fmt: skip
     pairs = [item.split("=", 1) for item in args.runs]

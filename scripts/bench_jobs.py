@@ -1,12 +1,14 @@
-"""Attempts per minute of `bench --jobs N`, for N = 1, 2, 4, in one run.
+"""Attempts per minute of `bench --jobs N`, for N = 1, 2, 4, and of `--ray local`, in one run.
 
     .venv/bin/python scripts/bench_jobs.py [--base-url URL --model NAME] [--challenges K] [--write]
 
 With the scripted model (what the runner itself costs: workspaces, records, judging, the
 sandbox) and, given `--base-url`, against a server (e.g. `offline-agent serve`), on the
-first K challenges of the built-in suite with one repeat. Each N runs into a fresh results
-folder; the results of every N must be the same for the scripted model, which the script
-checks. `--write` puts the table in docs/benchmarks.md.
+first K challenges of the built-in suite with one repeat. Each configuration runs into a
+fresh results folder; the results of every one must be the same for the scripted model,
+which the script checks. The Ray column includes starting and stopping the local Ray
+instance (as a `bench --ray local` invocation does). `--write` puts the table in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,20 +23,25 @@ from pathlib import Path
 from benchlib import machine, write_doc_block
 
 from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.cluster import RayRunner
 from offline_agent.bench.parallel import ParallelRunner
 from offline_agent.bench.runner import BenchSettings, Runner, read_results
 from offline_agent.state import Rules
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-JOBS = (1, 2, 4)
+JOBS = (1, 2, 4, "ray")
 
 
-def rate(settings: BenchSettings, k: int, jobs: int, folder: Path) -> tuple[float, list[str]]:
-    """Attempts per minute with `jobs`, and each attempt's outcome."""
+def rate(settings: BenchSettings, k: int, jobs: int | str, folder: Path) -> tuple[float, list[str]]:
+    """Attempts per minute with `jobs` ("ray": Ray tasks), and each attempt's outcome."""
     challenges = load_suite("builtin")[:k]
     start = time.perf_counter()
-    runner = ParallelRunner(settings, challenges, folder, jobs=jobs) if jobs > 1 else None
-    (runner or Runner(settings, challenges, folder)).run()
+    runner = Runner(settings, challenges, folder)
+    if jobs == "ray":
+        runner = RayRunner(settings, challenges, folder, address="local")
+    elif isinstance(jobs, int) and jobs > 1:
+        runner = ParallelRunner(settings, challenges, folder, jobs=jobs)
+    runner.run()
     minutes = (time.perf_counter() - start) / 60
     attempts = read_results(folder)
     outcomes = sorted(f"{a.challenge}:{a.passed}:{a.steps}:{a.status}" for a in attempts)
@@ -48,7 +55,7 @@ def main() -> None:
     parser.add_argument("--challenges", type=int, default=12)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    rows = ["| model | --jobs 1 | --jobs 2 | --jobs 4 |", "|---|---|---|---|"]
+    rows = ["| model | --jobs 1 | --jobs 2 | --jobs 4 | --ray local |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "replies.json"
         replies = [{"thoughts": {"text": "t", "reasoning": "r", "plan": "p", "criticism": "c"},
@@ -71,9 +78,9 @@ def main() -> None:
                 if label.startswith("scripted"):
                     first = first or outcomes
                     if outcomes != first:
-                        sys.exit(f"--jobs {jobs} changed the results of the scripted model")
+                        sys.exit(f"{jobs} changed the results of the scripted model")
                 cells.append(f"{per_minute:.1f}")
-                print(f"{label}: --jobs {jobs}: {per_minute:.1f} attempts/min", flush=True)
+                print(f"{label}: {jobs}: {per_minute:.1f} attempts/min", flush=True)
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join([*rows, "",
                        f"Attempts per minute, the first {args.challenges} built-in challenges, one "

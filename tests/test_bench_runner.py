@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from offline_agent.cli import cli
 from offline_agent.records import Completion, Step
 from offline_agent.replay import recorded_steps
 from offline_agent.runs import verify
+from offline_agent.state import Rules
 from tests.conftest import FINISH, NONE, completion_body, fake_server, make_agent, reply
 
 
@@ -408,3 +413,85 @@ def test_each_model_on_its_own_server(tmp_path: Path, suite: Path) -> None:
         ("alpha", 0, True), ("alpha", 1, True), ("beta", 0, True), ("beta", 1, True)]  # fmt: skip
     saved = json.loads((tmp_path / "o" / "bench.json").read_text())["settings"]
     assert saved["servers"] == {"alpha": a.url, "beta": b.url}
+
+
+@pytest.mark.slow
+def test_ray_tasks_give_the_results_one_at_a_time_gives(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    """A local Ray instance (the machine's cores) runs every attempt once; the driver alone
+    writes the results, and they equal a sequential run's."""
+    pytest.importorskip("ray")
+    from offline_agent.bench.cluster import RayRunner  # noqa: PLC0415 - needs the extra
+
+    challenge(suite, "WriteRome", "Rome", "rome.txt")
+    one, ray_out = tmp_path / "one", tmp_path / "ray"
+    Runner(settings(suite, script), load_suite(suite), one).run()
+    recorder = Recorder()
+    ran = RayRunner(settings(suite, script), load_suite(suite), ray_out, recorder).run()
+    assert len(ran) == 6 and len(recorder.started_names) == 6
+
+    def outcome(out: Path) -> list[tuple[Any, ...]]:
+        return sorted((a.key, a.passed, a.status, a.steps, a.replies) for a in read_results(out))
+
+    assert outcome(ray_out) == outcome(one)
+    assert len((ray_out / RESULTS_FILE).read_text().splitlines()) == 6
+    assert {a.run_id for a in read_results(ray_out)} == {
+        p.name for p in (ray_out / "runs").iterdir()
+    }
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_attempt_loses_nothing(tmp_path: Path, suite: Path) -> None:
+    """`bench --ray local` while a worker is killed with SIGKILL in the middle of an attempt:
+    Ray runs that attempt again, and every attempt is saved exactly once, passed."""
+    pytest.importorskip("ray")
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps([
+        reply("execute_python_code", code="import time\ntime.sleep(4)"),
+        reply("write_file", filename="output.txt", text="Washington"), FINISH,
+    ]))  # fmt: skip
+    out = tmp_path / "out"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "offline_agent", "bench", "--suite", str(suite), "--model",
+         f"scripted:{path}", "--repeats", "1", "--challenge", "WriteWashington", "--out",
+         str(out), "--rule", "none", "--no-report", "--ray", "local"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and bench.poll() is None:
+        pgrep = ["pgrep", "-f", "ray::run_attempt"]
+        running = subprocess.run(pgrep, check=False, capture_output=True, text=True).stdout.split()
+        if running and (out / "runs").exists() and any((out / "runs").iterdir()):
+            killed = int(running[0])
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    output, _ = bench.communicate(timeout=300)
+    assert killed is not None, output
+    assert bench.returncode == 0, output
+    (attempt,) = read_results(out)
+    assert attempt.passed, output
+    assert len((out / RESULTS_FILE).read_text().splitlines()) == 1
+    assert len(list((out / "runs").iterdir())) == 2  # the killed try's record, and the re-run
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_ray_runs_the_real_model(tmp_path: Path, suite: Path, real_models: dict[str, Path]) -> None:
+    pytest.importorskip("ray")
+    from offline_agent.bench.cluster import RayRunner  # noqa: PLC0415 - needs the extra
+
+    real = settings(suite, "", models=("smollm2-135m",), repeats=1, max_steps=2,
+                    models_dir=real_models["smollm2-135m"].parent, rules=Rules())  # fmt: skip
+    ran = RayRunner(real, load_suite(suite), tmp_path / "out").run()
+    assert sorted(a.challenge for a in ran) == ["WriteParis", "WriteWashington"]
+    assert all(a.replies >= 1 and a.valid_replies == a.replies for a in ran)
+
+
+def test_a_bad_ray_address_is_one_line(tmp_path: Path, suite: Path, script: str) -> None:
+    args = ["--model", script, "--ray", "head:10001", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(suite), *args])
+    assert result.exit_code == 2
+    assert "--ray takes local, auto or ray://HOST:PORT" in result.output
+    assert not (tmp_path / "o").exists()

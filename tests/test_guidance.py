@@ -73,8 +73,7 @@ def test_the_next_prompt_reuses_the_replys_own_tokens(model: LlamaModel) -> None
         {"role": "assistant", "content": first.text.strip()},
         {"role": "user", "content": "Command write_file returned: done."},
     ]
-    decoded = model._last
-    assert decoded is not None
+    decoded = model._decodes[-1]
     text, tokens = model._tokens(following)
     assert model._llm.detokenize(tokens, special=True) == text  # the same text, split as decoded
     reply_at = len(decoded.prompt_tokens)
@@ -122,3 +121,37 @@ def test_a_schema_llguidance_cannot_compile_is_a_backend_error(
     messages: list[Message] = [{"role": "user", "content": "Hi"}]
     with pytest.raises(BackendError):
         smol.complete(messages, schema=schema, max_tokens=16)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_samples_share_the_prompt_and_the_chosen_one_is_continued(
+    real_models: dict[str, Path],
+) -> None:
+    model = LlamaModel(
+        real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048, temperature=1.0)
+    )
+    tools = builtin_tools(memory=False)
+    schema = reply_schema(tools)
+    messages = _prompt(model, tools)
+    first, *others = [model.complete(messages, schema=schema, max_tokens=256) for _ in range(3)]
+    for sampled in (first, *others):
+        assert sampled.logprob is not None and -30 < sampled.logprob < 0
+    for sampled in others:  # the prompt is evaluated once
+        assert sampled.usage.cached_tokens >= sampled.usage.prompt_tokens - 1
+    assert len({c.text for c in (first, *others)}) > 1  # at temperature 1: not all the same
+    # The first candidate is kept, though the KV cache last held the third: its own tokens
+    # are spliced in, so only its reply (at most) is evaluated again, not the prompt.
+    following: list[Message] = [
+        *messages,
+        {"role": "assistant", "content": first.text.strip()},
+        {"role": "user", "content": "Command write_file returned: done."},
+    ]
+    _, tokens = model._tokens(following)
+    assert tokens[: first.usage.prompt_tokens] == model._decodes[0].prompt_tokens
+    assert (
+        tokens[first.usage.prompt_tokens :][: len(model._decodes[0].reply) - 1]
+        == (model._decodes[0].reply[:-1])
+    )
+    second = model.complete(following, schema=schema, max_tokens=256)
+    assert second.usage.cached_tokens >= first.usage.prompt_tokens - 1

@@ -9,7 +9,8 @@ worker: each is seeded from its repeat, its sampler reseeded, its workspace fres
 server-backed model the workers are N concurrent clients of that server.
 
 A worker that dies (killed, out of memory) loses the attempts in flight in it, not the
-results saved; running the same command again runs what is missing.
+results saved; running the same command again runs what is missing. (`cluster.py` runs the
+same attempts as Ray tasks, which Ray re-runs when their worker dies.)
 """
 
 from __future__ import annotations
@@ -23,23 +24,55 @@ from pathlib import Path
 from typing import Any
 
 from offline_agent.bench.challenge import Challenge
-from offline_agent.bench.runner import Attempt, BenchSettings, Planned, Runner
+from offline_agent.bench.runner import Attempt, BenchSettings, Planned, Progress, Runner
 from offline_agent.errors import BackendError
 from offline_agent.settings import usable_cores
 
-_WORKER: dict[str, Runner] = {}
-"""In a worker process, its runner (set by `_start`), for every attempt it runs."""
+_WORKERS: dict[str, Runner] = {}
+"""In a worker process, a runner per benchmark (by its settings), kept between attempts so
+that a loaded model is too."""
 
 
-def _start(settings: BenchSettings, challenges: list[Challenge], out: Path) -> None:
-    _WORKER["runner"] = Runner(settings, challenges, out)
-
-
-def _attempt(model: str, challenge: str, repeat: int) -> dict[str, Any]:
-    runner = _WORKER["runner"]
+def run_attempt(
+    settings: BenchSettings, challenges: list[Challenge], out: Path, planned: tuple[str, str, int]
+) -> dict[str, Any]:
+    """Run one attempt (model, challenge, repeat) with this process's runner for the
+    benchmark; the attempt as plain data. What a worker process or a Ray task executes."""
+    key = f"{out}\n{settings.to_json()}"
+    if key not in _WORKERS:
+        _WORKERS.clear()  # another benchmark's runner (and model) is not needed any more
+        _WORKERS[key] = Runner(settings, challenges, out)
+    runner = _WORKERS[key]
+    model, challenge, repeat = planned
     found = next(c for c in runner.challenges if c.name == challenge)
-    planned = Planned(model, found, repeat)
-    return asdict(runner.attempt(planned, runner.model_for(planned)))
+    attempt = Planned(model, found, repeat)
+    return asdict(runner.attempt(attempt, runner.model_for(attempt)))
+
+
+def run_window(
+    todo: list[Planned],
+    *,
+    save: Callable[[Attempt], None],
+    total: int,
+    progress: Progress,
+    jobs: int,
+    submit: Callable[[Planned], Future[dict[str, Any]]],
+) -> None:
+    """Keep `jobs` attempts in flight, submitted in order as others end; save each as it
+    ends. A future's exception propagates (after which nothing more is submitted)."""
+    waiting = list(todo)
+    running: dict[Future[dict[str, Any]], Planned] = {}
+    saved = total - len(todo)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            planned = waiting.pop(0)
+            progress.started(saved, total, planned)
+            running[submit(planned)] = planned
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            del running[future]
+            save(Attempt(**future.result()))
+            saved += 1
 
 
 class ParallelRunner(Runner):
@@ -55,34 +88,19 @@ class ParallelRunner(Runner):
         if settings.threads is None and settings.base_url is None and not settings.servers:
             settings = replace(settings, threads=max(1, usable_cores() // jobs))
         context = multiprocessing.get_context("spawn")  # no fork of a process holding a model
-        pool = ProcessPoolExecutor(
-            jobs,
-            mp_context=context,
-            initializer=_start,
-            initargs=(settings, self.challenges, self.out),
-        )
-        waiting = list(todo)
-        running: dict[Future[dict[str, Any]], Planned] = {}
-        saved = total - len(todo)
+        pool = ProcessPoolExecutor(jobs, mp_context=context)
+
+        def submit(planned: Planned) -> Future[dict[str, Any]]:
+            return pool.submit(run_attempt, settings, self.challenges, self.out, planned.key)
+
         try:
-            while waiting or running:
-                while waiting and len(running) < jobs:  # submit as workers free up, in order
-                    planned = waiting.pop(0)
-                    self.progress.started(saved, total, planned)
-                    future = pool.submit(
-                        _attempt, planned.model, planned.challenge.name, planned.repeat
-                    )
-                    running[future] = planned
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    del running[future]
-                    try:
-                        save(Attempt(**future.result()))
-                    except BrokenProcessPool:
-                        raise BackendError(
-                            "a benchmark worker died; the attempts saved are kept: run the same "
-                            "command again to run the ones it lost"
-                        ) from None
-                    saved += 1
+            run_window(
+                todo, save=save, total=total, progress=self.progress, jobs=jobs, submit=submit
+            )
+        except BrokenProcessPool:
+            raise BackendError(
+                "a benchmark worker died; the attempts saved are kept: run the same "
+                "command again to run the ones it lost"
+            ) from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

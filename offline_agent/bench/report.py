@@ -131,13 +131,20 @@ def _rules(saved: dict[str, Any] | None) -> str:
     return f"rules {', '.join(changed)}" if changed else "default rules"
 
 
+def _samples(samples: int) -> str:
+    if samples <= 1:
+        return ""
+    return f", {samples} candidate replies a step (the likeliest sound one kept)"
+
+
 def describe(meta: dict[str, Any]) -> str:
     """One paragraph: the settings and the machine the results come from."""
     s, m = meta["settings"], meta.get("machine", {})
     engine = "a server" if s.get("base_url") else f"in-process, {s.get('grammar_engine')}"
     return (
         f"Suite `{s['suite']}`, {s['repeats']} repeats (seeds {s['seed']}–"
-        f"{s['seed'] + s['repeats'] - 1}), temperature {s['temperature']}, at most "
+        f"{s['seed'] + s['repeats'] - 1}), temperature {s['temperature']}"
+        f"{_samples(s.get('samples', 1))}, at most "
         f"{s['max_steps']} steps and the challenge's cutoff per attempt, context {s['n_ctx']}, "
         f"{engine}, long-term memory {'on' if s.get('memory') else 'off'}, "
         f"{_rules(s.get('rules'))}. "

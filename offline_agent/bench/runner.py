@@ -55,6 +55,8 @@ class BenchSettings:
     """Repeat r runs with seed `seed + r`."""
     max_steps: int = 10
     temperature: float = 0.5
+    samples: int = 1
+    """Candidate replies per step (`--samples`)."""
     n_ctx: int = 4096
     threads: int | None = None
     n_gpu_layers: int = 0
@@ -81,7 +83,13 @@ class BenchSettings:
     # attempts they cover, and where the files live. Everything else changes the numbers.
     EXTENSIBLE: ClassVar[tuple[str, ...]] = ("models", "repeats", "threads", "models_dir", "suite")
     # Settings added later, with the value results saved before them were made with.
-    ADDED: ClassVar[dict[str, Any]] = {"sandbox": False, "tools": [], "mcp": [], "servers": {}}
+    ADDED: ClassVar[dict[str, Any]] = {
+        "samples": 1,
+        "sandbox": False,
+        "tools": [],
+        "mcp": [],
+        "servers": {},
+    }
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for bench.json."""
@@ -417,7 +425,9 @@ class Runner:
             workspace=workspace,
             runs_dir=self.out / "runs",
             llama=self._options(s.seed + planned.repeat),
-            agent=AgentConfig(max_steps=s.max_steps, time_limit=float(planned.challenge.cutoff)),
+            agent=AgentConfig(
+                max_steps=s.max_steps, samples=s.samples, time_limit=float(planned.challenge.cutoff)
+            ),
             rules=s.rules,
             http=self._http(planned.model),
             memory_dir=memory,

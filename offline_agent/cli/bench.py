@@ -11,6 +11,7 @@ from typing import Literal
 import click
 
 from offline_agent.bench.challenge import load_suite
+from offline_agent.bench.cluster import RayRunner, check_address
 from offline_agent.bench.parallel import ParallelRunner
 from offline_agent.bench.report import write_report
 from offline_agent.bench.runner import (
@@ -26,8 +27,10 @@ from offline_agent.cli.common import (
     AT_LEAST_ONE,
     SEED,
     TEMPERATURE,
+    check_samples,
     commands_options,
     machine_options,
+    samples_option,
     sandbox_option,
 )
 from offline_agent.errors import ConfigError
@@ -121,6 +124,7 @@ def _print_report(out: Path) -> None:
     help="Step limit per attempt.",
 )
 @click.option("--temperature", type=TEMPERATURE, default=0.5, show_default=True)
+@samples_option
 @machine_options
 @click.option(
     "--grammar-engine",
@@ -152,6 +156,14 @@ def _print_report(out: Path) -> None:
     show_default=True,
     help="Attempts at once, each in a worker process (in-process models split the cores).",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Run attempts as Ray tasks: local (a Ray instance on this machine), auto (the "
+    "cluster this machine is in) or ray://HOST:PORT; --jobs then caps attempts in flight.",
+)
 @commands_options
 @click.pass_context
 def bench(
@@ -164,6 +176,7 @@ def bench(
     seed: int,
     max_steps: int,
     temperature: float,
+    samples: int,
     n_ctx: int,
     threads: int | None,
     n_gpu_layers: int,
@@ -180,10 +193,14 @@ def bench(
     tools_files: tuple[Path, ...],
     mcp_commands: tuple[str, ...],
     jobs: int,
+    ray_address: str | None,
 ) -> None:
     """Benchmark models on a challenge suite: each attempt in a fresh workspace, judged."""
     if ctx.invoked_subcommand is not None:
         return
+    check_samples(samples, temperature)
+    if ray_address is not None:
+        check_address(ray_address)
     challenges = load_suite(suite)
     if only:
         unknown = sorted(set(only) - {c.name for c in challenges})
@@ -208,6 +225,7 @@ def bench(
         seed=seed,
         max_steps=max_steps,
         temperature=temperature,
+        samples=samples,
         n_ctx=n_ctx,
         threads=threads,
         n_gpu_layers=n_gpu_layers,
@@ -224,11 +242,15 @@ def bench(
         mcp=mcp_commands,
     )
     command = shlex.join(["offline-agent", *sys.argv[1:]])
-    runner = (
-        ParallelRunner(settings, challenges, out, ConsoleProgress(), command, jobs=jobs)
-        if jobs > 1
-        else Runner(settings, challenges, out, ConsoleProgress(), command)
-    )
+    runner: Runner
+    if ray_address is not None:
+        given = ctx.get_parameter_source("jobs") != click.core.ParameterSource.DEFAULT
+        runner = RayRunner(settings, challenges, out, ConsoleProgress(), command,
+                           address=ray_address, jobs=jobs if given else 0)  # fmt: skip
+    elif jobs > 1:
+        runner = ParallelRunner(settings, challenges, out, ConsoleProgress(), command, jobs=jobs)
+    else:
+        runner = Runner(settings, challenges, out, ConsoleProgress(), command)
     runner.prepare()
     todo, total = runner.plan()
     click.echo(

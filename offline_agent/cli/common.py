@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from offline_agent.errors import AgentError
+from offline_agent.errors import AgentError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,6 +23,23 @@ TEMPERATURE = click.FloatRange(0, 10)
 PORT = click.IntRange(1, 65535)
 AT_LEAST_ONE = click.IntRange(1, None)
 SECONDS = click.FloatRange(0, 24 * 3600, min_open=True)
+
+
+def samples_option(func: F) -> F:
+    """--samples: candidate replies decoded per step (`offline_agent.sampling`)."""
+    return click.option(
+        "--samples", type=click.IntRange(1, 16), default=1, show_default=True,
+        help="Candidate replies decoded per step; the likeliest one that passes the checks "
+        "(valid, not a repeat, Python that compiles) is kept. Above 1 needs a temperature.",
+    )(func)  # fmt: skip
+
+
+def check_samples(samples: int, temperature: float) -> None:
+    """ConfigError when several samples are asked for at temperature 0 (all would be equal)."""
+    if samples > 1 and temperature <= 0:
+        raise ConfigError(
+            "--samples above 1 needs --temperature above 0 (at 0 every sample is the same)"
+        )
 
 
 def machine_options(func: F) -> F:

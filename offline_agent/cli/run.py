@@ -14,8 +14,10 @@ from offline_agent.cli.common import (
     SECONDS,
     SEED,
     TEMPERATURE,
+    check_samples,
     commands_options,
     machine_options,
+    samples_option,
     sandbox_option,
 )
 from offline_agent.cli.console import ConsoleEvents, ask_after_interrupt, ask_user
@@ -179,6 +181,7 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
     show_default=True,
     help="Token limit per reply.",
 )
+@samples_option
 @click.option(
     "--python-timeout",
     type=SECONDS,
@@ -221,6 +224,7 @@ def run(
     time_limit: float | None,
     max_format_errors: int,
     reply_tokens: int,
+    samples: int,
     python_timeout: float,
     allow_shell: bool,
     shell_allow: tuple[str, ...],
@@ -237,6 +241,7 @@ def run(
     rules = Rules.parse(
         [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])], rules
     )
+    check_samples(samples, temperature)
     if base_url and chat_format:
         raise ConfigError("--chat-format applies to in-process models; the server picks its own")
     if (shell_allow or shell_deny) and not allow_shell:
@@ -254,6 +259,7 @@ def run(
             max_steps=min(max_steps, limit) if continuous and limit else max_steps,
             max_format_errors=max_format_errors,
             reply_tokens=reply_tokens,
+            samples=samples,
             time_limit=time_limit,
         ),
         chat_format=chat_format,

@@ -53,6 +53,9 @@ class Decoded:
     """Tokens fast-forwarded without sampling."""
     masked_tokens: int
     """Tokens for which the model's first choice was rejected and the full mask computed."""
+    logprob: float
+    """Mean log-probability the model gave the tokens it chose (its raw distribution, before
+    the grammar's mask; forced tokens excluded): how sure it was of this reply."""
 
 
 class GuidedDecoder:
@@ -119,7 +122,7 @@ class GuidedDecoder:
         params = llm.context_params
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads)
         try:
-            out, forced, masked = self._generate(matcher, max_tokens, temperature)
+            out, forced, masked, logprob = self._generate(matcher, max_tokens, temperature)
         finally:
             llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads_batch)
         self._check(matcher)
@@ -133,15 +136,18 @@ class GuidedDecoder:
             prompt_seconds,
             forced,
             masked,
+            logprob,
         )
 
     def _generate(
         self, matcher: LLMatcher, max_tokens: int, temperature: float
-    ) -> tuple[list[int], int, int]:
-        """Decode until the grammar is complete: (tokens, how many forced, how many masked)."""
+    ) -> tuple[list[int], int, int, float]:
+        """Decode until the grammar is complete: (tokens, how many forced, how many masked,
+        the chosen tokens' mean log-probability)."""
         llm = self._llm
         out: list[int] = []
         forced = masked = 0
+        logprobs: list[float] = []
         while len(out) < max_tokens and not matcher.is_stopped():
             ff = matcher.compute_ff_tokens()[: max_tokens - len(out)]
             if ff:
@@ -163,11 +169,12 @@ class GuidedDecoder:
                 if token in self.end_tokens and matcher.is_accepting():
                     break
                 self._consume(matcher, [token])
+            logprobs.append(_logprob(logits, token))
             out.append(token)
             if matcher.is_stopped():
                 break
             llm.eval([token])
-        return out, forced, masked
+        return out, forced, masked, float(np.mean(logprobs)) if logprobs else 0.0
 
     def _pick(self, logits: np.ndarray[Any, np.dtype[np.float32]], temperature: float) -> int:
         if temperature <= 0:
@@ -186,6 +193,12 @@ class GuidedDecoder:
     def _check(matcher: LLMatcher) -> None:
         if matcher.is_error():
             raise BackendError(f"llguidance failed: {matcher.get_error()}")
+
+
+def _logprob(logits: np.ndarray[Any, np.dtype[np.float32]], token: int) -> float:
+    """log softmax(logits)[token], computed stably."""
+    top = float(logits.max())
+    return float(logits[token]) - top - float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
 
 
 def _masked(

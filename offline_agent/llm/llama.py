@@ -26,7 +26,7 @@ from offline_agent.settings import usable_cores
 
 @dataclass(frozen=True)
 class _Decode:
-    """The last prompt decoded from (rendered text and tokens) and the reply's tokens."""
+    """A prompt decoded from (rendered text and tokens) and the reply's tokens."""
 
     prompt: bytes
     prompt_tokens: list[int]
@@ -85,7 +85,8 @@ class LlamaModel:
         )
         self._grammars: dict[str, LlamaGrammar] = {}
         self._guided: GuidedDecoder | None = None
-        self._last: _Decode | None = None
+        self._decodes: list[_Decode] = []
+        """The replies decoded from the latest prompt (several with `--samples`)."""
         self._pieces: dict[int, bytes] = {}
         self._prefixes = PrefixCache(self._llm, path, state_dir) if state_dir else None
 
@@ -98,21 +99,25 @@ class LlamaModel:
     def _tokens(self, messages: Sequence[Message]) -> tuple[bytes, list[int]]:
         """The rendered prompt and its tokens.
 
-        When the prompt continues the last one decoded with the reply that was decoded, the
-        reply keeps the very tokens the model produced, which the KV cache still holds.
-        Tokenising its text again would often split it differently (the grammar makes the
-        model pick tokens a tokenizer would merge), and everything from the first difference
-        on would be evaluated again.
+        When the prompt continues the latest one decoded with a reply decoded from it (the one
+        chosen, of several samples), the reply keeps the very tokens the model produced, which
+        the KV cache holds. Tokenising its text again would often split it differently (the
+        grammar makes the model pick tokens a tokenizer would merge), and everything from the
+        first difference on would be evaluated again.
         """
         text = self.format.render(messages).encode("utf-8")
-        return text, self._splice(text) or self._tokenize(text)
+        for decode in self._decodes:
+            if text == decode.prompt:  # another sample of the same prompt
+                return text, decode.prompt_tokens
+        spliced = [self._splice(text, decode) for decode in self._decodes]
+        kept, tokens = max(spliced, key=lambda pair: pair[0], default=(0, []))
+        return text, tokens if kept else self._tokenize(text)
 
-    def _splice(self, text: bytes) -> list[int] | None:
-        """`text`'s tokens reusing the last decode's prompt and reply tokens; None if it does
-        not continue them."""
-        last = self._last
-        if last is None or not text.startswith(last.prompt):
-            return None
+    def _splice(self, text: bytes, last: _Decode) -> tuple[int, list[int]]:
+        """`text`'s tokens reusing a decode's prompt and reply tokens, with how many of the
+        reply's it reuses; (0, []) if it does not continue them."""
+        if not text.startswith(last.prompt):
+            return 0, []
         rest, size, kept = text[len(last.prompt) :], 0, 0
         for token in last.reply:  # the reply as far as the text still has it (it is stripped)
             piece = self._piece(token)
@@ -120,11 +125,11 @@ class LlamaModel:
                 break
             size, kept = size + len(piece), kept + 1
         if kept == 0:
-            return None
+            return 0, []
         tail = self._tokenize(rest[size:])
         if self._llm.detokenize(tail, special=True) != rest[size:]:
-            return None  # e.g. a tokenizer that adds a space to text it starts with
-        return [*last.prompt_tokens, *last.reply[:kept], *tail]
+            return 0, []  # e.g. a tokenizer that adds a space to text it starts with
+        return kept, [*last.prompt_tokens, *last.reply[:kept], *tail]
 
     def _piece(self, token: int) -> bytes:
         if token not in self._pieces:
@@ -163,7 +168,7 @@ class LlamaModel:
     ) -> Completion:
         """Decode one answer; constrained by a grammar when a schema is given."""
         text, tokens = self._tokens(messages)
-        self._last = None
+        self._decodes = [decode for decode in self._decodes if decode.prompt == text]
         if len(tokens) + max_tokens > self.context_length:
             raise ContextOverflowError(
                 f"prompt of {len(tokens)} tokens plus {max_tokens} for the reply exceeds the "
@@ -174,7 +179,7 @@ class LlamaModel:
             completion, reply = self._complete_guided(tokens, schema, max_tokens)
         else:
             completion, reply = self._complete_llama(tokens, schema, max_tokens)
-        self._last = _Decode(text, tokens, reply)
+        self._decodes.append(_Decode(text, tokens, reply))
         if not warm_seconds:  # nothing was restored or evaluated ahead of the decoder
             return completion
         usage = completion.usage
@@ -292,4 +297,5 @@ class LlamaModel:
             prompt_seconds=decoded.prompt_seconds,
             total_seconds=time.perf_counter() - start,
             constrained=True,
+            logprob=decoded.logprob,
         ), decoded.tokens

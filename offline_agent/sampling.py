@@ -1,0 +1,82 @@
+"""Sampling with checks: decode several candidate replies and keep the likeliest sound one.
+
+At a temperature above zero a small model's single sample is often not its best answer: the
+reply it gives most of the time loses to a rarer, worse one. With `--samples N` each step
+decodes N candidates (the prompt is evaluated once; each costs only its own decoding), drops
+those that checks needing no model find wrong (an invalid reply, a command that already ran
+in this same workspace, Python that does not compile), and keeps the command most of the
+rest agree on (self-consistency); a tie goes to the one the model was surest of, the highest
+mean log-probability of its chosen tokens (backends that report none: the earliest). When
+every candidate fails a check, the same choice is made among them all: a check is evidence,
+not a veto. The mean log-probability alone measured worse: a small model is surest of text it
+copies, so a reply repeating its own thought outranked the right answer the other samples
+agreed on (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from offline_agent.llm.base import ChatModel
+from offline_agent.records import Completion, Message
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One decoded reply and what the checks found wrong with it ("" when nothing)."""
+
+    completion: Completion
+    doubt: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """What a step's record keeps of a candidate."""
+        c = self.completion
+        return {"text": c.text, "logprob": c.logprob, "doubt": self.doubt}
+
+
+def choose(candidates: Sequence[Candidate]) -> Candidate:
+    """The command most sound candidates agree on, the surest candidate giving it; among all
+    candidates if none is sound. Ties go to the surest, then the earliest."""
+    pool = [c for c in candidates if not c.doubt] or list(candidates)
+    votes = Counter(_command(c.completion.text) for c in pool)
+
+    def rank(index: int) -> tuple[int, float, int]:
+        completion = pool[index].completion
+        logprob = completion.logprob if completion.logprob is not None else float("-inf")
+        return votes[_command(completion.text)], logprob, -index
+
+    return pool[max(range(len(pool)), key=rank)]
+
+
+def _command(text: str) -> str:
+    """A reply's command in canonical form (what votes are counted on); the text itself when
+    it is not a JSON object with a command."""
+    try:
+        command = json.loads(text, strict=False)["command"]
+    except (json.JSONDecodeError, TypeError, KeyError):
+        return text
+    return json.dumps(command, sort_keys=True)
+
+
+def sample(
+    model: ChatModel,
+    messages: Sequence[Message],
+    *,
+    schema: dict[str, Any],
+    max_tokens: int,
+    samples: int,
+    check: Callable[[Completion], str],
+) -> tuple[Completion, list[Candidate]]:
+    """`samples` completions of `messages`, checked; the chosen one and all candidates (an
+    empty list when only one was asked for: nothing was chosen)."""
+    if samples <= 1:
+        return model.complete(messages, schema=schema, max_tokens=max_tokens), []
+    candidates = []
+    for _ in range(samples):
+        completion = model.complete(messages, schema=schema, max_tokens=max_tokens)
+        candidates.append(Candidate(completion, check(completion)))
+    return choose(candidates).completion, candidates
