@@ -238,7 +238,7 @@ class Agent:
             # The embedder's load would take CPU and the GIL from a model in this process; a
             # first prompt recalls nothing, so it loads once that reply is in (then a no-op).
             self.memory.preload()
-        raw = step.completion.text.strip()
+        raw = step.completion.answer.strip()  # a think block stays in the record only
         try:
             step.reply = parse_reply(step.completion, plan.tools, schema, plan.left_out)
         except FormatError as err:

@@ -23,6 +23,28 @@ Message = dict[str, str]
 
 FinishReason = Literal["stop", "length"]
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+"""The tags of a reasoning model's think block (Qwen3, DeepSeek-R1 and their distills, QwQ,
+SmolLM3, Phi-4-reasoning, Nemotron)."""
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """A reply's think block and its answer: `("", text)` when it opens with no think block.
+
+    The block may lack its opening tag (the prompt opened it, as DeepSeek-R1 distills'
+    templates do) and ends at its first closing tag; a reply cut off inside it is all
+    thinking and no answer.
+    """
+    head = text.lstrip()
+    if head.startswith("{"):
+        return "", text
+    thinking, closed, answer = head.partition(THINK_CLOSE)
+    if closed:
+        return thinking.removeprefix(THINK_OPEN).strip(), answer.lstrip()
+    if head.startswith(THINK_OPEN):
+        return head.removeprefix(THINK_OPEN).strip(), ""
+    return "", text
+
 
 @dataclass
 class Usage:
@@ -46,6 +68,16 @@ class Completion:
     logprob: float | None = None
     """Mean log-probability of the tokens the model chose, where the backend reports it
     (in-process with llguidance): what `--samples` ranks candidates by."""
+
+    @property
+    def thinking(self) -> str:
+        """The think block the text opens with ("" for none): kept in the record only."""
+        return split_thinking(self.text)[0]
+
+    @property
+    def answer(self) -> str:
+        """The text after any think block: what is parsed, and what the history keeps."""
+        return split_thinking(self.text)[1]
 
     @property
     def decode_tokens_per_second(self) -> float:

@@ -116,8 +116,9 @@ def parse_reply(
     unavailable: Mapping[str, str] | None = None,
 ) -> Reply:
     """Validate a completion against the reply schema; FormatError says what is wrong.
+    A think block before the JSON (a reasoning model's) is not part of the reply.
     `unavailable` maps the commands left out of this step to why, for that message."""
-    text = completion.text.strip()
+    text = completion.answer.strip()
     if completion.finish_reason == "length":
         try:
             json.loads(text, strict=False)

@@ -42,23 +42,23 @@ def choose(candidates: Sequence[Candidate]) -> Candidate:
     """The command most sound candidates agree on, the surest candidate giving it; among all
     candidates if none is sound. Ties go to the surest, then the earliest."""
     pool = [c for c in candidates if not c.doubt] or list(candidates)
-    votes = Counter(_command(c.completion.text) for c in pool)
+    votes = Counter(_command(c.completion) for c in pool)
 
     def rank(index: int) -> tuple[int, float, int]:
         completion = pool[index].completion
         logprob = completion.logprob if completion.logprob is not None else float("-inf")
-        return votes[_command(completion.text)], logprob, -index
+        return votes[_command(completion)], logprob, -index
 
     return pool[max(range(len(pool)), key=rank)]
 
 
-def _command(text: str) -> str:
-    """A reply's command in canonical form (what votes are counted on); the text itself when
-    it is not a JSON object with a command."""
+def _command(completion: Completion) -> str:
+    """A reply's command in canonical form (what votes are counted on; any think block
+    aside); the text itself when it is not a JSON object with a command."""
     try:
-        command = json.loads(text, strict=False)["command"]
+        command = json.loads(completion.answer, strict=False)["command"]
     except (json.JSONDecodeError, TypeError, KeyError):
-        return text
+        return completion.text
     return json.dumps(command, sort_keys=True)
 
 

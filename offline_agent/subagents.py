@@ -59,8 +59,8 @@ class SubAgents:
         budget = self.model.context_length - self.answer_tokens
         while len(agent.messages) > 2 and self.model.count_tokens(agent.messages) > budget:
             del agent.messages[1:3]  # oldest exchange; the system message stays
-        answer = self.model.complete(agent.messages, schema=None, max_tokens=self.answer_tokens)
-        text = answer.text.strip()
+        completion = self.model.complete(agent.messages, schema=None, max_tokens=self.answer_tokens)
+        text = completion.answer.strip()  # a reasoning model's think block is not kept
         agent.messages.append(Message(role="assistant", content=text))
         self.version += 1
         return text

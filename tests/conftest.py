@@ -181,6 +181,65 @@ def craft_gguf(*, template: str | None = "{{ messages }}", version: int = 3) -> 
     return head + padding + b"\0" * (4 * 8 * 4)
 
 
+def retemplate_gguf(
+    src: Path, dst: Path, template: str, renamed: dict[int, str] | None = None
+) -> Path:
+    """A copy of the GGUF file `src` at `dst` with `template` as its chat template and the
+    tokens `renamed` (id → text): a real model's tensors under another family's template."""
+    data = src.read_bytes()
+
+    def string(at: int) -> tuple[str, int]:
+        (size,) = struct.unpack_from("<Q", data, at)
+        return data[at + 8 : at + 8 + size].decode(), at + 8 + size
+
+    def skip(kind: int, at: int) -> int:
+        if kind == STR:
+            return string(at)[1]
+        if kind != ARR:
+            return at + struct.calcsize(_FMT[kind])
+        item, count = struct.unpack_from("<IQ", data, at)
+        at += 12
+        if item in _FMT:
+            return at + count * struct.calcsize(_FMT[item])
+        for _ in range(count):
+            at = skip(item, at)
+        return at
+
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
+    at, alignment, kvs = 24, 32, []
+    for _ in range(n_kv):
+        start = at
+        key, at = string(at)
+        (kind,) = struct.unpack_from("<I", data, at)
+        value_at, at = at + 4, skip(kind, at + 4)
+        if key == "tokenizer.chat_template":
+            continue
+        if key == "tokenizer.ggml.tokens" and renamed:
+            tokens, item_at = [], value_at + 12
+            for _ in range(struct.unpack_from("<IQ", data, value_at)[1]):
+                token, item_at = string(item_at)
+                tokens.append(token)
+            for index, text in renamed.items():
+                tokens[index] = text
+            kvs.append(_kv_array(key, STR, list(tokens)))
+            continue
+        if key == "general.alignment":
+            (alignment,) = struct.unpack_from("<I", data, value_at)
+        kvs.append(data[start:at])
+    kvs.append(_kv("tokenizer.chat_template", STR, template))
+    infos = at
+    for _ in range(n_tensors):
+        at = string(at)[1]
+        (n_dims,) = struct.unpack_from("<I", data, at)
+        at += 4 + 8 * n_dims + 4 + 8  # dims, type, offset
+    head = b"GGUF" + struct.pack("<IQQ", version, n_tensors, len(kvs)) + b"".join(kvs)
+    head += data[infos:at]
+    dst.write_bytes(
+        head + b"\0" * (-len(head) % alignment) + data[-(-at // alignment) * alignment :]
+    )
+    return dst
+
+
 # --- A fake server -------------------------------------------------------------------
 
 

@@ -61,6 +61,8 @@ class BenchSettings:
     threads: int | None = None
     n_gpu_layers: int = 0
     grammar_engine: Literal["llguidance", "llama"] = "llguidance"
+    think_tokens: int = LlamaOptions.think_tokens
+    thinking: bool = False
     memory: bool = False
     rules: Rules = field(default_factory=Rules)
     """The step rules every attempt runs with (`--rule`, `--reply-format`)."""
@@ -83,12 +85,16 @@ class BenchSettings:
     # attempts they cover, and where the files live. Everything else changes the numbers.
     EXTENSIBLE: ClassVar[tuple[str, ...]] = ("models", "repeats", "threads", "models_dir", "suite")
     # Settings added later, with the value results saved before them were made with.
+    # (The thinking settings change nothing for a model whose template knows no think block,
+    # as every model benchmarked before them.)
     ADDED: ClassVar[dict[str, Any]] = {
         "samples": 1,
         "sandbox": False,
         "tools": [],
         "mcp": [],
         "servers": {},
+        "think_tokens": LlamaOptions.think_tokens,
+        "thinking": False,
     }
 
     def to_json(self) -> dict[str, Any]:
@@ -377,7 +383,14 @@ class Runner:
     def _options(self, seed: int) -> LlamaOptions:
         s = self.settings
         return LlamaOptions(
-            s.n_ctx, s.threads, s.n_gpu_layers, seed, s.temperature, s.grammar_engine
+            s.n_ctx,
+            s.threads,
+            s.n_gpu_layers,
+            seed,
+            s.temperature,
+            s.grammar_engine,
+            think_tokens=s.think_tokens,
+            thinking=s.thinking,
         )
 
     def _http(self, model: str) -> HttpOptions | None:

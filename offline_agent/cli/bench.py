@@ -32,6 +32,7 @@ from offline_agent.cli.common import (
     machine_options,
     samples_option,
     sandbox_option,
+    thinking_options,
 )
 from offline_agent.errors import ConfigError
 from offline_agent.llm.http import CONSTRAINTS, Constraint
@@ -132,6 +133,7 @@ def _print_report(out: Path) -> None:
     default="llguidance",
     show_default=True,
 )
+@thinking_options
 @click.option("--memory", is_flag=True, help="Give each attempt a fresh long-term memory.")
 @click.option(
     "--rule",
@@ -181,6 +183,8 @@ def bench(
     threads: int | None,
     n_gpu_layers: int,
     grammar_engine: Literal["llguidance", "llama"],
+    think_tokens: int,
+    thinking: Literal["off", "on"],
     memory: bool,
     rule_items: tuple[str, ...],
     reply_format: str | None,
@@ -230,6 +234,8 @@ def bench(
         threads=threads,
         n_gpu_layers=n_gpu_layers,
         grammar_engine=grammar_engine,
+        think_tokens=think_tokens,
+        thinking=thinking == "on",
         memory=memory,
         rules=rules,
         base_url=base_url,

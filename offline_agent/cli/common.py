@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from offline_agent.errors import AgentError, ConfigError
+from offline_agent.llm.options import LlamaOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +55,30 @@ def machine_options(func: F) -> F:
     ]):  # fmt: skip
         func = option(func)
     return func
+
+
+THINK_TOKENS = click.IntRange(0, 1 << 20)
+
+
+def thinking_options(func: F) -> F:
+    """--think-tokens N and --thinking on|off: what a reasoning model may think before its
+    reply (docs/models.md, "Reasoning models")."""
+    func = click.option(
+        "--thinking",
+        type=click.Choice(["off", "on"]),
+        default="off",
+        show_default=True,
+        help="Leave thinking on where the model's chat template can turn it off (Qwen3's "
+        "enable_thinking, /no_think).",
+    )(func)
+    return click.option(
+        "--think-tokens",
+        type=THINK_TOKENS,
+        default=LlamaOptions.think_tokens,
+        show_default=True,
+        help="Most tokens a reasoning model may think in a <think> block before each reply "
+        "(0: none).",
+    )(func)
 
 
 def commands_options(func: F) -> F:

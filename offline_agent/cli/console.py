@@ -65,6 +65,8 @@ class ConsoleEvents:
     def replied(self, step: Step) -> None:
         """Print the reply (or why it was rejected) and the model's speed."""
         self.spinner.stop()
+        if step.completion is not None and step.completion.thinking:
+            click.secho(f"THINKING: {step.completion.thinking}", dim=True)
         if step.reply is None:
             click.secho(f"INVALID REPLY: {step.error}", fg="red")
         else:

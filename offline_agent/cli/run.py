@@ -19,6 +19,7 @@ from offline_agent.cli.common import (
     machine_options,
     samples_option,
     sandbox_option,
+    thinking_options,
 )
 from offline_agent.cli.console import ConsoleEvents, ask_after_interrupt, ask_user
 from offline_agent.errors import ConfigError
@@ -138,6 +139,7 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
     show_default=True,
     help="Who constrains in-process replies: llguidance (fast) or llama.cpp's GBNF sampler.",
 )
+@thinking_options
 @click.option("--workspace", type=click.Path(path_type=Path), default=None)
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--memory-dir", type=click.Path(path_type=Path), default=None)
@@ -211,6 +213,8 @@ def run(
     seed: int,
     temperature: float,
     grammar_engine: Literal["llguidance", "llama"],
+    think_tokens: int,
+    thinking: Literal["off", "on"],
     workspace: Path | None,
     runs_dir: Path | None,
     memory_dir: Path | None,
@@ -254,7 +258,16 @@ def run(
         # Absolute, so that `runs resume` from another folder finds the same ones.
         workspace=(workspace or home / "workspaces" / profile.name).absolute(),
         runs_dir=(runs_dir or home / "runs").absolute(),
-        llama=LlamaOptions(n_ctx, threads, n_gpu_layers, seed, temperature, grammar_engine),
+        llama=LlamaOptions(
+            n_ctx,
+            threads,
+            n_gpu_layers,
+            seed,
+            temperature,
+            grammar_engine,
+            think_tokens=think_tokens,
+            thinking=thinking == "on",
+        ),
         agent=AgentConfig(
             max_steps=min(max_steps, limit) if continuous and limit else max_steps,
             max_format_errors=max_format_errors,

@@ -13,6 +13,9 @@ own loop instead:
 
 No Python callback runs inside llama.cpp: llama-cpp-python swallows exceptions raised in a
 logits processor and then decodes unconstrained, which is what we must never return.
+
+A reasoning model's reply may open with a think block (`ThinkBlock`): the grammar is then a
+Lark one (`think_grammar`) that bounds the block's tokens and embeds the same JSON schema.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from offline_agent.errors import BackendError
+from offline_agent.llm.chat_format import ThinkStart
+from offline_agent.records import THINK_CLOSE, THINK_OPEN
 
 if TYPE_CHECKING:  # a TypedDict that exists only in llguidance's stubs
     from llguidance._lib import JsonCompileOptions
@@ -36,6 +41,64 @@ if TYPE_CHECKING:  # a TypedDict that exists only in llguidance's stubs
 JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": True, "whitespace_pattern": "[ ]?"}
 """At most one space between JSON tokens, as in llama-cpp-python's GBNF: both engines then
 allow the same texts, and at temperature 0 the model writes (nearly) the same replies."""
+
+
+THINK_MARGIN = 16
+"""Tokens a think block may take beyond its bound: its tags and the blank line after it."""
+
+
+@dataclass(frozen=True)
+class ThinkBlock:
+    """A think block allowed before the JSON reply: at most `max_tokens` tokens of thinking,
+    then its closing tag. `opened`: the prompt opened it, so the reply starts inside it and
+    must close it; otherwise the reply may open one or not."""
+
+    max_tokens: int
+    opened: bool = False
+
+    @property
+    def reserve(self) -> int:
+        """Tokens to set aside for it, in the context and in the decode."""
+        return self.max_tokens + THINK_MARGIN
+
+    @classmethod
+    def allowed(cls, start: ThinkStart, max_tokens: int) -> ThinkBlock | None:
+        """The block a reply starting at `start` may have with `max_tokens` (0: none at all;
+        a block the prompt opened is then closed at once); None where it has none."""
+        if start == "opened":
+            return cls(max_tokens, opened=True)
+        if start == "may" and max_tokens > 0:
+            return cls(max_tokens)
+        return None
+
+
+def think_grammar(
+    schema: dict[str, Any], block: ThinkBlock, special: tuple[int, int] | None = None
+) -> str:
+    """The Lark grammar of a reply made of `block` and then JSON of `schema`.
+
+    `special`: the vocabulary's own tokens for the two tags, which a reasoning model writes
+    (Qwen3's and the R1 distills' `<think>` is one token); the thinking may then hold any
+    text but the closing tag. Without them the tags are text, and the thinking holds no
+    `<`: the lexer reads greedily, so it could not tell where the closing tag began. When
+    the bound is reached the closing tag is forced.
+    """
+    if special is not None:
+        open_tag, close_tag = (f"<[{token}]>" for token in special)
+        closing = THINK_CLOSE.replace("/", r"\/")
+        text = rf"/(.|\n)*/ & ~/(.|\n)*{closing}(.|\n)*/"
+    else:
+        open_tag, close_tag = json.dumps(THINK_OPEN), json.dumps(THINK_CLOSE)
+        text = "/[^<]*/"
+    body = f"think_text {close_tag} GAP?" if block.max_tokens else f"{close_tag} GAP?"
+    lines = [f"start: {body} reply" if block.opened else f"start: ({open_tag} {body})? reply"]
+    if block.max_tokens:
+        lines.append(f"think_text[max_tokens={block.max_tokens}]: {text}")
+    lines += [
+        r"GAP: /[ \n]{1,4}/",
+        f"reply: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -80,12 +143,30 @@ class GuidedDecoder:
             )
         return self._tokenizer
 
-    def matcher(self, schema: dict[str, Any]) -> LLMatcher:
-        """A fresh matcher for `schema`; BackendError if llguidance cannot compile it."""
-        key = json.dumps(schema)
+    @property
+    def think_tokens(self) -> tuple[int, int] | None:
+        """The vocabulary's special tokens for `<think>` and `</think>`, if it has both."""
+        found = []
+        for tag in (THINK_OPEN, THINK_CLOSE):
+            tokens = self._llm.tokenize(tag.encode(), add_bos=False, special=True)
+            if len(tokens) != 1 or not self.tokenizer.is_special_token(tokens[0]):
+                return None
+            found.append(tokens[0])
+        return found[0], found[1]
+
+    def matcher(self, schema: dict[str, Any], think: ThinkBlock | None = None) -> LLMatcher:
+        """A fresh matcher for `schema`, after `think` when given; BackendError if llguidance
+        cannot compile it."""
+        key = json.dumps(schema) if think is None else f"{think} {json.dumps(schema)}"
         if key not in self._grammars:
             try:
-                self._grammars[key] = LLMatcher.grammar_from_json_schema(key, defaults=JSON_OPTIONS)
+                self._grammars[key] = (
+                    LLMatcher.grammar_from_json_schema(key, defaults=JSON_OPTIONS)
+                    if think is None
+                    else LLMatcher.grammar_from_lark(
+                        think_grammar(schema, think, self.think_tokens)
+                    )
+                )
             except ValueError as err:
                 raise BackendError(f"llguidance cannot read the schema: {err}") from None
         matcher = LLMatcher(self.tokenizer, self._grammars[key], log_level=0)
@@ -126,7 +207,9 @@ class GuidedDecoder:
         finally:
             llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads_batch)
         self._check(matcher)
-        text = llm.detokenize(out).decode("utf-8", errors="replace")
+        # special: a think block's tags are the vocabulary's own tokens, and the grammar
+        # admits no other special token.
+        text = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
         return Decoded(
             out,
             text,

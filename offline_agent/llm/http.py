@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from offline_agent.errors import BackendError, ConfigError
-from offline_agent.records import Completion, Message, Usage
+from offline_agent.records import THINK_CLOSE, THINK_OPEN, Completion, Message, Usage
 
 Constraint = Literal["json_object", "json_schema", "none"]
 """How the reply schema is sent: llama.cpp style, OpenAI style, or not at all."""
@@ -208,7 +208,13 @@ class HttpModel:
         total = time.perf_counter() - start
         try:
             choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
+            message = choice["message"]
+            text = message.get("content") or ""
+            # Servers that split a reasoning model's thinking off (llama-server, vLLM,
+            # Ollama): put it back as a think block, for the record.
+            thinking = message.get("reasoning_content") or message.get("reasoning")
+            if thinking:
+                text = f"{THINK_OPEN}{thinking}{THINK_CLOSE}\n{text}"
             usage = data.get("usage") or {}
             details = usage.get("prompt_tokens_details") or {}
             timings = data.get("timings") or {}  # llama.cpp's llama-server reports these

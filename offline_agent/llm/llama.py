@@ -14,10 +14,16 @@ from typing import Any
 import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from offline_agent.errors import BackendError, ContextOverflowError, ModelError, StorageError
+from offline_agent.errors import (
+    BackendError,
+    ConfigError,
+    ContextOverflowError,
+    ModelError,
+    StorageError,
+)
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
-from offline_agent.llm.guidance import GuidedDecoder, common_prefix
+from offline_agent.llm.guidance import GuidedDecoder, ThinkBlock, common_prefix
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.options import LlamaOptions
 from offline_agent.records import Completion, Message, Usage
@@ -76,13 +82,27 @@ class LlamaModel:
                 )
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"cannot load {path}: {err}") from None
-        self.context_length = options.n_ctx
         self.format: ChatFormat = chat_format_for(
             chat_format,
             self._llm.metadata.get("tokenizer.chat_template"),
             self._token_text(self._llm.token_bos()),
             self._token_text(self._llm.token_eos()),
+            thinking=options.thinking,
         )
+        self.think = (
+            ThinkBlock.allowed(self.format.thinking.start, options.think_tokens)
+            if options.grammar_engine == "llguidance"
+            else None  # llama.cpp's grammar is JSON from the first token: no think block
+        )
+        """The think block a constrained reply may open with (a reasoning model's)."""
+        reserve = self.think.reserve if self.think is not None else 0
+        if reserve * 2 > options.n_ctx:
+            raise ConfigError(
+                f"--think-tokens {options.think_tokens} takes over half of the context of "
+                f"{options.n_ctx} tokens; lower it or raise --n-ctx"
+            )
+        self.context_length = options.n_ctx - reserve
+        """Tokens a prompt and its reply may take: the think block's are set aside."""
         self._grammars: dict[str, LlamaGrammar] = {}
         self._guided: GuidedDecoder | None = None
         self._decodes: list[_Decode] = []
@@ -170,9 +190,11 @@ class LlamaModel:
         text, tokens = self._tokens(messages)
         self._decodes = [decode for decode in self._decodes if decode.prompt == text]
         if len(tokens) + max_tokens > self.context_length:
+            thinking = self.options.n_ctx - self.context_length
+            aside = f" ({thinking} set aside for thinking)" if thinking else ""
             raise ContextOverflowError(
                 f"prompt of {len(tokens)} tokens plus {max_tokens} for the reply exceeds the "
-                f"context of {self.context_length}"
+                f"context of {self.context_length}{aside}"
             )
         warmed, warm_seconds = self._warm_start(tokens)
         if schema is not None and self.options.grammar_engine == "llguidance":
@@ -282,8 +304,8 @@ class LlamaModel:
         start = time.perf_counter()
         decoded = self.guided.decode(
             tokens,
-            self.guided.matcher(schema),
-            max_tokens=max_tokens,
+            self.guided.matcher(schema, self.think),
+            max_tokens=max_tokens + (self.think.reserve if self.think is not None else 0),
             temperature=self.options.temperature,
         )
         return Completion(

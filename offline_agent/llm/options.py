@@ -20,3 +20,9 @@ class LlamaOptions:
     grammar_engine: Literal["llguidance", "llama"] = "llguidance"
     """Who enforces the reply schema: llguidance in our own decoding loop (fast, see
     `guidance.py`) or llama.cpp's GBNF grammar sampler (a full mask every token)."""
+    think_tokens: int = 512
+    """The most tokens a reasoning model may think (a `<think>` block, bounded by the grammar)
+    before its reply; 0: none. The context sets them aside (`LlamaModel.context_length`)."""
+    thinking: bool = False
+    """Leave thinking on where the chat template can turn it off (`enable_thinking`,
+    `/no_think`); off by default: an agent's step needs the reply, not an essay."""
