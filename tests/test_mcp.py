@@ -171,6 +171,8 @@ def test_a_published_server_from_the_registry_works_offline(tmp_path: Path) -> N
     assert answer["timezone"] == "Europe/Paris" and "datetime" in answer
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_the_real_model_calls_an_mcp_tool_only_validly(
     real_models: dict[str, Path], tmp_path: Path, server: str
 ) -> None:

@@ -149,6 +149,8 @@ def test_resolve_names_a_store_model_by_its_store_name(
     assert "ollama:tiny:latest" in shown.output
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_a_run_on_a_model_read_from_an_ollama_store(
     real_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
