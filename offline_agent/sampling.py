@@ -42,12 +42,13 @@ def choose(candidates: Sequence[Candidate]) -> Candidate:
     """The command most sound candidates agree on, the surest candidate giving it; among all
     candidates if none is sound. Ties go to the surest, then the earliest."""
     pool = [c for c in candidates if not c.doubt] or list(candidates)
-    votes = Counter(_command(c.completion) for c in pool)
+    commands = [_command(c.completion) for c in pool]
+    votes = Counter(commands)
 
     def rank(index: int) -> tuple[int, float, int]:
-        completion = pool[index].completion
-        logprob = completion.logprob if completion.logprob is not None else float("-inf")
-        return votes[_command(completion)], logprob, -index
+        logprob = pool[index].completion.logprob
+        surety = logprob if logprob is not None else float("-inf")
+        return votes[commands[index]], surety, -index
 
     return pool[max(range(len(pool)), key=rank)]
 

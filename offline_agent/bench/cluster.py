@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
 from typing import Any
 
 from offline_agent.bench.parallel import run_attempt, run_window
@@ -64,10 +63,8 @@ class RayRunner(Runner):
     def execute(self, todo: list[Planned], save: Callable[[Attempt], None], total: int) -> None:
         """Run `todo` as Ray tasks, passing each attempt to `save` as it ends."""
         ray = _ray()
-        settings = self.settings
-        cpus = settings.threads or 1
-        if settings.threads is None and settings.base_url is None and not settings.servers:
-            settings = replace(settings, threads=cpus)  # what the task asks for, it uses
+        cpus = self.settings.threads or 1
+        settings = self.settings.threads_each(cpus)  # what the task asks for, it uses
         started = not ray.is_initialized()
         if started:
             local = self.address == "local"

@@ -19,7 +19,7 @@ import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,8 @@ class ParallelRunner(Runner):
 
     def execute(self, todo: list[Planned], save: Callable[[Attempt], None], total: int) -> None:
         """Run `todo` in the worker processes, passing each attempt to `save` as it ends."""
-        settings, jobs = self.settings, self.jobs
-        if settings.threads is None and settings.base_url is None and not settings.servers:
-            settings = replace(settings, threads=max(1, usable_cores() // jobs))
+        jobs = self.jobs
+        settings = self.settings.threads_each(max(1, usable_cores() // jobs))
         context = multiprocessing.get_context("spawn")  # no fork of a process holding a model
         pool = ProcessPoolExecutor(jobs, mp_context=context)
 

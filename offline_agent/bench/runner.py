@@ -97,6 +97,13 @@ class BenchSettings:
         "thinking": False,
     }
 
+    def threads_each(self, threads: int) -> BenchSettings:
+        """These settings with `threads` CPU threads per in-process model, unless `--threads`
+        chose them or the models are served (then a worker needs no cores of its own)."""
+        if self.threads is None and self.base_url is None and not self.servers:
+            return replace(self, threads=threads)
+        return self
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for bench.json."""
         data = asdict(self)
