@@ -117,7 +117,7 @@ def decode_scripted(model: LlamaModel, messages: list[Message], reply: str) -> N
     reply_tokens = model._tokenize(reply.encode("utf-8"))
     model._llm.n_tokens = len(tokens)
     model._llm.eval(reply_tokens)
-    model._last = _Decode(text, tokens, reply_tokens)
+    model._decodes = [_Decode(text, tokens, reply_tokens)]
 
 
 def run_layout(model: LlamaModel, name: str, steps: int) -> Layout:
@@ -127,7 +127,7 @@ def run_layout(model: LlamaModel, name: str, steps: int) -> Layout:
     else:  # the builder's settings before requests were kept
         builder = PromptBuilder(PROFILE, tools, model, 512, memory_share=0.25, keep_share=0.5)
     model._llm.reset()
-    model._last = None
+    model._decodes = []
     history: list[Message] = []
     out = Layout(name, [], [], [])
     for i in range(steps):
