@@ -128,7 +128,7 @@ def free(model: LlamaModel, messages: list[Message], n_tokens: int) -> Run:
     llm = model._llm
     _, tokens = model._tokens(messages)
     ban = {
-        t: -1e9 for t in range(llm.n_vocab()) if llama_cpp.llama_token_is_eog(llm._model.vocab, t)
+        t: -1e9 for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)
     }
     llm.create_completion(tokens, max_tokens=1, temperature=0.0)
     perf_reset(model)

@@ -323,8 +323,9 @@ def test_same_commands_in_process_and_through_the_server(
 ) -> None:
     # Same rendered prompt (the server applies the GGUF's template with the same Jinja
     # settings), greedy decoding, repeat_penalty 1.0 on both sides, and the same grammar:
-    # llama.cpp's GBNF from LlamaGrammar.from_json_schema. The default in-process engine,
-    # llguidance, writes compact JSON ('{"thoughts"') where the GBNF grammar lets the model
+    # llama.cpp's GBNF from llama-cpp-python's converter (gbnf.json_schema_grammar, which
+    # `serve` uses too). The default in-process engine, llguidance, writes compact JSON
+    # ('{"thoughts"') where the GBNF grammar lets the model
     # choose its whitespace ('{ "thoughts"'), so with it the texts differ from the first
     # token on (see docs/servers.md). Only the first step is compared token for token: from
     # the second on, the in-process model gives its own reply back as the tokens it decoded

@@ -24,13 +24,14 @@ def server_argv(
     threads: int | None,
     chat_format: str | None,
 ) -> list[str]:
-    """The `python -m llama_cpp.server` command line that serves `resolved`."""
+    """The command line that serves `resolved` with llama-cpp-python's server
+    (`python -m llama_cpp.server`, through `offline_agent.llm.llama_server`)."""
     name = resolved.name
     fmt = chat_format or resolved.chat_format
     if fmt is None:
         raise ConfigError(f"{resolved.path} has no chat template; pass --chat-format")
     argv = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "offline_agent.llm.llama_server",
         "--model", str(resolved.path),
         "--model_alias", name,
         "--host", host,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +129,7 @@ class GuidedDecoder:
         self._llm = llm
         vocab = llm._model.vocab
         self.n_vocab = int(llm.n_vocab())
-        self.end_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_token_is_eog(vocab, t)]
+        self.end_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
         self._tokenizer: LLTokenizer | None = None
         self._grammars: dict[str, str] = {}
         self._mask = allocate_token_bitmask(1, self.n_vocab)
@@ -138,9 +139,13 @@ class GuidedDecoder:
     def tokenizer(self) -> LLTokenizer:
         """The vocabulary as llguidance sees it; built on first use (~2 s for Gemma's 262k)."""
         if self._tokenizer is None:
-            self._tokenizer = lltokenizer_from_vocab(
-                self._llm._model.vocab, n_vocab=self.n_vocab, eos_token=self.end_tokens
-            )
+            # llguidance reads each token's attributes with `llama_token_get_attr`, which
+            # llama-cpp-python 0.3.17+ wraps in a DeprecationWarning: one per token (262k).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._tokenizer = lltokenizer_from_vocab(
+                    self._llm._model.vocab, n_vocab=self.n_vocab, eos_token=self.end_tokens
+                )
         return self._tokenizer
 
     @property

@@ -102,6 +102,9 @@ class PrefixCache:
             return False
         llm.input_ids[: len(tokens)] = tokens
         llm.n_tokens = len(tokens)
+        # Newer llama-cpp-python (0.3.36) samples at once when the whole prompt is cached, unless
+        # told the logits are not a live decode's (as its own `load_state` does).
+        llm._requires_eval = True
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: kept longest
         return True

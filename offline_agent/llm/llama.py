@@ -23,6 +23,7 @@ from offline_agent.errors import (
 )
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
+from offline_agent.llm.gbnf import json_schema_grammar, parses
 from offline_agent.llm.guidance import GuidedDecoder, ThinkBlock, common_prefix
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.options import LlamaOptions
@@ -176,11 +177,18 @@ class LlamaModel:
         return evaluated
 
     def grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
-        """The GBNF grammar for `schema`, converted once and cached."""
+        """The GBNF grammar for `schema`, converted once and cached; BackendError if
+        llama.cpp cannot parse it (llama-cpp-python would decode with a NULL sampler)."""
         key = json.dumps(schema)  # not sorted: property order is the order the model writes
         if key not in self._grammars:
             with _quiet():
-                self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+                grammar = json_schema_grammar(key)
+            if not parses(grammar, self._llm._model.vocab):
+                raise BackendError(
+                    "llama.cpp cannot parse the GBNF grammar of the reply schema; "
+                    "use --grammar-engine llguidance"
+                )
+            self._grammars[key] = grammar
         return self._grammars[key]
 
     def complete(
