@@ -377,8 +377,7 @@ def test_a_real_step_thinks_within_the_bound_and_its_reply_validates(
     (step,) = events.steps
     assert step.completion is not None and step.completion.constrained
     assert step.reply is not None, step.error  # the reply after the block validated
-    assert model._last is not None
-    decoded = model._last.reply
+    decoded = model._decodes[-1].reply
     if tags is not None:
         thought = decoded.index(tags[1])
     else:  # text tags: the thinking holds no "<", the closing tag starts with one
