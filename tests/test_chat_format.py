@@ -98,15 +98,3 @@ def test_helpers_templates_call_are_there() -> None:
     assert text.startswith("<sys>Today: ")
     # enable_thinking is given, and false: thinking is off (tests/test_thinking.py)
     assert text.endswith("<user>next step</user>\n<assistant><think></think>")
-
-
-@pytest.mark.parametrize(
-    ("template", "message"),
-    [
-        ("{% for m in messages %}{{ m.content }", "does not parse"),
-        ("{{ raise_exception('always') }}", "chat template failed: always"),
-    ],
-)
-def test_a_template_that_cannot_render_is_one_line(template: str, message: str) -> None:
-    with pytest.raises(ModelError, match=message):
-        chat_format_for("template", template, "<s>", "</s>")

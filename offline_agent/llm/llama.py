@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+from llama_cpp import llama_chat_format
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from offline_agent.errors import (
@@ -47,6 +48,42 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+class _UnusedChatHandlers:
+    """Stands in for llama-cpp-python's `Jinja2ChatFormatter` while a model loads.
+
+    Loading compiles the file's chat templates, with a Jinja environment that lacks loop
+    controls and Hugging Face's `{% generation %}`, for chat handlers we never call (we render
+    the template ourselves, `chat_format.py`): a template it cannot compile failed the load
+    with a traceback, before our own renderer could take it or say why not in one line.
+    """
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def to_chat_handler(self) -> Any:
+        """A handler that says it is not ours to call."""
+
+        def unused(**_: Any) -> Any:
+            raise BackendError("chat completions are rendered by offline_agent, not llama.cpp")
+
+        return unused
+
+
+@contextlib.contextmanager
+def _own_chat_templates() -> Iterator[None]:
+    """Keep llama-cpp-python from compiling chat templates while a model loads."""
+    module = llama_chat_format
+    original = getattr(module, "Jinja2ChatFormatter", None)
+    if original is None:  # a release that no longer builds them
+        yield
+        return
+    module.Jinja2ChatFormatter = _UnusedChatHandlers  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        module.Jinja2ChatFormatter = original  # type: ignore[misc]
+
+
 class LlamaModel:
     """A `ChatModel` running a GGUF file in this process.
 
@@ -71,7 +108,7 @@ class LlamaModel:
             )
         threads = options.n_threads or usable_cores()
         try:
-            with _quiet():
+            with _quiet(), _own_chat_templates():
                 self._llm = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=options.n_ctx,
@@ -89,6 +126,7 @@ class LlamaModel:
             self._token_text(self._llm.token_bos()),
             self._token_text(self._llm.token_eos()),
             thinking=options.thinking,
+            model=self.name,
         )
         self.think = (
             ThinkBlock.allowed(self.format.thinking.start, options.think_tokens)
