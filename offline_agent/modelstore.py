@@ -21,7 +21,8 @@ from offline_agent import gguf, stores
 from offline_agent.errors import ChecksumError, ConfigError, ModelError
 from offline_agent.home import home_dir
 
-BUILTIN_REGISTRY = Path(__file__).parents[1] / "models" / "registry.toml"
+# Package data: an install from the wheel (an air-gap bundle) has it too.
+BUILTIN_REGISTRY = Path(__file__).with_name("registry.toml")
 USER_REGISTRY_NAME = "registry.toml"
 TEMPLATE_FORMAT = "template"
 HASH_CHUNK = 1 << 20
