@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from offline_agent import modelstore
+from offline_agent.bundle import manifest as mf
 from offline_agent.errors import AgentError, ToolError
 from offline_agent.memory import Embedder, SentenceTransformerEmbedder
 from offline_agent.sandbox import protections
@@ -188,6 +189,59 @@ def run_checks(
     add(check_sandbox())
     tried = "; ".join(guard.attempts[:5])
     add([Check("no network used", _status(tried, strict), tried or "no socket was even tried")])
+    return checks
+
+
+def _few(items: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_bundle(folder: Path) -> list[Check]:
+    """An air-gap bundle against its manifest: every file present and unchanged, and this
+    interpreter and machine the ones its wheels are for."""
+    try:
+        manifest = mf.read(folder)
+    except AgentError as err:
+        return [Check("bundle manifest", "fail", str(err))]
+    models = ", ".join(m["name"] for m in manifest.models) or "no models"
+    checks = [
+        Check(
+            "bundle manifest",
+            "ok",
+            f"offline_agent {manifest.offline_agent}, {len(manifest.wheels)} wheels, {models}, "
+            f"{len(manifest.kv_states)} KV state(s), {manifest.total_size / 1e6:.0f} MB",
+        )
+    ]
+    problems = mf.compare(folder, manifest)
+    if problems.missing:
+        checks.append(Check("bundle files present", "fail", "missing: " + _few(problems.missing)))
+    if problems.changed:
+        checks.append(Check("bundle files unchanged", "fail", "changed: " + _few(problems.changed)))
+    if not problems.missing and not problems.changed:
+        checks.append(Check("bundle files", "ok", f"{len(manifest.files)} match their sha256"))
+    if problems.extra:
+        checks.append(Check("bundle files listed", "warn", "not in the manifest: "
+                            + _few(problems.extra)))  # fmt: skip
+    mismatch = mf.python_mismatch(manifest)
+    here = mf.this_python()
+    checks.append(Check("bundle's Python", "fail" if mismatch else "ok",
+                        mismatch or f"{here['tag']} (Python {here['version']})"))  # fmt: skip
+    unfit = [w["file"].rsplit("/", 1)[-1] for w in manifest.wheels
+             if not mf.wheel_fits(Path(w["file"]))]  # fmt: skip
+    platform = mf.this_platform()
+    checks.append(
+        Check("bundle's platform", "fail", "wheels this Python cannot install: " + _few(unfit))
+        if unfit
+        else Check("bundle's platform", "ok", f"every wheel fits {platform['tag']}")
+    )
+    lacking = sorted(set(manifest.platform.get("cpu_flags", [])) - set(platform["cpu_flags"]))
+    if lacking:
+        detail = (
+            f"this CPU lacks {', '.join(lacking)}, which the machine that built "
+            "llama-cpp-python has: its native build may stop with 'Illegal instruction'"
+        )
+        checks.append(Check("bundle's CPU", "warn", detail))
     return checks
 
 

@@ -63,6 +63,10 @@ class MemoryStoreError(StorageError):
     exit_code = 8
 
 
+class BundleError(AgentError):
+    """An air-gap bundle cannot be written, or is not one (no manifest, a bad manifest)."""
+
+
 class ReplayDivergedError(AgentError):
     """A replayed command gave another result than the recorded one."""
 

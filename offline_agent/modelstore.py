@@ -12,7 +12,7 @@ import sys
 import tempfile
 import tomllib
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -21,7 +21,8 @@ from offline_agent import gguf, stores
 from offline_agent.errors import ChecksumError, ConfigError, ModelError
 from offline_agent.home import home_dir
 
-BUILTIN_REGISTRY = Path(__file__).parents[1] / "models" / "registry.toml"
+# Package data: an install from the wheel (an air-gap bundle) has it too.
+BUILTIN_REGISTRY = Path(__file__).with_name("registry.toml")
 USER_REGISTRY_NAME = "registry.toml"
 TEMPLATE_FORMAT = "template"
 HASH_CHUNK = 1 << 20
@@ -214,19 +215,41 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _dump_user_registry(specs: Mapping[str, ModelSpec]) -> str:
-    lines = ["# Models registered with `offline-agent models add`. Written by offline_agent.", ""]
-    for spec in specs.values():
-        lines.append(f"[models.{_toml_str(spec.name)}]")
+def dump_registry(specs: Iterable[ModelSpec], *, default: str | None = None, head: str = "") -> str:
+    """Registry entries as TOML that `load_registry` reads back: sources, chunks or path."""
+    lines = [head, ""] if head else []
+    if default is not None:
+        lines += [f"default = {_toml_str(default)}", ""]
+    for spec in specs:
+        table = f"models.{_toml_str(spec.name)}"
+        lines.append(f"[{table}]")
         lines.append(f"description = {_toml_str(spec.description)}")
         lines.append(f"filename = {_toml_str(spec.filename)}")
-        lines.append(f"path = {_toml_str(str(spec.path))}")
+        if spec.path is not None:
+            lines.append(f"path = {_toml_str(str(spec.path))}")
         lines.append(f"sha256 = {_toml_str(spec.sha256)}")
         lines.append(f"size = {spec.size}")
         lines.append(f"context_length = {spec.context_length}")
         lines.append(f"chat_format = {_toml_str(spec.chat_format)}")
         lines.append("")
+        for source in spec.sources:
+            lines.append(f"[[{table}.chunks]]" if len(spec.sources) > 1 else f"[{table}.source]")
+            lines.append(f"package = {_toml_str(source.package)}")
+            lines.append(f"version = {_toml_str(source.version)}")
+            lines.append(f"member = {_toml_str(source.member)}")
+            lines.append("")
     return "\n".join(lines)
+
+
+def read_registry_file(path: Path) -> dict[str, ModelSpec]:
+    """The entries of one registry file on its own (a bundle's), not merged with ours."""
+    return _specs(_read_toml(path), path)
+
+
+def _write_user_registry(models_dir: Path, specs: Mapping[str, ModelSpec]) -> None:
+    head = "# Models registered with `offline-agent models add`. Written by offline_agent."
+    with _atomic_file(user_registry_path(models_dir)) as f:
+        f.write(dump_registry(specs.values(), head=head).encode("utf-8"))
 
 
 # --- Files ----------------------------------------------------------------------------
@@ -359,6 +382,20 @@ def verify(spec: ModelSpec, models_dir: Path) -> Path:
     return path
 
 
+def _stamp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamp_state(spec: ModelSpec, path: Path) -> dict[str, object]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": spec.sha256}
+
+
+def _write_stamp(spec: ModelSpec, path: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only models folder just re-checks next time
+        _stamp(path).write_text(json.dumps(_stamp_state(spec, path)), encoding="utf-8")
+
+
 def verify_once(spec: ModelSpec, models_dir: Path) -> Path:
     """`verify`, but only when the file changed since it last passed (a stamp beside it).
 
@@ -367,12 +404,9 @@ def verify_once(spec: ModelSpec, models_dir: Path) -> Path:
     hundreds of megabytes on every start.
     """
     path = spec.location(models_dir)
-    stamp = path.with_name(f".{path.name}.verified")
     if path.is_file():
-        state = {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
-                 "sha256": spec.sha256}  # fmt: skip
         try:
-            if json.loads(stamp.read_text(encoding="utf-8")) == state:
+            if json.loads(_stamp(path).read_text(encoding="utf-8")) == _stamp_state(spec, path):
                 return path
         except (OSError, ValueError):
             pass
@@ -380,9 +414,44 @@ def verify_once(spec: ModelSpec, models_dir: Path) -> Path:
         verify(spec, models_dir)
     except ChecksumError as err:
         raise ChecksumError(f"{err}; run: offline-agent models fetch --force {spec.name}") from None
-    with contextlib.suppress(OSError):  # a read-only models folder just re-checks next time
-        stamp.write_text(json.dumps(state), encoding="utf-8")
+    _write_stamp(spec, path)
     return path
+
+
+def copy_checked(spec: ModelSpec, source: Path, target: Path) -> None:
+    """Copy the file of `spec` from `source` to `target` atomically, checking its size and
+    sha256 on the way (ChecksumError: target is left as it was)."""
+    digest = hashlib.sha256()
+    try:
+        with _atomic_file(target) as out, source.open("rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+            if out.tell() != spec.size or digest.hexdigest() != spec.sha256:
+                raise ChecksumError(
+                    f"model {spec.name}: {source} has size {out.tell()} and sha256 "
+                    f"{digest.hexdigest()}, expected {spec.size} and {spec.sha256}"
+                )
+    except FileNotFoundError:
+        raise ModelError(f"model {spec.name}: {source} is missing") from None
+
+
+def place(
+    spec: ModelSpec, source: Path, models_dir: Path, *, progress: Progress | None = None
+) -> Path:
+    """Copy the file of `spec` from `source` (a bundle's) to where runs look for it, checking
+    its size and sha256 on the way; a verified file already there is kept."""
+    say = progress or (lambda _msg: None)
+    target = spec.location(models_dir)
+    if _has_right_size(spec, target):
+        with contextlib.suppress(ChecksumError):
+            verify_once(spec, models_dir)
+            say(f"{spec.name}: already at {target}")
+            return target
+    copy_checked(spec, source, target)
+    _write_stamp(spec, target)
+    say(f"{spec.name}: placed {target}")
+    return target
 
 
 # --- Resolve, add, list ---------------------------------------------------------------
@@ -450,11 +519,20 @@ def add(
         description=f"{info.name or info.architecture}, {info.quantisation or '?'} (added)",
         path=path,
     )
-    user = {n: s for n, s in registry.models.items() if not s.fetchable and n != name}
-    user[name] = spec
-    with _atomic_file(registry_file) as f:
-        f.write(_dump_user_registry(user).encode("utf-8"))
+    register([spec], models_dir)
     return spec
+
+
+def register(specs: Iterable[ModelSpec], models_dir: Path) -> None:
+    """Add entries for files kept by path to the user registry, replacing same-named ones."""
+    registry = load_registry(user_registry_path(models_dir))
+    user = {n: s for n, s in registry.models.items() if not s.fetchable}
+    for spec in specs:
+        existing = registry.models.get(spec.name)
+        if spec.path is None or (existing is not None and existing.fetchable):
+            raise ConfigError(f"{spec.name}: only a model kept by path can be registered here")
+        user[spec.name] = spec
+    _write_user_registry(models_dir, user)
 
 
 def list_models(registry: Registry, models_dir: Path) -> list[ModelRow]:

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "offline_agent.cli.doctor",
         "Check, with every socket blocked, that a run needs nothing from a network.",
     ),
+    "bundle": (
+        "offline_agent.cli.bundle",
+        "Write a folder that installs offline-agent and its models with no network.",
+    ),
     "runs": ("offline_agent.cli.runs", "List, show, verify, replay and resume recorded runs."),
     "tools": (
         "offline_agent.cli.tools",

@@ -26,13 +26,30 @@ def _print(check: checks.Check) -> None:
 )
 @click.option("--model", "names", multiple=True, help="Check only these models (repeatable).")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None)
-def doctor(offline: bool, names: tuple[str, ...], models_dir: Path | None) -> None:
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Instead, check an air-gap bundle (`offline-agent bundle`) against its manifest: "
+    "missing or changed files, another Python or platform.",
+)
+def doctor(
+    offline: bool, names: tuple[str, ...], models_dir: Path | None, bundle_dir: Path | None
+) -> None:
     """Check, with every socket blocked, that a run needs nothing from a network."""
-    results = checks.run_checks(
-        models_dir or default_models_dir(), names, strict=offline, progress=_print
-    )
+    if bundle_dir is not None:
+        results = checks.check_bundle(bundle_dir)
+        for check in results:
+            _print(check)
+        verdict = ("the bundle is not fit to install here", "the bundle can be installed here")
+    else:
+        results = checks.run_checks(
+            models_dir or default_models_dir(), names, strict=offline, progress=_print
+        )
+        verdict = ("not ready for an offline run", "ready for an offline run")
     failed = sum(c.status == "fail" for c in results)
     if failed:
-        click.secho(f"{failed} check(s) failed: not ready for an offline run", fg="red", err=True)
+        click.secho(f"{failed} check(s) failed: {verdict[0]}", fg="red", err=True)
         raise click.exceptions.Exit(1)
-    click.secho("ready for an offline run", fg="green")
+    click.secho(verdict[1], fg="green")

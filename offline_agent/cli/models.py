@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 import click
 
 from offline_agent import gguf, modelstore, stores
+from offline_agent.bundle.place import place
 from offline_agent.cli.common import library_errors
 from offline_agent.errors import ConfigError
+from offline_agent.llm.kvfile import default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,9 +74,27 @@ def list_command(models_dir: Path, discover: bool) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "fetch_all", is_flag=True, help="Fetch every fetchable model.")
 @click.option("--force", is_flag=True, help="Download again even if the file is present.")
+@click.option(
+    "--from",
+    "bundle_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Take them from an air-gap bundle (`offline-agent bundle`) instead, with its saved "
+    "KV states (default: every model it holds). No network.",
+)
 @_models_dir_option
-def fetch(names: tuple[str, ...], fetch_all: bool, force: bool, models_dir: Path) -> None:
+def fetch(
+    names: tuple[str, ...], fetch_all: bool, force: bool, bundle_dir: Path | None, models_dir: Path
+) -> None:
     """Download models and check their sha256 (default: the default model)."""
+    if bundle_dir is not None:
+        if fetch_all or force:
+            raise click.UsageError("--from takes model names, not --all or --force")
+        with library_errors():
+            placed = place(bundle_dir, models_dir, default_state_dir(), names, progress=_echo_err)
+        for name, path in placed.models.items():
+            click.echo(f"{name}: {path}")
+        return
     with library_errors():
         registry = _registry(models_dir)
         if fetch_all:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from offline_agent.llm.base import ChatModel
 from offline_agent.llm.http import HttpModel, HttpOptions
+from offline_agent.llm.kvfile import default_state_dir
 from offline_agent.llm.options import LlamaOptions
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.modelstore import load_registry, resolve, user_registry_path
@@ -42,7 +43,6 @@ def open_model(
     model = model or registry.default
     resolved = resolve(model, registry, models_dir)
     # Imported here: loading llama.cpp's library is not needed for --help or scripted runs.
-    from offline_agent.llm.kvcache import default_state_dir  # noqa: PLC0415
     from offline_agent.llm.llama import LlamaModel  # noqa: PLC0415
 
     return LlamaModel(

@@ -11,52 +11,36 @@ A file is named by the hash of what it depends on (the model file's path, size a
 the context and batch sizes, the llama-cpp-python version) and of its tokens. It holds a
 checksum of its contents; a file that is unreadable, stale or corrupt is a miss (and
 removed), never an error. Files are written atomically, and only the most recently used few
-are kept.
+are kept. The file format is `kvfile.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp
-import numpy as np
 
-from offline_agent.home import home_dir
+from offline_agent.llm import kvfile
+from offline_agent.llm.kvfile import SUFFIX
 
-MAGIC = b"OAKV0001"
-SUFFIX = ".kv"
 STALE_TMP_SECONDS = 3600
-
-
-def default_state_dir() -> Path:
-    """$OFFLINE_AGENT_HOME/kv-cache, else ~/.offline-agent/kv-cache."""
-    return home_dir() / "kv-cache"
 
 
 def identity(llm: llama_cpp.Llama, model_path: Path) -> str:
     """What a saved state depends on besides its tokens."""
-    stat = model_path.stat()
     params = llm.context_params
-    return json.dumps(
-        {
-            "model": str(model_path.resolve()),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "n_ctx": llm.n_ctx(),
-            "n_batch": params.n_batch,
-            "n_ubatch": params.n_ubatch,
-            "n_gpu_layers": llm.model_params.n_gpu_layers,
-            "llama_cpp": llama_cpp.__version__,
-        },
-        sort_keys=True,
+    return kvfile.identity(
+        model_path,
+        n_ctx=llm.n_ctx(),
+        n_batch=params.n_batch,
+        n_ubatch=params.n_ubatch,
+        n_gpu_layers=llm.model_params.n_gpu_layers,
+        llama_cpp=llama_cpp.__version__,
     )
 
 
@@ -80,9 +64,7 @@ class PrefixCache:
 
     def path(self, tokens: Sequence[int]) -> Path:
         """Where the state after evaluating exactly `tokens` is kept."""
-        digest = hashlib.sha256(self.identity.encode())
-        digest.update(np.asarray(tokens, dtype=np.int32).tobytes())
-        return self.folder / f"{digest.hexdigest()[:40]}{SUFFIX}"
+        return self.folder / kvfile.file_name(self.identity, tokens)
 
     def load(self, tokens: Sequence[int]) -> bool:
         """Restore the state saved for `tokens`; False on any miss."""
@@ -110,18 +92,9 @@ class PrefixCache:
         return True
 
     def _read(self, path: Path, tokens: Sequence[int]) -> bytes:
-        data = path.read_bytes()
-        if not data.startswith(MAGIC):
-            raise ValueError("not a state file")
-        size = int.from_bytes(data[8:12], "little")
-        header = json.loads(data[12 : 12 + size])
-        payload = data[12 + size :]
-        if (
-            header["identity"] != self.identity
-            or header["tokens"] != list(tokens)
-            or header["sha256"] != hashlib.sha256(payload).hexdigest()
-        ):
-            raise ValueError("stale or corrupt state file")
+        header, payload = kvfile.read(path)
+        if header.identity != self.identity or header.tokens != list(tokens):
+            raise ValueError("stale state file")
         return payload
 
     def save(self, tokens: Sequence[int]) -> None:
@@ -131,23 +104,8 @@ class PrefixCache:
         buffer = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_get_data(llm._ctx.ctx, buffer, size)
         payload = memoryview(buffer)[:written]
-        header = json.dumps(
-            {
-                "identity": self.identity,
-                "tokens": list(tokens),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-            }
-        ).encode()
         with contextlib.suppress(OSError):
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(MAGIC + len(header).to_bytes(4, "little") + header)
-                    out.write(payload)
-                os.replace(tmp, self.path(tokens))
-            finally:
-                _discard(Path(tmp))
+            kvfile.write(self.folder, self.identity, tokens, payload)
             self._prune()
 
     def _prune(self) -> None:
