@@ -155,7 +155,7 @@ def prepare_command(check: bool) -> None:
             if found is None:
                 raise MemoryStoreError(f"no usable ONNX export in {folder}: {why}")
         else:
-            ensure_export(source, folder, embedder.variant, notify=_warn)
+            ensure_export(source, folder, embedder.variant, _warn, embedder.model_id)
     click.echo(
         f"The ONNX export of {embedder.model_id} is ready in {folder} "
         f"({time.perf_counter() - started:.1f} s)"

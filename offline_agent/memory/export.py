@@ -143,9 +143,14 @@ def read_export(folder: Path, model_path: Path) -> tuple[Export | None, str]:
 
 
 def ensure_export(
-    model_path: Path, folder: Path, kind: Variant = "fp32", notify: Notify | None = None
+    model_path: Path,
+    folder: Path,
+    kind: Variant = "fp32",
+    notify: Notify | None = None,
+    model_id: str | None = None,
 ) -> Export:
     """The checked export in `folder`, built first when missing, stale or damaged."""
+    name = model_id or model_path.name
     with locked(folder, exclusive=False):
         found, why = read_export(folder, model_path)
     if found is not None:
@@ -156,25 +161,27 @@ def ensure_export(
             return found
         if notify is not None:
             notify(
-                f"Building the fast embedder (an ONNX export of {model_path.name}, once) "
-                f"in {folder}: {why}"
+                f"Building the fast embedder (an ONNX export of {name}, once) in {folder}: {why}"
             )
-        build_export(model_path, folder, kind)
+        build_export(model_path, folder, kind, name)
         found, why = read_export(folder, model_path)
     if found is None:
         raise MemoryStoreError(f"the ONNX export just built in {folder} is unusable: {why}")
     return found
 
 
-def build_export(model_path: Path, folder: Path, kind: Variant = "fp32") -> ExportInfo:
+def build_export(
+    model_path: Path, folder: Path, kind: Variant = "fp32", model_id: str | None = None
+) -> ExportInfo:
     """Export, optimize (and for int8 quantize) the model at `model_path` into `folder`.
 
     Loads torch and sentence-transformers. MemoryStoreError if a library is missing, the
     model is not a mean-pooled transformer, or the export disagrees with the original.
     """
+    name = model_id or model_path.name
     stamp = source_stamp(model_path)
     model = _load_sentence_transformer(model_path)
-    dimension, max_tokens = _check_architecture(model, model_path)
+    dimension, max_tokens = _check_architecture(model, name)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp_name:
         tmp = Path(tmp_name)
@@ -183,16 +190,16 @@ def build_export(model_path: Path, folder: Path, kind: Variant = "fp32") -> Expo
         except MemoryStoreError:
             raise
         except Exception as err:  # torch.onnx, onnx and onnxruntime raise many kinds
-            raise MemoryStoreError(f"cannot export {model_path.name} to ONNX: {err}") from err
-    agreement = _agreement(model, data, model_path, dimension, max_tokens)
+            raise MemoryStoreError(f"cannot export {name} to ONNX: {err}") from err
+    agreement = _agreement(model, data, model_path, name, (dimension, max_tokens))
     if agreement < AGREEMENT[kind]:
         raise MemoryStoreError(
-            f"the ONNX export of {model_path.name} disagrees with sentence-transformers "
+            f"the ONNX export of {name} disagrees with sentence-transformers "
             f"(cosine {agreement:.4f} < {AGREEMENT[kind]})"
         )
     digest = hashlib.sha256(data).hexdigest()
     info = ExportInfo(
-        model_id=model_path.name,
+        model_id=name,
         variant=kind,
         onnx_file=f"model-{digest[:16]}.onnx",
         onnx_sha256=digest,
@@ -234,7 +241,7 @@ def _load_sentence_transformer(model_path: Path) -> Any:
         raise MemoryStoreError(f"cannot load embedding model from {model_path}: {err}") from err
 
 
-def _check_architecture(model: Any, model_path: Path) -> tuple[int, int]:
+def _check_architecture(model: Any, name: str) -> tuple[int, int]:
     """(dimension, max tokens) of a Transformer → mean Pooling (→ Normalize) model."""
     names = [type(module).__name__ for module in model]
     pooling = model[1] if len(names) > 1 else None
@@ -243,7 +250,7 @@ def _check_architecture(model: Any, model_path: Path) -> tuple[int, int]:
     )
     if names[:2] != ["Transformer", "Pooling"] or mode != "mean" or len(names) > 3:
         raise MemoryStoreError(
-            f"{model_path.name} is {' → '.join(names)} (pooling {mode}); the ONNX embedder "
+            f"{name} is {' → '.join(names)} (pooling {mode}); the ONNX embedder "
             "runs Transformer → mean Pooling → Normalize only"
         )
     dimension = model.get_embedding_dimension()
@@ -313,14 +320,16 @@ def _export(model: Any, tmp: Path, kind: Variant) -> bytes:
     return quantized.read_bytes()
 
 
-def _agreement(model: Any, data: bytes, model_path: Path, dimension: int, max_tokens: int) -> float:
+def _agreement(
+    model: Any, data: bytes, model_path: Path, name: str, shape: tuple[int, int]
+) -> float:
     """Least cosine between the export's vectors and sentence-transformers' on PROBES."""
     fast = OnnxEmbedder(
         data,
         model_path / "tokenizer.json",
-        model_id=model_path.name,
-        dimension=dimension,
-        max_tokens=max_tokens,
+        model_id=name,
+        dimension=shape[0],
+        max_tokens=shape[1],
     )
     ours = fast.embed(PROBES)
     theirs = np.asarray(model.encode(list(PROBES), normalize_embeddings=True), dtype=np.float32)

@@ -107,7 +107,7 @@ class FastEmbedder:
             raise MemoryStoreError(f"onnxruntime cannot be imported: {err}") from err
         folder = self.export_folder
         if self._build:
-            export = ensure_export(path, folder, self.variant, self.notify)
+            export = ensure_export(path, folder, self.variant, self.notify, self._model_id)
         else:
             found, why = read_export(folder, path)
             if found is None:
