@@ -79,6 +79,9 @@ class Events(Protocol):
     def executed(self, step: Step) -> None:
         """A command ran; `step.result` holds what it returned."""
 
+    def notice(self, line: str) -> None:
+        """Something the user should know that is not a step (the embedder fell back)."""
+
 
 class SilentEvents:
     """Events that report nothing."""
@@ -90,6 +93,9 @@ class SilentEvents:
         """Report nothing."""
 
     def executed(self, step: Step) -> None:
+        """Report nothing."""
+
+    def notice(self, line: str) -> None:
         """Report nothing."""
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from offline_agent import modelstore
 from offline_agent.bundle import manifest as mf
 from offline_agent.errors import AgentError, ToolError
-from offline_agent.memory import Embedder, SentenceTransformerEmbedder
+from offline_agent.memory import Embedder, FastEmbedder
 from offline_agent.sandbox import protections
 
 REQUIRED_MODULES = ("llama_cpp", "json_repair", "jsonschema", "faiss")
@@ -134,7 +134,8 @@ def check_embedder(
     guard: SocketGuard, embedder: Embedder | None = None, *, strict: bool = True
 ) -> list[Check]:
     """The embedding model loads from local files and embeds, with no network use."""
-    embedder = embedder or SentenceTransformerEmbedder()
+    # Doctor only looks: a missing ONNX export is reported, not built.
+    embedder = embedder or FastEmbedder(build=False)
     label = f"embedder {embedder.model_id} loads from local files"
     before = len(guard.attempts)
     try:
@@ -143,7 +144,7 @@ def check_embedder(
         detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
         return [Check(label, "fail", detail + _attempted(guard, before))]
     tried = _attempted(guard, before)
-    return [
+    checks = [
         Check(label, "ok", f"dimension {vectors.shape[1]}"),
         Check(
             "embedder opened no socket",
@@ -151,6 +152,14 @@ def check_embedder(
             tried.removeprefix("; ") or "no connection or name lookup attempted",
         ),
     ]
+    if isinstance(embedder, FastEmbedder):
+        fast = "fast embedder (onnxruntime, no torch)"
+        if embedder.fallback_reason is None:
+            checks.append(Check(fast, "ok", str(embedder.export_folder)))
+        else:
+            why = f"{embedder.fallback_reason}; `offline-agent memory prepare` builds it"
+            checks.append(Check(fast, "warn", why))
+    return checks
 
 
 def check_sandbox() -> list[Check]:

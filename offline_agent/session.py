@@ -24,7 +24,7 @@ from offline_agent.llm import (
     ScriptedModel,
     open_model,
 )
-from offline_agent.memory import SentenceTransformerEmbedder, open_memory
+from offline_agent.memory import FastEmbedder, open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import PromptBuilder
 from offline_agent.prompt.examples import closest
@@ -163,13 +163,13 @@ def build_agent(
         )
     memory = None
     if settings.memory_dir is not None:
-        memory = open_memory(settings.memory_dir)
+        memory = open_memory(settings.memory_dir, notify=events.notice)
         if isinstance(model, HttpModel):  # the model computes elsewhere: load memory now
             memory.preload()
         # Otherwise the agent starts loading it once the first reply is in (`Agent._step`).
     examples: list[str] = []
     if settings.rules.examples:
-        embedder = memory.embedder if memory is not None else SentenceTransformerEmbedder()
+        embedder = memory.embedder if memory is not None else FastEmbedder(notify=events.notice)
         chosen = closest(settings.profile.goals, embedder.embed)
         examples = [example.render(settings.rules.reply_format) for example in chosen]
     ctx = ToolContext(

@@ -26,3 +26,6 @@ fi
 # The KV state of the prompt opening every run shares, so the first run starts as fast as
 # later ones (seconds the first time, then a check).
 .venv/bin/offline-agent models warm
+# The fast embedder: an ONNX export of the packaged embedding model, so that memory starts
+# without torch (about 20 s the first time, then a check).
+.venv/bin/offline-agent memory prepare

@@ -114,8 +114,8 @@ def hashed_memories(monkeypatch: pytest.MonkeyPatch) -> list[LongTermMemory]:
     """The memories `build_agent` opens from now on, with the fast hashing embedder."""
     memories: list[LongTermMemory] = []
 
-    def hashed_memory(memory_dir: Path) -> LongTermMemory:
-        memories.append(open_memory(memory_dir, embedder=HashEmbedder()))
+    def hashed_memory(memory_dir: Path, **options: Any) -> LongTermMemory:
+        memories.append(open_memory(memory_dir, embedder=HashEmbedder(), **options))
         return memories[-1]
 
     monkeypatch.setattr(session, "open_memory", hashed_memory)

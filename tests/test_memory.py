@@ -33,6 +33,7 @@ from offline_agent.memory import (
     read_info,
 )
 from offline_agent.memory.ingest import chunk_spans
+from offline_agent.memory.onnxrt import _batches
 from offline_agent.tools.base import ToolContext
 from offline_agent.tools.memory import MEMORY_TOOLS, memory_add, memory_search
 from offline_agent.workspace import Workspace
@@ -86,7 +87,8 @@ def test_nothing_heavy_is_imported_until_memory_is_used(tmp_path: Path) -> None:
         "from offline_agent.memory import open_memory\n"
         f"m = open_memory(Path({str(tmp_path / 'm')!r}))\n"
         "m.stats()\n"
-        "heavy = [n for n in ('torch', 'sentence_transformers', 'faiss') if n in sys.modules]\n"
+        "heavy = ('torch', 'sentence_transformers', 'faiss', 'onnxruntime', 'tokenizers')\n"
+        "heavy = [n for n in heavy if n in sys.modules]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -602,3 +604,62 @@ def test_a_second_ingest_embeds_only_what_is_new_or_changed(tmp_path: Path) -> N
     second = ingest(mem, [docs], batch=2)
     assert second.added == len(embedded) == 1  # only the changed file's one new chunk
     assert embedded[0].startswith("Document 1, rewritten.")
+
+
+def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Stopped after two saved batches (Ctrl-C arrives as KeyboardInterrupt), the same ingest
+    again embeds only the chunks not stored yet, and ends with every chunk stored once."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(4):
+        (docs / f"{i}.txt").write_text(" ".join(f"Fact {i}.{j} is true." for j in range(150)))
+    counting = HashEmbedder()
+    embedded: list[str] = []
+    real_embed = counting.embed
+
+    def embed(texts: list[str]) -> Any:
+        embedded.extend(texts)
+        return real_embed(texts)
+
+    counting.embed = embed  # type: ignore[method-assign]
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done >= 2 * 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(open_memory(tmp_path / "mem", counting), [docs], batch=3, progress=stop_after_two)
+    assert read_info(tmp_path / "mem").count == len(embedded) == 6  # type: ignore[union-attr]
+    first = list(embedded)
+    embedded.clear()
+    report = ingest(open_memory(tmp_path / "mem", counting), [docs], batch=3)
+    assert report.added == len(embedded) == report.chunks - 6
+    assert not set(first) & set(embedded)
+    assert read_info(tmp_path / "mem").count == report.chunks  # type: ignore[union-attr]
+
+
+def test_memory_prepare_check_without_an_export_is_one_line_and_exit_8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path))
+    result = CliRunner().invoke(memory, ["prepare", "--check"])
+    assert result.exit_code == MemoryStoreError.exit_code == 8
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: no usable ONNX export in ")
+    assert line.endswith(": there is none yet")
+    assert not (tmp_path / "embedders").exists() or not any(
+        (tmp_path / "embedders").rglob("*.onnx")
+    )
+
+
+@given(lengths=st.lists(st.integers(1, 300), max_size=60), budget=st.integers(256, 2048))
+def test_onnx_batches_group_texts_of_similar_length_within_a_token_budget(
+    lengths: list[int], budget: int
+) -> None:
+    groups = _batches(lengths, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(lengths)  # shortest first, so a batch pads little
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert len(group) == 1 or len(group) * longest <= budget

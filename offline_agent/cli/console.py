@@ -103,6 +103,10 @@ class ConsoleEvents:
         colour = "green" if step.result.ok else "red"
         click.echo(click.style("SYSTEM: ", fg=colour, bold=True) + output)
 
+    def notice(self, line: str) -> None:
+        """Print `line` on stderr, on a line of its own."""
+        click.echo(line, err=True)
+
 
 def ask_user(step: Step) -> Approval:
     """Auto-GPT's prompt: y, y -N, n, or feedback for the model."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,7 +12,9 @@ from typing import Any, TypeVar
 import click
 
 from offline_agent.cli.common import AT_LEAST_ONE, library_errors
+from offline_agent.errors import MemoryStoreError
 from offline_agent.memory import (
+    FastEmbedder,
     Hit,
     clear_store,
     default_memory_dir,
@@ -18,6 +22,8 @@ from offline_agent.memory import (
     open_memory,
     read_info,
 )
+from offline_agent.memory.embedder import bundled_model_path
+from offline_agent.memory.export import ensure_export, read_export
 from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,18 +97,37 @@ def ingest_command(
     if chunk_size <= 0 or not 0 <= overlap < chunk_size:
         raise click.BadParameter("need --chunk-size > 0 and 0 <= --overlap < --chunk-size")
     folder = _folder(memory_dir, name, goals)
+    done = [0, 0]  # chunks stored or found stored, of all
     with library_errors(), contextlib.ExitStack() as stack:
-        mem = open_memory(folder, index=index)
+        mem = open_memory(folder, index=index, notify=_warn)
         bar: Any = None
+        started = time.perf_counter()
 
-        def progress(done: int, total: int) -> None:
+        def progress(finished: int, total: int) -> None:
             nonlocal bar
+            done[:] = [finished, total]
             if bar is None and total > BATCH:
-                bar = stack.enter_context(click.progressbar(length=total, label="Embedding chunks"))
+                bar = stack.enter_context(
+                    click.progressbar(
+                        length=total,
+                        label="Embedding chunks",
+                        item_show_func=lambda rate: rate,
+                    )
+                )
             if bar is not None:
-                bar.update(done - bar.pos)
+                rate = finished / max(time.perf_counter() - started, 1e-9)
+                bar.update(finished - bar.pos, f"{rate:.1f} chunks/s" if finished else None)
 
-        report = ingest(mem, paths, size=chunk_size, overlap=overlap, progress=progress)
+        try:
+            report = ingest(mem, paths, size=chunk_size, overlap=overlap, progress=progress)
+        except KeyboardInterrupt:
+            stack.close()
+            click.echo(
+                f"\nInterrupted: {done[0]} of {done[1]} chunks are stored in {folder}; "
+                "the same command again embeds only the rest.",
+                err=True,
+            )
+            sys.exit(130)
         mem.close()
     for skipped in report.skipped:
         click.echo(f"Skipped {skipped} (not UTF-8 text)", err=True)
@@ -114,6 +139,31 @@ def ingest_command(
             else ""
         )
     )
+
+
+@memory.command("prepare")
+@click.option("--check", is_flag=True, help="Only check that the export is there and whole.")
+def prepare_command(check: bool) -> None:
+    """Build the fast embedder now: an ONNX export of the packaged model (once, ~20 s)."""
+    embedder = FastEmbedder()
+    folder = embedder.export_folder
+    started = time.perf_counter()
+    with library_errors():
+        source = bundled_model_path()
+        if check:
+            found, why = read_export(folder, source)
+            if found is None:
+                raise MemoryStoreError(f"no usable ONNX export in {folder}: {why}")
+        else:
+            ensure_export(source, folder, embedder.variant, _warn, embedder.model_id)
+    click.echo(
+        f"The ONNX export of {embedder.model_id} is ready in {folder} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
+
+
+def _warn(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @memory.command("search")
@@ -135,7 +185,8 @@ def search_command(
 ) -> None:
     """Show the memories the agent would recall for QUERY, with their scores."""
     with library_errors():
-        hits = open_memory(_folder(memory_dir, name, goals), index=index).search(query, k)
+        folder = _folder(memory_dir, name, goals)
+        hits = open_memory(folder, index=index, notify=_warn).search(query, k)
     if not hits:
         click.echo("No memories found.")
     for hit in hits:

@@ -9,6 +9,7 @@ from offline_agent.memory.embedder import (
     Vectors,
     normalise,
 )
+from offline_agent.memory.fast import FastEmbedder
 from offline_agent.memory.ingest import IngestReport, chunk_text, collect_chunks, ingest
 from offline_agent.memory.longterm import LongTermMemory, default_memory_dir, open_memory
 from offline_agent.memory.store import (
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "Embedder",
     "Entry",
+    "FastEmbedder",
     "HNSWParams",
     "HashEmbedder",
     "Hit",

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from offline_agent.home import home_dir
 from offline_agent.memory.disk import StoreInfo, check_model, clear_store, read_info
-from offline_agent.memory.embedder import Embedder, SentenceTransformerEmbedder
+from offline_agent.memory.embedder import Embedder
+from offline_agent.memory.export import Notify
+from offline_agent.memory.fast import FastEmbedder
 from offline_agent.memory.store import (
     Entry,
     Hit,
@@ -162,10 +164,14 @@ class LongTermMemory:
 
 
 def open_memory(
-    memory_dir: Path, embedder: Embedder | None = None, index: str = "flat"
+    memory_dir: Path,
+    embedder: Embedder | None = None,
+    index: str = "flat",
+    notify: Notify | None = None,
 ) -> LongTermMemory:
-    """Long-term memory in `memory_dir`; checks its model now, loads torch on first use."""
+    """Long-term memory in `memory_dir`; checks its model now, loads the embedder on first
+    use (a `FastEmbedder` unless given, which tells `notify` when it falls back)."""
     kind = index_kind(index)
-    embedder = embedder or SentenceTransformerEmbedder()
+    embedder = embedder or FastEmbedder(notify=notify)
     check_model(memory_dir, embedder.model_id)
     return LongTermMemory(memory_dir, embedder, kind)
