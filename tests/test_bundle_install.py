@@ -121,6 +121,9 @@ def test_a_bundle_installs_and_runs_the_demo_with_no_network(
     venv = home / ".offline-agent" / "venv"
     placed = home / ".offline-agent" / "models" / real_models["smollm2-135m"].name
     assert placed.is_file() and not placed.is_symlink()
+    # The fast embedder was exported there, from the installed package, with no hub.
+    (export,) = (home / ".offline-agent" / "embedders").iterdir()
+    assert (export / "export.json").is_file() and any(export.glob("*.onnx"))
 
     workspace = tmp_path / "ws"
     demo = [str(venv / "bin" / "offline-agent"), *demo_args, "--workspace", str(workspace)]
