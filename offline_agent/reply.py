@@ -1,8 +1,9 @@
 """The reply format, defined once: its JSON schema, its text form for the prompt, its parser.
 
 A reply is `{"thoughts": {text, reasoning, plan, criticism}, "command": {name, args}}`
-(Auto-GPT's format, "autogpt"), or `{"thought": "...", "command": {name, args}}` with one
-short thought ("compact": small models reason better briefly, see `docs/benchmarks.md`).
+(Auto-GPT's format, "autogpt"), `{"thought": "...", "command": {name, args}}` with one
+short thought ("compact": small models reason better briefly, see `docs/benchmarks.md`), or
+`{"command": {name, args}}` alone ("command": no thought to copy from step to step).
 The schema has one `anyOf` branch per registered command, so a grammar built from it
 constrains the command name and its argument names and types, not only JSON syntax.
 Decoding is never trusted: every reply is parsed and validated here, whichever backend
@@ -24,7 +25,7 @@ from offline_agent.errors import FormatError, ToolError, TruncatedReplyError
 from offline_agent.records import CommandCall, Completion, Reply, Thoughts
 from offline_agent.tools.base import ToolRegistry
 
-ReplyFormat = Literal["autogpt", "compact"]
+ReplyFormat = Literal["autogpt", "compact", "command"]
 
 THOUGHT_FIELDS: dict[str, tuple[str, int]] = {
     "text": ("the goal you work on now", 60),
@@ -38,8 +39,10 @@ THOUGHT_CHARS = 60
 """The compact format's one thought: about 16 tokens."""
 
 
-def _thoughts_schema(reply_format: ReplyFormat) -> tuple[str, dict[str, Any]]:
-    """The key and schema of the thoughts that come before the command."""
+def _thoughts_schema(reply_format: ReplyFormat) -> tuple[str, dict[str, Any]] | None:
+    """The key and schema of the thoughts that come before the command (None: no thoughts)."""
+    if reply_format == "command":
+        return None
     if reply_format == "compact":
         return "thought", {"type": "string", "maxLength": THOUGHT_CHARS}
     return "thoughts", {
@@ -55,7 +58,7 @@ def _thoughts_schema(reply_format: ReplyFormat) -> tuple[str, dict[str, Any]]:
 
 def reply_schema(tools: ToolRegistry, reply_format: ReplyFormat = "autogpt") -> dict[str, Any]:
     """JSON schema of a reply: thoughts first, then one branch per command."""
-    key, thoughts = _thoughts_schema(reply_format)
+    thoughts = _thoughts_schema(reply_format)
     branches = [
         {
             "type": "object",
@@ -65,10 +68,11 @@ def reply_schema(tools: ToolRegistry, reply_format: ReplyFormat = "autogpt") -> 
         }
         for t in tools
     ]
+    first = dict([thoughts]) if thoughts else {}
     return {
         "type": "object",
-        "properties": {key: thoughts, "command": {"anyOf": branches}},
-        "required": [key, "command"],
+        "properties": {**first, "command": {"anyOf": branches}},
+        "required": [*first, "command"],
         "additionalProperties": False,
     }
 
@@ -84,6 +88,11 @@ def format_text(reply_format: ReplyFormat = "autogpt") -> str:
     Prose rather than a JSON example with placeholder values: small models copy an example
     word for word, and the grammar already enforces the syntax.
     """
+    if reply_format == "command":
+        return (
+            'one JSON object with one key, "command": an object with "name" (one of the '
+            'commands above) and "args" (that command\'s arguments).'
+        )
     if reply_format == "compact":
         thoughts = '"thought", a few words on what the next step does'
     else:
@@ -145,14 +154,17 @@ def parse_reply(
         tool.check_args(args)
     except ToolError as err:
         raise FormatError(str(err)) from None
-    key = "thought" if "thought" in schema["properties"] else "thoughts"
+    outer = {k: v for k, v in schema["properties"].items() if k != "command"}
     _validate(
         data,
         {k: v for k, v in schema.items() if k != "properties"}
-        | {"properties": {key: schema["properties"][key], "command": {}}},
+        | {"properties": {**outer, "command": {}}},
     )
     _validate(args, tool.args_schema(), where=f"command/args of {name}")
-    thoughts = Thoughts(text=data[key]) if key == "thought" else Thoughts(**data[key])
+    if "thoughts" in outer:
+        thoughts = Thoughts(**data["thoughts"])
+    else:
+        thoughts = Thoughts(text=data.get("thought", ""))
     return Reply(thoughts, CommandCall(name, args))
 
 

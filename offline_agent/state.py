@@ -78,7 +78,8 @@ class Rules:
     """Each request shows the workspace's files, what the last command changed, and the text
     of the files the goals name."""
     reply_format: ReplyFormat = "compact"
-    """"autogpt": four thoughts before the command; "compact": one short thought."""
+    """"autogpt": four thoughts before the command; "compact": one short thought; "command": the
+    command alone."""
     agent_commands: bool = False
     """Offer the sub-agent commands (start_agent, message_agent, ...)."""
     memory_commands: bool = False

@@ -23,13 +23,14 @@ def test_every_example_step_calls_a_real_command_with_valid_arguments() -> None:
             assert len(step["thought"]) <= 60  # what the compact format allows
 
 
-@pytest.mark.parametrize("reply_format", ["compact", "autogpt"])
+@pytest.mark.parametrize("reply_format", ["compact", "autogpt", "command"])
 def test_examples_render_as_replies_in_the_runs_format(reply_format: str) -> None:
     text = library()[0].render(reply_format)  # type: ignore[arg-type]
     lines = text.splitlines()
     assert lines[0] == "Goal: Write the word Maple to a file called tree.txt"
     reply = json.loads(lines[1].removeprefix("Reply: "))
     assert ("thought" in reply) == (reply_format == "compact")
+    assert ("thoughts" in reply) == (reply_format == "autogpt")
     assert reply["command"] == {"name": "write_file",
                                 "args": {"filename": "tree.txt", "text": "Maple"}}  # fmt: skip
     assert lines[2] == "Result: Wrote 5 characters to tree.txt."

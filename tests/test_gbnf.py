@@ -69,7 +69,7 @@ def test_the_server_converts_schemas_as_the_in_process_model_does(
 
 @pytest.mark.model
 @pytest.mark.parametrize("memory", [False, True])
-@pytest.mark.parametrize("reply_format", ["autogpt", "compact"])
+@pytest.mark.parametrize("reply_format", ["autogpt", "compact", "command"])
 def test_llama_cpp_parses_the_reply_grammars(
     real_models: dict[str, Path], memory: bool, reply_format: str
 ) -> None:

@@ -87,3 +87,16 @@ def test_cut_off_json_is_a_truncated_reply() -> None:
 def test_complete_json_at_the_token_limit_is_accepted() -> None:
     data = good(name="finish", args={"reason": "r"})
     assert parse_reply(completion(data, "length"), TOOLS, SCHEMA).command.name == "finish"
+
+
+def test_the_command_format_is_the_command_alone() -> None:
+    schema = reply_schema(TOOLS, "command")
+    assert list(schema["properties"]) == schema["required"] == ["command"]
+    call = {"name": "read_file", "args": {"filename": "a.txt"}}
+    parsed = parse_reply(completion({"command": call}), TOOLS, schema)
+    assert (parsed.command.name, parsed.command.args) == ("read_file", {"filename": "a.txt"})
+    assert parsed.thoughts.text == ""
+    with pytest.raises(FormatError, match="Additional properties"):  # no thought slips in
+        parse_reply(completion({"thought": "t", "command": call}), TOOLS, schema)
+    grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    assert "thought" not in grammar._grammar

@@ -159,7 +159,7 @@ def test_sub_agent_keys_are_enums_of_running_agents(tmp_path: Path) -> None:
     assert args_of(plan(ctx), "message_agent")["key"] == {"type": "integer", "enum": [1]}
 
 
-@pytest.mark.parametrize("reply_format", ["autogpt", "compact"])
+@pytest.mark.parametrize("reply_format", ["autogpt", "compact", "command"])
 def test_every_step_schema_compiles_in_both_engines(tmp_path: Path, reply_format: str) -> None:
     from llama_cpp import LlamaGrammar  # noqa: PLC0415 (only this test needs it)
 

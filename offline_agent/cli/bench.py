@@ -142,7 +142,7 @@ def _print_report(out: Path) -> None:
     metavar="NAME=VALUE",
     help="Switch a step rule for every attempt, e.g. show_state=off; 'none' turns all off.",
 )
-@click.option("--reply-format", type=click.Choice(["autogpt", "compact"]), default=None)
+@click.option("--reply-format", type=click.Choice(["autogpt", "compact", "command"]), default=None)
 @click.option("--base-url", default=None, help="Benchmark models served at this URL instead.")
 @click.option(
     "--constraint", type=click.Choice(CONSTRAINTS), default="json_object", show_default=True

@@ -162,9 +162,10 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
 )
 @click.option(
     "--reply-format",
-    type=click.Choice(["autogpt", "compact"]),
+    type=click.Choice(["autogpt", "compact", "command"]),
     default=None,
-    help="Four thoughts before each command (Auto-GPT's), or one short one (the default).",
+    help="Four thoughts before each command (Auto-GPT's), one short one (the default), "
+    "or the command alone.",
 )
 @click.option("--continuous", is_flag=True, help="Run every command without asking.")
 @click.option("--limit", type=AT_LEAST_ONE, default=None, help="Steps allowed in continuous mode.")

@@ -37,7 +37,9 @@ class Example:
         lines = [f"Goal: {self.goal}"]
         for step in self.steps:
             command = {"name": step["command"], "args": step["args"]}
-            if reply_format == "compact":
+            if reply_format == "command":
+                reply = {"command": command}
+            elif reply_format == "compact":
                 reply = {"thought": step["thought"], "command": command}
             else:
                 thoughts = {"text": step["thought"], "reasoning": "", "plan": "", "criticism": ""}
