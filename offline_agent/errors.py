@@ -80,6 +80,11 @@ class ToolError(AgentError):
     """A command failed; the message goes back to the model as the command's result."""
 
 
+class CommandFailed(ToolError):
+    """A command ran and failed (a program that crashed); its message is the whole result the
+    model sees, with no "Error:" before it, and the command does not count as a success."""
+
+
 class WorkspaceError(ToolError):
     """A path tried to leave the workspace jail, or the file operation failed."""
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -304,3 +308,56 @@ def completion_body(text: str = '{"a": 1}', finish: str = "stop") -> dict[str, A
         "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 3},
     }
+
+
+# --- A real `offline-agent serve` ------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, read, released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """A running `offline-agent serve` process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def start_server(model: Path, log: Path, n_ctx: int = 2048) -> Served:
+    """`offline-agent serve` on a free loopback port; returns once /v1/models answers."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "offline_agent", "serve", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--n-ctx", str(n_ctx),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(process, f"http://127.0.0.1:{port}/v1", log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(served.url + "/models", timeout=2) as answer:
+                if answer.status == 200:
+                    return served
+        except OSError:
+            time.sleep(0.2)
+    stop_server(served)
+    raise RuntimeError("server did not answer within 120 s")
+
+
+def stop_server(served: Served) -> None:
+    if served.process.poll() is None:
+        served.process.kill()
+    served.process.wait(timeout=30)

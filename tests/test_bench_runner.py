@@ -32,7 +32,16 @@ from offline_agent.records import Completion, Step
 from offline_agent.replay import recorded_steps
 from offline_agent.runs import verify
 from offline_agent.state import Rules
-from tests.conftest import FINISH, NONE, completion_body, fake_server, make_agent, reply
+from tests.conftest import (
+    FINISH,
+    NONE,
+    completion_body,
+    fake_server,
+    make_agent,
+    reply,
+    start_server,
+    stop_server,
+)
 
 
 def challenge(root: Path, name: str, word: str, filename: str, cutoff: int = 60) -> None:
@@ -413,6 +422,34 @@ def test_each_model_on_its_own_server(tmp_path: Path, suite: Path) -> None:
         ("alpha", 0, True), ("alpha", 1, True), ("beta", 0, True), ("beta", 1, True)]  # fmt: skip
     saved = json.loads((tmp_path / "o" / "bench.json").read_text())["settings"]
     assert saved["servers"] == {"alpha": a.url, "beta": b.url}
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_jobs_against_a_real_local_server(
+    tmp_path: Path, suite: Path, real_models: dict[str, Path]
+) -> None:
+    """`--jobs 2` with the real SmolLM2 behind a real `offline-agent serve` on loopback:
+    two agents' requests at once, every attempt once, every reply constrained and valid."""
+    served = start_server(real_models["smollm2-135m"], tmp_path / "server.log", n_ctx=4096)
+    out = tmp_path / "out"
+    try:
+        result = CliRunner().invoke(cli, [
+            "bench", "--suite", str(suite), "--repeats", "2", "--max-steps", "3",
+            "--model", f"smollm2-135m={served.url}", "--jobs", "2", "--out", str(out),
+            "--no-report",
+        ])  # fmt: skip
+    finally:
+        stop_server(served)
+    assert result.exit_code == 0, result.output
+    ran = read_results(out)
+    assert sorted((a.challenge, a.repeat) for a in ran) == [
+        (name, repeat) for name in ("WriteParis", "WriteWashington") for repeat in (0, 1)
+    ]
+    assert all(a.replies >= 1 and a.valid_replies == a.replies for a in ran)
+    for attempt in ran:
+        steps = recorded_steps(out / "runs" / attempt.run_id)
+        assert steps and all(step["completion"]["constrained"] for step in steps)
 
 
 @pytest.mark.slow

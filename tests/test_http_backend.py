@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +28,20 @@ from offline_agent.runs import RunRecord, read_entries, verify
 from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
-from tests.conftest import NONE, FakeServer, completion_body
+from tests.conftest import (
+    NONE,
+    FakeServer,
+    Served,
+    completion_body,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
 MESSAGES = [{"role": "user", "content": "hi"}]
 SCHEMA = {"type": "object"}
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, read, released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_model(url: str, sleeps: list[float], **options: Any) -> HttpModel:
@@ -196,49 +192,6 @@ def test_usable_cores_is_capped_by_the_cgroup_quota(
     free = usable_cores()  # no such file: the CPUs this process may run on
     cpu_max.write_text(quota + "\n")
     assert usable_cores() == (free if cap is None else min(free, cap))
-
-
-@dataclass
-class Served:
-    """A running `offline-agent serve` process."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
-def start_server(model: Path, log: Path, n_ctx: int = 2048) -> Served:
-    """`offline-agent serve` on a free loopback port; returns once /v1/models answers."""
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "offline_agent", "serve", "--model", str(model),
-        "--host", "127.0.0.1", "--port", str(port), "--n-ctx", str(n_ctx),
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    served = Served(process, f"http://127.0.0.1:{port}/v1", log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(served.url + "/models", timeout=2) as answer:
-                if answer.status == 200:
-                    return served
-        except OSError:
-            time.sleep(0.2)
-    stop_server(served)
-    raise RuntimeError("server did not answer within 120 s")
-
-
-def stop_server(served: Served) -> None:
-    if served.process.poll() is None:
-        served.process.kill()
-    served.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

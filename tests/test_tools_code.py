@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from offline_agent.errors import ToolError, WorkspaceError
-from offline_agent.tools.base import ToolContext
+from offline_agent.errors import CommandFailed, ToolError, WorkspaceError
+from offline_agent.records import CommandCall
+from offline_agent.tools.base import ToolContext, ToolRegistry, execute_command
 from offline_agent.tools.code import CODE_TOOLS, execute_python_code, execute_python_file
 from offline_agent.workspace import Workspace
 
@@ -42,7 +43,9 @@ def test_execute_python_file_with_a_dash_name(ctx: ToolContext) -> None:
 
 def test_execute_python_file_reports_a_failure(ctx: ToolContext) -> None:
     (ctx.workspace.root / "bad.py").write_text("print('before')\nraise ValueError('boom')\n")
-    observation = execute_python_file(ctx, {"filename": "bad.py"})
+    with pytest.raises(CommandFailed) as failed:
+        execute_python_file(ctx, {"filename": "bad.py"})
+    observation = str(failed.value)
     assert observation.startswith("The program exited with code 1.\nOutput:\nbefore\n")
     assert f'File "{ctx.workspace.root / "bad.py"}", line 2' in observation
     assert observation.endswith("ValueError: boom\n")
@@ -76,10 +79,12 @@ def test_execute_python_code_without_output_hints_at_print(ctx: ToolContext) -> 
 
 def test_execute_python_code_timeout(ctx: ToolContext) -> None:
     ctx.python_timeout = 1.0
-    observation = execute_python_code(
-        ctx, {"code": "import time\nprint('waiting', flush=True)\ntime.sleep(30)"}
+    code = "import time\nprint('waiting', flush=True)\ntime.sleep(30)"
+    with pytest.raises(CommandFailed) as failed:
+        execute_python_code(ctx, {"code": code})
+    assert str(failed.value) == (
+        "The program timed out after 1 s and was stopped.\nOutput:\nwaiting\n"
     )
-    assert observation == "The program timed out after 1 s and was stopped.\nOutput:\nwaiting\n"
 
 
 def test_execute_python_code_output_is_capped(ctx: ToolContext) -> None:
@@ -92,5 +97,22 @@ def test_execute_python_code_output_is_capped(ctx: ToolContext) -> None:
 
 
 def test_execute_python_code_killed_by_a_signal(ctx: ToolContext) -> None:
-    observation = execute_python_code(ctx, {"code": "import os, signal\nos.kill(os.getpid(), 9)"})
-    assert observation.startswith("The program was killed by signal 9.")
+    with pytest.raises(CommandFailed, match=r"^The program was killed by signal 9\."):
+        execute_python_code(ctx, {"code": "import os, signal\nos.kill(os.getpid(), 9)"})
+
+
+def test_a_program_that_fails_is_a_failed_command_with_its_output(ctx: ToolContext) -> None:
+    """What `finish_after_success` and the bench's failed-command count read: a crash or a
+    timeout is not a success; the model still sees the program's own output, no "Error:"."""
+    tools = ToolRegistry(CODE_TOOLS)
+    crashed = execute_command(tools, ctx, CommandCall("execute_python_code", {"code": "1/0"}))
+    assert crashed.ok is False
+    assert crashed.output.startswith("The program exited with code 1.\nOutput:\n")
+    assert "ZeroDivisionError" in crashed.output
+    ran = execute_command(tools, ctx, CommandCall("execute_python_code", {"code": "print(1)"}))
+    assert (ran.ok, ran.output) == (True, "The program exited with code 0.\nOutput:\n1\n")
+    slow = ToolContext(workspace=ctx.workspace, python_timeout=0.5)
+    hung = execute_command(
+        tools, slow, CommandCall("execute_python_code", {"code": "while 1: pass"})
+    )
+    assert hung.ok is False and hung.output.startswith("The program timed out after 0.5 s")

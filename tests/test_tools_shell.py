@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from offline_agent.errors import ToolError
+from offline_agent.errors import CommandFailed, ToolError
 from offline_agent.tools import builtin_tools
 from offline_agent.tools.base import ShellPolicy, ToolContext
 from offline_agent.tools.shell import DEFAULT_DENY, execute_shell
@@ -59,7 +59,8 @@ def test_no_shell_interpretation(tmp_path: Path) -> None:
 
 def test_a_hanging_program_is_killed(tmp_path: Path) -> None:
     c = ctx(tmp_path, ShellPolicy(allow=frozenset({"sleep"})))
-    assert "timed out after 2 s" in execute_shell(c, {"command_line": "sleep 30"})
+    with pytest.raises(CommandFailed, match="timed out after 2 s"):
+        execute_shell(c, {"command_line": "sleep 30"})
 
 
 def test_unparseable_and_empty_lines(tmp_path: Path) -> None:

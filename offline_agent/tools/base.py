@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import jsonschema
 
-from offline_agent.errors import AgentError, Finished, ToolError, ToolServerGone
+from offline_agent.errors import AgentError, CommandFailed, Finished, ToolError, ToolServerGone
 from offline_agent.records import CommandCall, ToolResult
 from offline_agent.sandbox import Sandbox, SandboxUnavailable, sandbox_problem
 
@@ -344,6 +344,8 @@ def execute_command(tools: ToolRegistry, ctx: ToolContext, call: CommandCall) ->
         return ToolResult(tools.get(call.name)(ctx, call.args))
     except (Finished, ToolServerGone):
         raise
+    except CommandFailed as err:
+        return ToolResult(str(err), ok=False)
     except AgentError as err:
         return ToolResult(f"Error: {err}", ok=False)
     except Exception as err:  # a command's own failure is the model's observation

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offline_agent.errors import ToolError
+from offline_agent.errors import CommandFailed, ToolError
 from offline_agent.sandbox import ProcessResult, run_python
 from offline_agent.tools.base import Long, PythonFile, Tool, ToolContext, tool
 
@@ -21,7 +21,8 @@ def _observation(result: ProcessResult, timeout: float) -> str:
 
 
 def _run(ctx: ToolContext, args: list[str]) -> str:
-    """Run `python *args` in the workspace root under the context's limits."""
+    """Run `python *args` in the workspace root under the context's limits; a program that
+    does not exit with 0 is a failed command (CommandFailed), with the same text."""
     result = run_python(
         args,
         cwd=ctx.workspace.root,
@@ -29,7 +30,10 @@ def _run(ctx: ToolContext, args: list[str]) -> str:
         output_limit=ctx.output_limit,
         sandbox=ctx.confinement(),
     )
-    return _observation(result, ctx.python_timeout)
+    observation = _observation(result, ctx.python_timeout)
+    if result.timed_out or result.exit_code != 0:
+        raise CommandFailed(observation)
+    return observation
 
 
 @tool

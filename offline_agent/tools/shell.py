@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from offline_agent.errors import ToolError
+from offline_agent.errors import CommandFailed, ToolError
 from offline_agent.sandbox import run_process
 from offline_agent.tools.base import Long, ShellPolicy, ToolContext, tool
 
@@ -59,7 +59,10 @@ def execute_shell(ctx: ToolContext, command_line: Long) -> str:
         if result.timed_out
         else (f"exit code {result.exit_code}")
     )
-    return f"{argv[0]} finished with {status}. Output:\n{result.output or '(no output)'}"
+    observation = f"{argv[0]} finished with {status}. Output:\n{result.output or '(no output)'}"
+    if result.timed_out or result.exit_code != 0:
+        raise CommandFailed(observation)  # the same text, counted as a failed command
+    return observation
 
 
 SHELL_TOOLS = (execute_shell,)
