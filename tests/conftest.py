@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 from offline_agent import modelstore
-from offline_agent.agent import Agent, AgentConfig
+from offline_agent.agent import Agent, AgentConfig, SilentEvents
+from offline_agent.llm.base import ChatModel
 from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.records import Profile
+from offline_agent.records import Profile, Step
 from offline_agent.runs import RunRecord
 from offline_agent.state import Rules
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool
@@ -114,6 +115,33 @@ def make_agent(
         approve=approve,
     )
     return agent, model, record
+
+
+class _Replies(SilentEvents):
+    """Events that keep every step the agent replied in."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def replied(self, step: Step) -> None:
+        self.steps.append(step)
+
+
+def one_real_step(model: ChatModel, tmp_path: Path, reply_tokens: int) -> tuple[Agent, Step]:
+    """One step of the FileBot agent with `model` (the default rules, no memory)."""
+    events = _Replies()
+    agent = Agent(
+        PROFILE,
+        model,
+        builtin_tools(memory=False),
+        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
+        AgentConfig(max_steps=1, reply_tokens=reply_tokens),
+        rules=Rules(),
+        events=events,
+    )
+    agent.run()
+    (step,) = events.steps
+    return agent, step
 
 
 def script(tmp_path: Path, replies: list[object]) -> str:

@@ -12,19 +12,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.cli import cli
 from offline_agent.errors import ModelError
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
 from offline_agent.llm.guidance import ThinkBlock
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.records import Message, Step
-from offline_agent.state import Rules
-from offline_agent.tools import ToolContext, builtin_tools
-from offline_agent.workspace import Workspace
+from offline_agent.records import Message
 from tests.chat_templates import FAMILIES, Family
-from tests.conftest import FINISH, PROFILE, craft_gguf, make_agent, reply, retemplate_gguf
+from tests.conftest import (
+    FINISH,
+    PROFILE,
+    craft_gguf,
+    make_agent,
+    one_real_step,
+    reply,
+    retemplate_gguf,
+)
 
 IDS = [family.name for family in FAMILIES]
 
@@ -149,14 +153,6 @@ def test_a_template_that_cannot_render_is_one_line_naming_the_model_and_the_opti
 # --- A real model under each family's template -------------------------------------------------
 
 
-class _Replies(SilentEvents):
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def replied(self, step: Step) -> None:
-        self.steps.append(step)
-
-
 @pytest.mark.model
 @pytest.mark.parametrize("family", FAMILIES, ids=IDS)
 def test_a_real_step_runs_under_every_family(
@@ -168,18 +164,7 @@ def test_a_real_step_runs_under_every_family(
     model = LlamaModel(path, "template", LlamaOptions(n_ctx=2048, think_tokens=16))
     assert model.format.name == family.format
     assert model.think == ThinkBlock.allowed(family.think, 16)
-    events = _Replies()
-    agent = Agent(
-        PROFILE,
-        model,
-        builtin_tools(memory=False),
-        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
-        AgentConfig(max_steps=1, reply_tokens=128),
-        rules=Rules(),
-        events=events,
-    )
-    agent.run()
-    (step,) = events.steps
+    _, step = one_real_step(model, tmp_path, reply_tokens=128)
     assert step.completion is not None and step.completion.constrained
     assert step.reply is not None, step.error
     prompt = model.format.render(step.messages)

