@@ -14,8 +14,9 @@ from offline_agent.errors import BackendError, ContextOverflowError
 from offline_agent.prompt import step_starts
 from offline_agent.records import Step
 from offline_agent.runs import RunRecord, read_entries, verify
+from offline_agent.state import Rules
 from offline_agent.tools import ToolRegistry, builtin_tools
-from tests.conftest import FINISH, explode, make_agent, reply
+from tests.conftest import COMPACT_FINISH, FINISH, compact, explode, make_agent, reply
 
 
 def steps_of(record: RunRecord) -> list[dict[str, Any]]:
@@ -282,3 +283,19 @@ def test_a_step_broken_off_by_a_context_error_is_recorded_as_an_error(tmp_path: 
     (step,) = steps_of(record)
     assert step["status"] == "error" and step["result"] is None
     assert step["error"]
+
+
+def test_a_program_that_crashed_does_not_unlock_finish(tmp_path: Path) -> None:
+    """finish_after_success counts what succeeded: a program that exits with 1 has not."""
+    crash = compact("execute_python_code", code="print(open('missing.txt').read())")
+    write = compact("write_file", filename="output.txt", text="Washington")
+    agent, _, record = make_agent(
+        tmp_path, [crash, COMPACT_FINISH, write, COMPACT_FINISH], rules=Rules()
+    )
+    assert agent.run().status == "finished"
+    steps = steps_of(record)
+    assert [s["status"] for s in steps] == ["ok", "format_error", "ok", "finished"]
+    assert steps[0]["result"]["ok"] is False
+    assert "FileNotFoundError" in steps[0]["result"]["output"]
+    assert steps[1]["left_out"]["finish"].startswith("finish_after_success")
+    assert "finish" not in steps[3]["left_out"]
