@@ -15,7 +15,11 @@ corpus: the docstrings of this Python's standard library, cut by `memory ingest`
 Candidates: `sentence-transformers` (today: torch), `onnx-fp32` (the default now) and
 `onnx-int8` (dynamically quantized). The exports are built first, into a temporary home.
 
-Usage: flock /work/model.lock python scripts/bench_embedder.py [--no-write]
+With `--quantized`, the candidates are instead sentence-transformers, onnx-fp32 and each
+quantization recipe in RECIPES (made from the fp32 export with onnxruntime.quantization),
+measured for ingest and agreement only, into the "quantized" block of docs/memory.md.
+
+Usage: flock /work/model.lock python scripts/bench_embedder.py [--quantized] [--no-write]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from benchlib import machine, write_doc_block
@@ -46,11 +51,14 @@ from offline_agent.memory import (
     read_info,
 )
 from offline_agent.memory.embedder import DEFAULT_MODEL_ID, bundled_model_path
-from offline_agent.memory.export import build_export, export_dir, variant
+from offline_agent.memory.export import build_export, export_dir, read_export, variant
+from offline_agent.memory.onnxrt import OnnxEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "memory.md"
 CANDIDATES = ("sentence-transformers", "onnx-fp32", "onnx-int8")
+RECIPE = "int8 "
+"""Prefix of a `--quantized` candidate: RECIPE + a key of RECIPES."""
 K = 10
 QUERIES = [
     "parse command line arguments and options",
@@ -147,9 +155,24 @@ def spread(items: list[str], n: int) -> list[str]:
 # --- workers: each measure in a fresh process -----------------------------------------
 
 
-def make_embedder(kind: str, home: Path) -> FastEmbedder | SentenceTransformerEmbedder:
+def make_embedder(
+    kind: str, home: Path
+) -> FastEmbedder | SentenceTransformerEmbedder | OnnxEmbedder:
     if kind == "sentence-transformers":
         return SentenceTransformerEmbedder()
+    if kind.startswith(RECIPE):
+        export, why = read_export(
+            export_dir(DEFAULT_MODEL_ID, "fp32", home / "embedders"), bundled_model_path()
+        )
+        if export is None:
+            raise SystemExit(f"no fp32 export: {why}")
+        return OnnxEmbedder(
+            recipe_file(home, kind).read_bytes(),
+            export.tokenizer_file,
+            model_id=DEFAULT_MODEL_ID,
+            dimension=export.info.dimension,
+            max_tokens=export.info.max_tokens,
+        )
     return FastEmbedder(
         variant=variant(kind.removeprefix("onnx-")), export_root=home / "embedders", build=False
     )
@@ -190,6 +213,7 @@ def run_worker(*args: str) -> dict[str, object]:
 START = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from offline_agent.memory import FastEmbedder, SentenceTransformerEmbedder
 kind, home = sys.argv[1], Path(sys.argv[2])
 if kind == "sentence-transformers":
@@ -239,10 +263,12 @@ def start_times(home: Path, tries: int) -> dict[str, tuple[float, bool]]:
     return result
 
 
-def ingest_rates(home: Path, docs: Path, tries: int) -> dict[str, float]:
+def ingest_rates(
+    home: Path, docs: Path, tries: int, kinds: tuple[str, ...] = CANDIDATES
+) -> dict[str, float]:
     best: dict[str, float] = {}
     for attempt in range(tries):
-        for kind in CANDIDATES:
+        for kind in kinds:
             log(f"ingest: {kind} ({attempt + 1}/{tries})")
             out = run_worker("ingest", kind, str(home), str(docs))
             rate = float(out["chunks"]) / float(out["seconds"])
@@ -250,14 +276,17 @@ def ingest_rates(home: Path, docs: Path, tries: int) -> dict[str, float]:
     return best
 
 
-def agreement(home: Path, tmp: Path, chunks: list[str]) -> dict[str, dict[str, float]]:
+def agreement(
+    home: Path, tmp: Path, chunks: list[str], kinds: tuple[str, ...] = CANDIDATES
+) -> dict[str, dict[str, float]]:
     texts = tmp / "texts.json"
     texts.write_text(json.dumps(chunks + QUERIES))
     vectors = {}
-    for kind in CANDIDATES:
+    for kind in kinds:
         log(f"vectors: {kind}")
-        run_worker("vectors", kind, str(home), str(texts), str(tmp / f"{kind}.npy"))
-        vectors[kind] = np.load(tmp / f"{kind}.npy")
+        out = tmp / f"{kind.replace(' ', '-')}.npy"
+        run_worker("vectors", kind, str(home), str(texts), str(out))
+        vectors[kind] = np.load(out)
     today = vectors["sentence-transformers"]
     n = len(chunks)
 
@@ -337,6 +366,137 @@ def peak_memory(home: Path, tmp: Path, before: str) -> dict[str, tuple[float, fl
     return result
 
 
+# --- quantization recipes (--quantized) -----------------------------------------------
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "dynamic, per-channel (the int8 variant)": {"per_channel": True},
+    "dynamic, per-tensor": {"per_channel": False},
+    "dynamic, per-channel, reduce_range": {"per_channel": True, "reduce_range": True},
+    "dynamic, per-channel, uint8 weights": {"per_channel": True, "weight_type": "QUInt8"},
+    "dynamic, per-channel, reduce_range, feed-forward only": {
+        "per_channel": True, "reduce_range": True, "exclude": "attention"},
+    "dynamic, per-channel, reduce_range, first and last layer float": {
+        "per_channel": True, "reduce_range": True, "exclude": "ends"},
+    "static QDQ, MinMax, weights only (no activation types)": {"static": "weights"},
+    "static QDQ, MinMax, activations too (shapes inferred)": {"static": "activations"},
+}  # fmt: skip
+"""What `--quantized` measures: keyword arguments of quantize_dynamic, or a static recipe
+calibrated on CALIBRATION chunks that are neither in the agreement index nor queries."""
+CALIBRATION = 200
+
+
+def recipe_file(home: Path, kind: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in kind.removeprefix(RECIPE))
+    return home / "recipes" / f"{slug}.onnx"
+
+
+def excluded(model_file: Path, which: str) -> list[str]:
+    """Names of the nodes a recipe leaves in float: attention (Q/K/V and its output
+    projection) or all of the first and the last layer."""
+    import onnx  # noqa: PLC0415
+
+    names = [node.name for node in onnx.load(str(model_file)).graph.node]
+    if which == "attention":
+        return [n for n in names if n.startswith("Attention_") or "attention/output" in n]
+    last = max(int(n.split("_")[1]) for n in names if n.startswith("Attention_"))
+    return [
+        n for n in names
+        if n in ("Attention_0", f"Attention_{last}") or "/layer.0/" in n or f"/layer.{last}/" in n
+    ]  # fmt: skip
+
+
+def build_recipes(home: Path, calibration: list[str]) -> dict[str, float]:
+    """Each recipe's model file, made from the fp32 export; seconds each took."""
+    import onnx  # noqa: PLC0415
+    from onnxruntime.quantization import (  # noqa: PLC0415
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    export, why = read_export(
+        export_dir(DEFAULT_MODEL_ID, "fp32", home / "embedders"), bundled_model_path()
+    )
+    if export is None:
+        raise SystemExit(f"no fp32 export: {why}")
+    work = home / "recipes"
+    work.mkdir(parents=True, exist_ok=True)
+    fused = work / "fp32.onnx"
+    fused.write_bytes(export.model)
+    tokenizer = Tokenizer.from_file(str(export.tokenizer_file))
+    tokenizer.enable_truncation(max_length=export.info.max_tokens)
+
+    class Chunks(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            text = next(self.left, None)
+            if text is None:
+                return None
+            ids = np.array([tokenizer.encode(text).ids])
+            return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                    "token_type_ids": np.zeros_like(ids)}  # fmt: skip
+
+    seconds = {}
+    for name, recipe in RECIPES.items():
+        kind = RECIPE + name
+        log(f"quantizing: {name}")
+        began = time.perf_counter()
+        out = recipe_file(home, kind)
+        # The fused ops' outputs have no inferred type; they are float.
+        extra: dict[str, object] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        if "static" in recipe:
+            source = fused
+            if recipe["static"] == "activations":
+                source = work / "shaped.onnx"
+                quant_pre_process(str(fused), str(source), skip_optimization=True)
+            quantize_static(
+                str(source), str(out), Chunks(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=["MatMul", "Attention"], extra_options=extra,
+            )  # fmt: skip
+        else:
+            quantize_dynamic(
+                str(fused), str(out),
+                weight_type=getattr(QuantType, str(recipe.get("weight_type", "QInt8"))),
+                per_channel=bool(recipe["per_channel"]),
+                reduce_range=bool(recipe.get("reduce_range", False)),
+                nodes_to_exclude=excluded(fused, str(recipe["exclude"]))
+                if "exclude" in recipe else None,
+                extra_options=extra,
+            )  # fmt: skip
+        seconds[kind] = time.perf_counter() - began
+    return seconds
+
+
+def quantized_table(
+    rates: dict[str, float], agree: dict[str, dict[str, float]], kinds: tuple[str, ...]
+) -> str:
+    base = rates["sentence-transformers"]
+    rows = [
+        "| variant | ingest chunks/s | × today | × onnx-fp32 | cosine min / mean "
+        "| recall@10 own / mixed |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for kind in kinds:
+        a = agree[kind]
+        rows.append(
+            f"| {kind}{' (today)' if kind == 'sentence-transformers' else ''} "
+            f"| {rates[kind]:.1f} | {rates[kind] / base:.2f}× "
+            f"| {rates[kind] / rates['onnx-fp32']:.2f}× "
+            f"| {a['cos_min']:.4f} / {a['cos_mean']:.4f} "
+            f"| {a['recall_own']:.3f} / {a['recall_mixed']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 # --- report ---------------------------------------------------------------------------
 
 
@@ -397,6 +557,9 @@ def main() -> None:
         "--before", default=None, help="git revision of 'before' (default: merge-base with main)"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--quantized", action="store_true", help="measure the quantization recipes instead"
+    )
     args = parser.parse_args()
     before = args.before or subprocess.run(
         ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True,
@@ -414,6 +577,9 @@ def main() -> None:
         folder.mkdir()
         for i, chunk in enumerate(full):
             (folder / f"{i:04d}.txt").write_text(chunk)
+        if args.quantized:
+            quantized(args, home, folder, tmp, (chunks, full, index), started, load_at_start)
+            return
         builds = build_exports(home)
         starts = start_times(home, 3)
         rates = ingest_rates(home, folder, args.tries)
@@ -429,6 +595,39 @@ def main() -> None:
     print(block)
     if not args.no_write:
         write_doc_block(DOC, "embedders", block, "Long-term memory", "Embedders side by side")
+        log(f"wrote {DOC}")
+
+
+def quantized(
+    args: argparse.Namespace,
+    home: Path,
+    folder: Path,
+    tmp: Path,
+    corpus: tuple[list[str], list[str], list[str]],
+    started: float,
+    load_at_start: tuple[float, float, float],
+) -> None:
+    """The --quantized run: each recipe against sentence-transformers and onnx-fp32."""
+    chunks, full, index = corpus
+    held_out = set(index) | set(QUERIES)
+    calibration = spread([c for c in chunks if c not in held_out], CALIBRATION)
+    build_exports(home)
+    build_recipes(home, calibration)
+    kinds = ("sentence-transformers", "onnx-fp32", *(RECIPE + name for name in RECIPES))
+    rates = ingest_rates(home, folder, args.tries, kinds)
+    agree = agreement(home, tmp, index, kinds)
+    versions = machine(f"torch {version('torch')}", f"onnxruntime {version('onnxruntime')}")
+    block = (
+        f"Measured {time.strftime('%Y-%m-%d')} with `scripts/bench_embedder.py --quantized` on "
+        f"{versions}; load average {load_at_start[0]:.1f} at the start. Run time "
+        f"{(time.perf_counter() - started) / 60:.1f} min. Ingest: {len(full)} chunks of ≥ 700 "
+        f"characters, best of {args.tries}; agreement: {len(index)} chunks and {len(QUERIES)} "
+        f"queries; static recipes calibrated on {len(calibration)} other chunks.\n\n"
+        + quantized_table(rates, agree, kinds)
+    )
+    print(block)
+    if not args.no_write:
+        write_doc_block(DOC, "quantized", block, "Long-term memory", "Quantized variants")
         log(f"wrote {DOC}")
 
 
