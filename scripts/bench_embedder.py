@@ -5,7 +5,7 @@ corpus: the docstrings of this Python's standard library, cut by `memory ingest`
 
     start      process start → first embedding, in a fresh subprocess (best of 3)
     ingest     chunks/s of `ingest()` over full (≥ 700-character) chunks into a fresh memory
-               folder, in a fresh subprocess per try (best of 2, candidates interleaved)
+               folder, in a fresh subprocess per try (best of --tries, default 3; interleaved)
     agreement  cosine with today's vector of each chunk and query; recall@10 of 50 queries
                against today's top 10, with the candidate's index ("own") and with today's
                index ("mixed": a memory built before, searched now)
@@ -198,7 +198,7 @@ def worker(args: list[str]) -> None:
         np.save(args[4], vectors)
 
 
-def run_worker(*args: str) -> dict[str, object]:
+def run_worker(*args: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, __file__, "--worker", *args],
