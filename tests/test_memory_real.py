@@ -260,7 +260,7 @@ def test_an_interrupted_cli_ingest_resumes_where_it_stopped(
     command again embeds only the chunks not stored yet, and ends with all of them."""
     docs = tmp_path / "docs"
     docs.mkdir()
-    for i in range(40):
+    for i in range(80):  # 480 chunks, 8 batches: room for the signal after the first is saved
         (docs / f"{i:02d}.txt").write_text(
             "\n\n".join(f"Note {i}.{j}: item {j} of file {i} is checked." * 12 for j in range(6))
         )
