@@ -338,6 +338,17 @@ def completion_body(text: str = '{"a": 1}', finish: str = "stop") -> dict[str, A
     }
 
 
+def with_default_ctrl_c(argv: list[str]) -> list[str]:
+    """`argv` run with SIGINT at its default (Ctrl-C as at a terminal), even when pytest was
+    started by a shell without job control, which starts background jobs ignoring SIGINT and
+    whose children would ignore it too. An exec shim, not `preexec_fn` (unsafe with threads)."""
+    shim = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", shim, *argv]
+
+
 # --- A real `offline-agent serve` ------------------------------------------------------
 
 

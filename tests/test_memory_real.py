@@ -25,6 +25,7 @@ from offline_agent.memory import (
 )
 from offline_agent.memory.embedder import bundled_model_path
 from offline_agent.memory.export import INFO, ensure_export, export_dir, read_export
+from tests.conftest import with_default_ctrl_c
 
 pytestmark = pytest.mark.embedder
 
@@ -253,13 +254,6 @@ def test_memory_prepare_builds_the_export_once(
     assert sorted(p.suffix for p in folder.iterdir() if p.name != ".lock") == [".json", ".onnx"]
 
 
-DEFAULT_SIGINT = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
-)
-"""Runs the command in argv[1:] with SIGINT at its default, whatever this process inherited."""
-
-
 def test_an_interrupted_cli_ingest_resumes_where_it_stopped(
     tmp_path: Path, fast_home: Path
 ) -> None:
@@ -275,12 +269,10 @@ def test_an_interrupted_cli_ingest_resumes_where_it_stopped(
     argv = [sys.executable, "-m", "offline_agent", "memory", "ingest", str(docs),
             "--memory-dir", str(folder)]  # fmt: skip
     env = {**os.environ, "OFFLINE_AGENT_HOME": str(fast_home)}
-    # A shell without job control starts background jobs with SIGINT ignored, and a child
-    # inherits that (CI may be started so): the ingest runs with Ctrl-C's default restored.
-    restored = [sys.executable, "-c", DEFAULT_SIGINT, *argv]
     proc = subprocess.Popen(
-        restored, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        with_default_ctrl_c(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while (read_info(folder) is None or read_info(folder).count == 0) and proc.poll() is None:  # type: ignore[union-attr]
         assert time.monotonic() < deadline

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from offline_agent.cli import cli
 from offline_agent.replay import recorded_steps
 from offline_agent.runs import read_entries, verify
-from tests.conftest import COMPACT_FINISH, FINISH, compact, reply, script
+from tests.conftest import COMPACT_FINISH, FINISH, compact, reply, script, with_default_ctrl_c
 
 SLOW = "import time; time.sleep(1.0); open({name!r}, 'w').write('done')"
 REPLIES = [
@@ -36,20 +36,13 @@ def start_run(tmp_path: Path) -> subprocess.Popen[bytes]:
     script = tmp_path / "replies.jsonl"
     script.write_text("\n".join(json.dumps(r) for r in REPLIES))
     return subprocess.Popen(
-        agent_command(
+        with_default_ctrl_c(agent_command(
             "run", "--goal", "g", "--model", f"scripted:{script}", "--continuous", "--no-memory",
             "--rule", "none",
             "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
-        ),
+        )),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=default_ctrl_c,  # noqa: PLW1509 (no threads are running here)
     )  # fmt: skip
-
-
-def default_ctrl_c() -> None:
-    """Ctrl-C as at a terminal, even under a shell that started pytest ignoring SIGINT (a
-    background job of a script), whose children would ignore it too."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition: object, timeout: float = 30) -> None:
