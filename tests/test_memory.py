@@ -567,6 +567,20 @@ def test_cli_reports_library_errors_in_one_line(tmp_path: Path, mem: LongTermMem
         assert "Traceback" not in result.output
 
 
+def counting_embedder() -> tuple[HashEmbedder, list[str]]:
+    """A HashEmbedder and the list of every text it embeds, in order."""
+    counting = HashEmbedder()
+    embedded: list[str] = []
+    real_embed = counting.embed
+
+    def embed(texts: list[str]) -> Any:
+        embedded.extend(texts)
+        return real_embed(texts)
+
+    counting.embed = embed  # type: ignore[method-assign]
+    return counting, embedded
+
+
 def test_ingest_of_nothing_usable_is_one_line_and_an_error_exit(tmp_path: Path) -> None:
     (tmp_path / "blobs").mkdir()
     (tmp_path / "blobs" / "a.bin").write_bytes(b"\0\1\2" * 10)
@@ -587,15 +601,7 @@ def test_a_second_ingest_embeds_only_what_is_new_or_changed(tmp_path: Path) -> N
     docs.mkdir()
     for i in range(3):
         (docs / f"{i}.txt").write_text(f"Document {i}. " + "words " * 300)
-    counting = HashEmbedder()
-    embedded: list[str] = []
-    real_embed = counting.embed
-
-    def embed(texts: list[str]) -> Any:
-        embedded.extend(texts)
-        return real_embed(texts)
-
-    counting.embed = embed  # type: ignore[method-assign]
+    counting, embedded = counting_embedder()
     mem = open_memory(tmp_path / "mem", counting)
     first = ingest(mem, [docs], batch=2)
     assert first.added == first.chunks == len(embedded) > 3
@@ -613,15 +619,7 @@ def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path: Path) -> None:
     docs.mkdir()
     for i in range(4):
         (docs / f"{i}.txt").write_text(" ".join(f"Fact {i}.{j} is true." for j in range(150)))
-    counting = HashEmbedder()
-    embedded: list[str] = []
-    real_embed = counting.embed
-
-    def embed(texts: list[str]) -> Any:
-        embedded.extend(texts)
-        return real_embed(texts)
-
-    counting.embed = embed  # type: ignore[method-assign]
+    counting, embedded = counting_embedder()
 
     def stop_after_two(done: int, total: int) -> None:
         if done >= 2 * 3:
