@@ -172,6 +172,11 @@ class ProcessResult:
     output: str
     timed_out: bool
 
+    @property
+    def succeeded(self) -> bool:
+        """It exited by itself with 0: not killed, not stopped at its timeout."""
+        return self.exit_code == 0 and not self.timed_out
+
 
 class _Output:
     """The first `limit` characters of a byte stream, and a count of the characters after."""

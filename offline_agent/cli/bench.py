@@ -6,7 +6,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import click
 
@@ -37,6 +37,7 @@ from offline_agent.cli.common import (
 from offline_agent.errors import ConfigError
 from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.modelstore import default_models_dir, load_registry, user_registry_path
+from offline_agent.reply import ReplyFormat
 from offline_agent.state import Rules
 
 
@@ -142,7 +143,7 @@ def _print_report(out: Path) -> None:
     metavar="NAME=VALUE",
     help="Switch a step rule for every attempt, e.g. show_state=off; 'none' turns all off.",
 )
-@click.option("--reply-format", type=click.Choice(["autogpt", "compact", "command"]), default=None)
+@click.option("--reply-format", type=click.Choice(get_args(ReplyFormat)), default=None)
 @click.option("--base-url", default=None, help="Benchmark models served at this URL instead.")
 @click.option(
     "--constraint", type=click.Choice(CONSTRAINTS), default="json_object", show_default=True

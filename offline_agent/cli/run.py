@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import click
 
@@ -29,6 +29,7 @@ from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.memory import default_memory_dir
 from offline_agent.modelstore import default_models_dir
 from offline_agent.records import RunResult, RunStatus
+from offline_agent.reply import ReplyFormat
 from offline_agent.session import Run, RunSettings
 from offline_agent.settings import load_ai_settings, make_profile
 from offline_agent.state import Rules
@@ -162,7 +163,7 @@ def drive(run: Run, events: ConsoleEvents, interactive: bool) -> None:
 )
 @click.option(
     "--reply-format",
-    type=click.Choice(["autogpt", "compact", "command"]),
+    type=click.Choice(get_args(ReplyFormat)),
     default=None,
     help="Four thoughts before each command (Auto-GPT's), one short one (the default), "
     "or the command alone.",

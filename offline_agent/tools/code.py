@@ -31,7 +31,7 @@ def _run(ctx: ToolContext, args: list[str]) -> str:
         sandbox=ctx.confinement(),
     )
     observation = _observation(result, ctx.python_timeout)
-    if result.timed_out or result.exit_code != 0:
+    if not result.succeeded:
         raise CommandFailed(observation)
     return observation
 

@@ -60,7 +60,7 @@ def execute_shell(ctx: ToolContext, command_line: Long) -> str:
         else (f"exit code {result.exit_code}")
     )
     observation = f"{argv[0]} finished with {status}. Output:\n{result.output or '(no output)'}"
-    if result.timed_out or result.exit_code != 0:
+    if not result.succeeded:
         raise CommandFailed(observation)  # the same text, counted as a failed command
     return observation
 
