@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import llama_cpp
-from benchlib import machine, write_doc_block
+from benchlib import log, machine, write_doc_block
 
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.errors import FormatError
@@ -50,10 +49,6 @@ GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 Engine = Literal["llguidance", "llama"]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import machine, write_doc_block
+from benchlib import log, machine, write_doc_block
 
 from offline_agent.memory import (
     FastEmbedder,
@@ -112,10 +112,6 @@ QUERIES = [
     "unit tests with assertions and test cases",
     "standard deviation and mean of a list of numbers",
 ]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- the corpus -----------------------------------------------------------------------

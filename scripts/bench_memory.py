@@ -26,7 +26,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from benchlib import machine, write_doc_block
+from benchlib import log, machine, write_doc_block
 
 from offline_agent.memory import Entry, Hit, HNSWParams, MemoryStore, SentenceTransformerEmbedder
 from offline_agent.memory.embedder import Vectors, normalise
@@ -67,10 +67,6 @@ WORDS = [
     "index",
     "query",
 ]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager

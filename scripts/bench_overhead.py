@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import llama_cpp
-from benchlib import machine, write_doc_block
+from benchlib import log, machine, write_doc_block
 
 import offline_agent.agent as agent_module
 from offline_agent.agent import AgentConfig, SilentEvents
@@ -49,10 +48,6 @@ GOALS = {
 NOTES = "apples\nbananas\ncherries\n"
 PARTS = ("prompt", "counting", "recall", "remember", "parse", "tools", "tokenize", "other")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from benchlib import machine, write_doc_block
+from benchlib import log, machine, write_doc_block
 
 from offline_agent.bench.challenge import Challenge, load_suite, prepare_workspace
 from offline_agent.bench.judge import judge
@@ -78,10 +78,6 @@ except ImportError as missing:
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 REPLY_TOKENS = 512
 """A reply's token limit for smolagents, as `AgentConfig.reply_tokens` is for ours."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- The server smolagents talks to ---------------------------------------------------------

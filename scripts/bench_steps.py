@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
-from benchlib import machine, write_doc_block
+from benchlib import log, machine, write_doc_block
 
 from offline_agent.llm.llama import LlamaModel, LlamaOptions, _Decode
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
@@ -71,10 +71,6 @@ messages = PromptBuilder(profile, tools, model, 512).build([])
 model.complete(messages, schema=reply_schema(tools), max_tokens=1)
 print(loaded - start, time.perf_counter() - start)
 """
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def exchange(i: int) -> tuple[Message, Message]:

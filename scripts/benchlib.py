@@ -1,12 +1,18 @@
-"""What the benchmark scripts share: describing the machine, writing results into docs/."""
+"""What the benchmark scripts share: progress lines, the machine, results written into docs/."""
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from offline_agent.bench.runner import describe_machine
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, at once."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def machine(*versions: str) -> str:
