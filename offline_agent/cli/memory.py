@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 
 from offline_agent.cli.common import AT_LEAST_ONE, library_errors
-from offline_agent.errors import MemoryStoreError
 from offline_agent.memory import (
     FastEmbedder,
     Hit,
@@ -23,7 +22,7 @@ from offline_agent.memory import (
     read_info,
 )
 from offline_agent.memory.embedder import bundled_model_path
-from offline_agent.memory.export import ensure_export, read_export
+from offline_agent.memory.export import ensure_export, require_export
 from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -151,9 +150,7 @@ def prepare_command(check: bool) -> None:
     with library_errors():
         source = bundled_model_path()
         if check:
-            found, why = read_export(folder, source)
-            if found is None:
-                raise MemoryStoreError(f"no usable ONNX export in {folder}: {why}")
+            require_export(folder, source)
         else:
             ensure_export(source, folder, embedder.variant, _warn, embedder.model_id)
     click.echo(

@@ -142,6 +142,14 @@ def read_export(folder: Path, model_path: Path) -> tuple[Export | None, str]:
     return Export(folder, info, model), ""
 
 
+def require_export(folder: Path, model_path: Path) -> Export:
+    """`read_export`, or MemoryStoreError saying why there is no usable export."""
+    found, why = read_export(folder, model_path)
+    if found is None:
+        raise MemoryStoreError(f"no usable ONNX export in {folder}: {why}")
+    return found
+
+
 def ensure_export(
     model_path: Path,
     folder: Path,

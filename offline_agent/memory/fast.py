@@ -18,7 +18,7 @@ from offline_agent.memory.embedder import (
     Vectors,
     bundled_model_path,
 )
-from offline_agent.memory.export import Notify, Variant, ensure_export, export_dir, read_export
+from offline_agent.memory.export import Notify, Variant, ensure_export, export_dir, require_export
 from offline_agent.memory.onnxrt import OnnxEmbedder
 
 
@@ -109,10 +109,7 @@ class FastEmbedder:
         if self._build:
             export = ensure_export(path, folder, self.variant, self.notify, self._model_id)
         else:
-            found, why = read_export(folder, path)
-            if found is None:
-                raise MemoryStoreError(f"no usable export in {folder}: {why}")
-            export = found
+            export = require_export(folder, path)
         return OnnxEmbedder(
             export.model,
             export.tokenizer_file,
