@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +15,6 @@ MAX_GOALS = 10
 MAX_GOAL_CHARS = 1000
 MAX_NAME_CHARS = 100
 MAX_ROLE_CHARS = 1000
-
-
-CPU_QUOTA = Path("/sys/fs/cgroup/cpu.max")
-"""cgroup v2's CPU quota of this process's group (a container's `--cpus`): "max" or
-"QUOTA PERIOD" in microseconds."""
-
-
-def usable_cores() -> int:
-    """The CPUs this process may run on (taskset, container CPU sets), capped by its cgroup's
-    CPU quota: the default thread count for llama.cpp."""
-    if hasattr(os, "sched_getaffinity"):  # Linux
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = CPU_QUOTA.read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2 here, or a line we do not know
-        pass
-    return cores
 
 
 def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Profile:

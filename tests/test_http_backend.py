@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from offline_agent import settings
+from offline_agent import cores
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli import cli
 from offline_agent.cli.run import _redacted
 from offline_agent.cli.serve import server_argv
+from offline_agent.cores import usable_cores
 from offline_agent.errors import BackendError, ConfigError
 from offline_agent.llm import HttpModel, HttpOptions, LlamaOptions, open_model
 from offline_agent.llm.http import MESSAGE_OVERHEAD, response_format
 from offline_agent.modelstore import ResolvedModel
 from offline_agent.records import Profile
 from offline_agent.runs import RunRecord, read_entries, verify
-from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 from tests.conftest import (
@@ -188,7 +188,7 @@ def test_usable_cores_is_capped_by_the_cgroup_quota(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quota: str, cap: int | None
 ) -> None:
     cpu_max = tmp_path / "cpu.max"
-    monkeypatch.setattr(settings, "CPU_QUOTA", cpu_max)
+    monkeypatch.setattr(cores, "CPU_QUOTA", cpu_max)
     free = usable_cores()  # no such file: the CPUs this process may run on
     cpu_max.write_text(quota + "\n")
     assert usable_cores() == (free if cap is None else min(free, cap))

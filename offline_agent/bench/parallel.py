@@ -25,8 +25,8 @@ from typing import Any
 
 from offline_agent.bench.challenge import Challenge
 from offline_agent.bench.runner import Attempt, BenchSettings, Planned, Progress, Runner
+from offline_agent.cores import usable_cores
 from offline_agent.errors import BackendError
-from offline_agent.settings import usable_cores
 
 _WORKERS: dict[str, Runner] = {}
 """In a worker process, a runner per benchmark (by its settings), kept between attempts so

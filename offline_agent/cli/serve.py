@@ -10,8 +10,8 @@ import click
 
 from offline_agent import modelstore
 from offline_agent.cli.common import PORT, machine_options
+from offline_agent.cores import usable_cores
 from offline_agent.errors import ConfigError
-from offline_agent.settings import usable_cores
 
 
 def server_argv(

@@ -15,6 +15,7 @@ import llama_cpp
 from llama_cpp import llama_chat_format
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from offline_agent.cores import usable_cores
 from offline_agent.errors import (
     BackendError,
     ConfigError,
@@ -29,7 +30,6 @@ from offline_agent.llm.guidance import GuidedDecoder, ThinkBlock, common_prefix
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.options import LlamaOptions
 from offline_agent.records import Completion, Message, Usage
-from offline_agent.settings import usable_cores
 
 
 @dataclass(frozen=True)

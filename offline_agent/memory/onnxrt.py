@@ -7,7 +7,6 @@ the attention mask, L2-normalise), so that the vectors are those of the original
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from offline_agent.cores import usable_cores
 from offline_agent.errors import MemoryStoreError
 from offline_agent.memory.embedder import Vectors, normalise
 
@@ -51,7 +51,7 @@ class OnnxEmbedder:
         self._model_id = model_id
         self._dimension = dimension
         self.batch_tokens = batch_tokens
-        self.workers = workers or _usable_cores()
+        self.workers = workers or usable_cores()
         options = onnxruntime.SessionOptions()
         # One thread a pass and passes side by side: no barrier after every operator (which
         # makes both cores wait for the slower one whenever anything else runs), and
@@ -113,12 +113,6 @@ class OnnxEmbedder:
         weights = mask[..., None].astype(np.float32)
         summed = (hidden * weights).sum(axis=1)
         return np.asarray(summed / np.clip(weights.sum(axis=1), 1e-9, None), dtype=np.float32)
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):  # Linux: taskset and container CPU sets
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def _batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
