@@ -10,13 +10,13 @@ import pytest
 
 from offline_agent import session
 from offline_agent.agent import Agent, AgentConfig, SilentEvents
+from offline_agent.cores import usable_cores
 from offline_agent.errors import ModelError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.records import Profile
 from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.runs import RunRecord, read_entries
 from offline_agent.session import RunSettings
-from offline_agent.settings import usable_cores
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 
