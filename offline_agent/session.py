@@ -179,6 +179,7 @@ def build_agent(
         shell=settings.shell,
         python_timeout=settings.python_timeout,
         sandbox=Sandbox.default() if settings.sandbox else None,
+        check_syntax=settings.rules.check_syntax,
     )
     return Agent(
         settings.profile,

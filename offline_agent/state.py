@@ -13,12 +13,10 @@ test it.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
 import re
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -28,6 +26,7 @@ from offline_agent.errors import ConfigError, FormatError, ToolError
 from offline_agent.records import CommandCall, Completion
 from offline_agent.reply import ReplyFormat, parse_reply
 from offline_agent.tools.base import Names, Tool, ToolContext, ToolRegistry
+from offline_agent.tools.syntax import python_error
 
 MAX_CHOICES = 40
 """Past this many existing files (or folders, or sub-agents) an argument is a free string."""
@@ -90,6 +89,10 @@ class Rules:
     """The command list describes arguments in prose (`write_file(filename, text): ...
     Arguments: filename, the path ...`) instead of `"text": <the full new content>`, which
     small models copy as the value."""
+    check_syntax: bool = False
+    """A write that would leave a `.py` file that does not compile, or a `.json` file that
+    does not parse, fails with the error and leaves the file as it was (SWE-agent's edit
+    linter)."""
     examples: bool = False
     """Show the worked example closest to the goals in the system prompt
     (`offline_agent.prompt.examples`; loads the embedder at the start of a run)."""
@@ -430,13 +433,8 @@ def python_problem(call: CommandCall) -> str:
         source = call.args.get("text")
     if not isinstance(source, str):
         return ""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. invalid escape sequences: still runs
-            ast.parse(source)
-    except (SyntaxError, ValueError) as err:
-        return f"its Python does not compile: {getattr(err, 'msg', err)}"
-    return ""
+    problem = python_error(source)
+    return "" if problem is None else f"its Python does not compile: {problem}"
 
 
 class RepeatGuard:

@@ -36,7 +36,8 @@ from benchlib import log, machine, write_doc_block
 
 from offline_agent.agent import Agent, AgentConfig
 from offline_agent.errors import FormatError
-from offline_agent.llm.llama import LlamaModel, LlamaOptions
+from offline_agent.llm.llama import LlamaModel
+from offline_agent.llm.options import LlamaOptions
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
 from offline_agent.prompt import PromptBuilder
 from offline_agent.records import Completion, Message, Profile, Step, Usage
@@ -199,7 +200,7 @@ class StepResult:
 def bench_steps(model: LlamaModel, engine: Engine, steps: int) -> StepResult:
     with_engine(model, engine)
     llm = model._llm
-    llm.reset()  # a cold cache, as at the start of a real run
+    llm.reset()  # type: ignore[no-untyped-call]  # a cold cache, as at the start of a real run
     log_ = StepLog()
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.create(Path(tmp) / "ws")

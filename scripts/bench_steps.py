@@ -43,7 +43,8 @@ from pathlib import Path
 import llama_cpp
 from benchlib import log, machine, write_doc_block
 
-from offline_agent.llm.llama import LlamaModel, LlamaOptions, _Decode
+from offline_agent.llm.llama import LlamaModel, _Decode
+from offline_agent.llm.options import LlamaOptions
 from offline_agent.modelstore import default_models_dir, load_registry, resolve
 from offline_agent.prompt import PromptBuilder
 from offline_agent.records import Message, Profile
@@ -76,6 +77,7 @@ print(loaded - start, time.perf_counter() - start)
 def exchange(i: int) -> tuple[Message, Message]:
     """The i-th scripted (reply, result) pair: varied, realistic sizes."""
     name = f"notes_{i}.txt"
+    text = f"step {i} " * 8
     reply = {
         "thoughts": {
             "text": f"I should keep notes on step {i} in a file.",
@@ -83,10 +85,9 @@ def exchange(i: int) -> tuple[Message, Message]:
             "plan": f"- write {name}\n- read it back\n- finish",
             "criticism": "I could be faster.",
         },
-        "command": {"name": "write_file", "args": {"filename": name, "text": f"step {i} " * 8}},
+        "command": {"name": "write_file", "args": {"filename": name, "text": text}},
     }
-    size = len(reply["command"]["args"]["text"])
-    result = f"Command write_file returned: Wrote {size} characters to {name}."
+    result = f"Command write_file returned: Wrote {len(text)} characters to {name}."
     return (
         {"role": "assistant", "content": json.dumps(reply)},
         {"role": "user", "content": result},
@@ -122,7 +123,7 @@ def run_layout(model: LlamaModel, name: str, steps: int) -> Layout:
         builder = PromptBuilder(PROFILE, tools, model, 512)
     else:  # the builder's settings before requests were kept
         builder = PromptBuilder(PROFILE, tools, model, 512, memory_share=0.25, keep_share=0.5)
-    model._llm.reset()
+    model._llm.reset()  # type: ignore[no-untyped-call]
     model._decodes = []
     history: list[Message] = []
     out = Layout(name, [], [], [])

@@ -276,3 +276,18 @@ def test_numbers_out_of_bounds_are_refused_before_anything_loads(
     assert (
         len(lines) == 1 and lines[0].startswith("Error: Invalid value for ") and message in lines[0]
     )
+
+
+def test_rule_check_syntax_reaches_the_file_commands(tmp_path: Path, home: Path) -> None:
+    broken = reply("write_file", filename="hello.py", text="Hello, World!")
+    args = ["--goal", "g", "--model", script(tmp_path, [broken, FINISH]), "--continuous",
+            "--no-memory", "--rule", "none", "--workspace", str(tmp_path / "ws")]  # fmt: skip
+    code, out, _ = invoke("run", *args, "--rule", "check_syntax=on")
+    assert code == 0, out
+    assert "hello.py was left as it was: it is not valid Python" in out
+    assert not (tmp_path / "ws" / "hello.py").exists()
+    (run,) = (home / "runs").iterdir()
+    steps = [e["step"] for e in read_entries(run) if "step" in e]
+    assert steps[0]["result"]["ok"] is False
+    code, out, _ = invoke("run", *args)  # off (the default): the text is written as it is
+    assert (tmp_path / "ws" / "hello.py").read_text() == "Hello, World!"

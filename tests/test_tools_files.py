@@ -180,3 +180,23 @@ def test_an_identical_rewrite_is_noticed(tmp_path: Path) -> None:
     again = write_file(ctx, {"filename": "a.txt", "text": "x"})
     assert again == "a.txt already holds exactly this text; nothing changed."
     assert write_file(ctx, {"filename": "a.txt", "text": "y"}).startswith("Wrote 1")
+
+
+def test_check_syntax_refuses_writes_that_leave_a_file_unparseable(tmp_path: Path) -> None:
+    ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"), check_syntax=True)
+    with pytest.raises(ToolError, match=r"hello.py was left as it was: it is not valid Python"):
+        write_file(ctx, {"filename": "hello.py", "text": "Hello, World!"})
+    assert not (tmp_path / "ws" / "hello.py").exists()
+    write_file(ctx, {"filename": "hello.py", "text": "print('hi')\n"})
+    with pytest.raises(ToolError, match="not valid Python"):
+        append_file(ctx, {"filename": "hello.py", "text": "def f(:\n"})
+    assert (tmp_path / "ws" / "hello.py").read_text() == "print('hi')\n"
+    with pytest.raises(ToolError, match="not valid JSON"):
+        write_file(ctx, {"filename": "data.json", "text": "{'a': 1}"})
+    write_file(ctx, {"filename": "data.json", "text": '{"a": 1}'})
+    write_file(ctx, {"filename": "notes.txt", "text": "def f(:"})  # no parser: any text
+
+
+def test_without_check_syntax_any_text_is_written(ctx: ToolContext) -> None:
+    write_file(ctx, {"filename": "hello.py", "text": "Hello, World!"})
+    assert ctx.workspace.read_text("hello.py") == "Hello, World!"

@@ -147,6 +147,8 @@ class ToolContext:
     output_limit: int = 4000
     sandbox: Sandbox | None = field(default_factory=Sandbox.default)
     """Where programs the agent starts are confined (None: `--sandbox off`, as the user)."""
+    check_syntax: bool = False
+    """Writes that leave a .py or .json file that does not parse fail (`Rules.check_syntax`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def confinement(self) -> Sandbox | None:

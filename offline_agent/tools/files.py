@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from offline_agent.errors import ToolError
 from offline_agent.tools.base import (
     ExistingFile,
     Folder,
@@ -11,7 +12,15 @@ from offline_agent.tools.base import (
     WrittenFile,
     tool,
 )
+from offline_agent.tools.syntax import file_error
 from offline_agent.workspace import MAX_LISTED
+
+
+def refuse_broken(filename: str, text: str) -> None:
+    """Raise ToolError when writing `text` would leave `filename` unparseable."""
+    problem = file_error(filename, text)
+    if problem is not None:
+        raise ToolError(f"{filename} was left as it was: {problem}")
 
 
 @tool
@@ -40,6 +49,8 @@ def write_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
     """
     if ctx.workspace.exists(filename) and ctx.workspace.read_text(filename) == text:
         return f"{filename} already holds exactly this text; nothing changed."
+    if ctx.check_syntax:
+        refuse_broken(filename, text)
     written = ctx.workspace.write_text(filename, text)
     return f"Wrote {written} characters to {filename}."
 
@@ -52,6 +63,9 @@ def append_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
         filename: path of the file, relative to the workspace
         text: the text to add
     """
+    if ctx.check_syntax:
+        before = ctx.workspace.read_text(filename) if ctx.workspace.exists(filename) else ""
+        refuse_broken(filename, before + text)
     added = ctx.workspace.append_text(filename, text)
     return f"Appended {added} characters to {filename}."
 
