@@ -400,3 +400,12 @@ def stop_server(served: Served) -> None:
     if served.process.poll() is None:
         served.process.kill()
     served.process.wait(timeout=30)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder next to the workspace, holding a secret the jail must protect."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "secret.txt").write_text("top secret")
+    return folder

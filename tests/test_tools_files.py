@@ -21,14 +21,6 @@ from offline_agent.workspace import Workspace
 
 
 @pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "secret.txt").write_text("top secret")
-    return folder
-
-
-@pytest.fixture
 def ctx(tmp_path: Path) -> ToolContext:
     return ToolContext(workspace=Workspace.create(tmp_path / "ws"), output_limit=200)
 

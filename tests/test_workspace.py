@@ -14,15 +14,6 @@ from offline_agent.workspace import Workspace
 
 
 @pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A folder next to the workspace, holding a secret the jail must protect."""
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "secret.txt").write_text("top secret")
-    return folder
-
-
-@pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace.create(tmp_path / "ws")
 

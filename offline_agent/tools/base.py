@@ -29,7 +29,13 @@ import jsonschema
 
 from offline_agent.errors import AgentError, CommandFailed, Finished, ToolError, ToolServerGone
 from offline_agent.records import CommandCall, ToolResult
-from offline_agent.sandbox import Sandbox, SandboxUnavailable, sandbox_problem
+from offline_agent.sandbox import (
+    ProcessResult,
+    Sandbox,
+    SandboxUnavailable,
+    run_process,
+    sandbox_problem,
+)
 
 if TYPE_CHECKING:
     from offline_agent.workspace import Workspace
@@ -160,6 +166,17 @@ class ToolContext:
         if problem is not None:
             raise SandboxUnavailable(problem)
         return self.sandbox
+
+    def run_program(self, argv: list[str]) -> ProcessResult:
+        """Run `argv` (no shell) in the workspace under this context's time and output limits,
+        confined; a program that does not succeed is the caller's to report."""
+        return run_process(
+            argv,
+            cwd=self.workspace.root,
+            timeout=self.python_timeout,
+            output_limit=self.output_limit,
+            sandbox=self.confinement(),
+        )
 
 
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}

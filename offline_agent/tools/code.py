@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from offline_agent.errors import CommandFailed, ToolError
-from offline_agent.sandbox import ProcessResult, run_python
+from offline_agent.sandbox import ProcessResult
 from offline_agent.tools.base import Long, PythonFile, Tool, ToolContext, tool
 
 
@@ -23,13 +25,7 @@ def _observation(result: ProcessResult, timeout: float) -> str:
 def _run(ctx: ToolContext, args: list[str]) -> str:
     """Run `python *args` in the workspace root under the context's limits; a program that
     does not exit with 0 is a failed command (CommandFailed), with the same text."""
-    result = run_python(
-        args,
-        cwd=ctx.workspace.root,
-        timeout=ctx.python_timeout,
-        output_limit=ctx.output_limit,
-        sandbox=ctx.confinement(),
-    )
+    result = ctx.run_program([sys.executable, *args])
     observation = _observation(result, ctx.python_timeout)
     if not result.succeeded:
         raise CommandFailed(observation)

@@ -10,7 +10,6 @@ import shlex
 from pathlib import Path
 
 from offline_agent.errors import CommandFailed, ToolError
-from offline_agent.sandbox import run_process
 from offline_agent.tools.base import Long, ShellPolicy, ToolContext, tool
 
 DEFAULT_DENY = frozenset(
@@ -47,13 +46,7 @@ def execute_shell(ctx: ToolContext, command_line: Long) -> str:
     if not argv:
         raise ToolError("the command line is empty")
     check_policy(ctx.shell, argv)
-    result = run_process(
-        argv,
-        cwd=ctx.workspace.root,
-        timeout=ctx.python_timeout,
-        output_limit=ctx.output_limit,
-        sandbox=ctx.confinement(),
-    )
+    result = ctx.run_program(argv)
     status = (
         f"timed out after {ctx.python_timeout:g} s"
         if result.timed_out
