@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from offline_agent.errors import StorageError
+from offline_agent.interrupts import interrupts_held
 from offline_agent.records import RunResult, Step
 
 STEPS_FILE = "steps.jsonl"
@@ -198,6 +199,12 @@ class RunRecord:
         self._append({"type": "end", "result": asdict(result)})
 
     def _append(self, entry: dict[str, Any]) -> None:
+        # Whole or not at all: a Ctrl-C between the line reaching the disk and the hash it
+        # carries becoming the one the next line chains to would break the chain.
+        with interrupts_held():
+            self._append_line(entry)
+
+    def _append_line(self, entry: dict[str, Any]) -> None:
         entry = {**entry, "time": time.time(), "prev": self._last_hash}
         entry["hash"] = _line_hash(entry)
         try:

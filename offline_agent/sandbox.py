@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from offline_agent import confine
 from offline_agent.errors import ToolError
+from offline_agent.interrupts import HeldInterrupt
 
 _MIB = 1024 * 1024
 _CHUNK = 64 * 1024
@@ -262,33 +262,6 @@ def _supervise(proc: subprocess.Popen[bytes], timeout: float, output: _Output) -
     return timed_out
 
 
-class _HeldInterrupt:
-    """Ctrl-C held back while a child starts, and delivered by `release()`.
-
-    A KeyboardInterrupt inside `Popen` would leave the child running with nothing to kill it
-    (it leads a session of its own, so the terminal's Ctrl-C does not reach it either).
-    Python runs signal handlers in the main thread only, so only there is anything held.
-    """
-
-    def __init__(self) -> None:
-        self.held = False
-        self._previous: Any = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._hold)
-
-    def _hold(self, signum: int, frame: object) -> None:
-        self.held = True
-
-    def release(self) -> None:
-        """Put the previous handler back and give it the Ctrl-C held, if one came."""
-        previous, self._previous = self._previous, None
-        if previous is None:
-            return
-        signal.signal(signal.SIGINT, previous)
-        if self.held and callable(previous):
-            previous(signal.SIGINT, None)
-
-
 def run_python(
     args: list[str],
     *,
@@ -361,7 +334,9 @@ def _launch(
     status_r, status_w = os.pipe()
     config["status_fd"] = status_w
     command = [sys.executable, "-I", "-S", _LAUNCHER, json.dumps(config)]
-    ctrl_c = _HeldInterrupt()
+    # A KeyboardInterrupt inside `Popen` would leave the child running with nothing to kill
+    # it (it leads a session of its own, so the terminal's Ctrl-C does not reach it either).
+    ctrl_c = HeldInterrupt()
     try:
         proc = subprocess.Popen(
             command,

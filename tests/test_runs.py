@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli import cli
 from offline_agent.errors import StorageError
 from offline_agent.llm.scripted import ScriptedModel
+from offline_agent.records import RunResult
 from offline_agent.replay import recorded_steps, replay
 from offline_agent.runs import (
     GENESIS,
@@ -310,3 +313,25 @@ def test_a_record_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
     assert done.returncode != 0 and "is in use by another process" in done.stderr
     held.close()
     RunRecord.reopen(record.folder).close()  # free again once the holder let go
+
+
+def test_a_ctrl_c_while_a_line_is_written_keeps_the_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ctrl-C lands after the line reached the disk (here: in fsync); it is delivered once
+    the record knows the line, so the next line chains to it."""
+    record = RunRecord.create(tmp_path / "runs", "t", {})
+    real_fsync = os.fsync
+
+    def fsync_then_ctrl_c(fd: int) -> None:
+        real_fsync(fd)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
+    ended = RunResult("stopped_by_user", 0, "Ctrl-C")
+    with pytest.raises(KeyboardInterrupt):
+        record.write_end(ended)
+    record.write_end(ended)
+    record.close()
+    assert verify(record.folder).lines == 2
