@@ -130,8 +130,9 @@ def test_ctrl_c_in_continuous_mode_stops_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "ws" / "b.txt").exists()
 
 
-# Default rules: a reread refused by the grammar (a format error), a write that returns what
-# an earlier one did (a repeat, with its note), an invalid reply between repeats.
+# Default rules and no_rereads: a reread refused by the grammar (a format error), a write
+# that returns what an earlier one did (a repeat, with its note), an invalid reply between
+# repeats.
 STEERED = [
     compact("write_file", filename="a.txt", text="alpha"),
     compact("read_file", filename="a.txt"),
@@ -150,7 +151,7 @@ def cli_run(tmp_path: Path, name: str, *more: str) -> Path:
         "run", "--goal", "Write alpha to a.txt", "--continuous",
         "--model", script(tmp_path / name, STEERED), "--no-memory",
         "--workspace", str(tmp_path / name / "ws"), "--runs-dir", str(tmp_path / name / "runs"),
-        *more,
+        "--rule", "no_rereads=on", *more,
     ])  # fmt: skip
     (run,) = (tmp_path / name / "runs").iterdir()
     return run

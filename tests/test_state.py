@@ -118,11 +118,14 @@ def test_a_look_in_an_unchanged_workspace_is_not_offered_again(tmp_path: Path) -
     before = Snapshot.take(ctx)
     ran = ((CommandCall("read_file", {"filename": "notes.txt"}), before),
            (CommandCall("list_files", {"directory": "."}), before))  # fmt: skip
-    step = plan(ctx, progress=Progress(succeeded=True, ran=ran))
+    rules = Rules(no_rereads=True)
+    step = plan(ctx, rules, Progress(succeeded=True, ran=ran))
     assert args_of(step, "read_file")["filename"]["enum"] == ["other.txt"]
     assert step.left_out["list_files"].startswith("no_rereads:")
+    off = plan(ctx, progress=Progress(succeeded=True, ran=ran))  # the default: off
+    assert args_of(off, "read_file")["filename"]["enum"] == ["notes.txt", "other.txt"]
     ctx.workspace.write_text("notes.txt", "changed")  # now a read may show something new
-    again = plan(ctx, progress=Progress(succeeded=True, ran=ran))
+    again = plan(ctx, rules, Progress(succeeded=True, ran=ran))
     assert args_of(again, "read_file")["filename"]["enum"] == ["notes.txt", "other.txt"]
     assert "list_files" in again.tools
 
