@@ -330,8 +330,14 @@ def test_a_ctrl_c_while_a_line_is_written_keeps_the_chain(
 
     monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
     ended = RunResult("stopped_by_user", 0, "Ctrl-C")
-    with pytest.raises(KeyboardInterrupt):
-        record.write_end(ended)
+    # Python's own Ctrl-C handler, also where pytest runs with SIGINT ignored (a shell's
+    # background job).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            record.write_end(ended)
+    finally:
+        signal.signal(signal.SIGINT, before)
     record.write_end(ended)
     record.close()
     assert verify(record.folder).lines == 2
