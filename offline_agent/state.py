@@ -74,7 +74,7 @@ class Rules:
     execute_python_file) is not offered a value it already ran with while the workspace is
     as it was then: it could only return the same. Off: it raised no success, and a model
     kept from looking again wrote instead, over the file it had just read (Gemma-3-270M
-    destroyed an input in 19 of 78 attempts with it, and in a few without it)."""
+    destroyed an input in 19 of 78 attempts with it, in 3 of 78 without it)."""
     show_state: bool = True
     """Each request shows the workspace's files, what the last command changed, and the text
     of the files the goals name."""
