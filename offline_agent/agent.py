@@ -154,6 +154,7 @@ class Agent:
             rules.reply_format,
             examples=examples,
             prose_signatures=rules.prose_signatures,
+            blocks=rules.text_blocks,
         )
         self.steering = Steering(tools, rules, profile.goals)
         self.history: list[Message] = []
@@ -233,7 +234,7 @@ class Agent:
         )
         request = step.messages[-1]
         self.events.thinking(step.index)
-        schema = reply_schema(plan.tools, self.rules.reply_format)
+        schema = reply_schema(plan.tools, self.rules.reply_format, self.rules.text_blocks)
         step.grammar_sha256 = schema_digest(schema)
         step.completion, candidates = sample(
             self.model, step.messages, schema=schema, max_tokens=self.config.reply_tokens,

@@ -6,6 +6,19 @@ short thought ("compact": small models reason better briefly, see `docs/benchmar
 `{"command": {name, args}}` alone ("command": no thought to copy from step to step).
 The schema has one `anyOf` branch per registered command, so a grammar built from it
 constrains the command name and its argument names and types, not only JSON syntax.
+
+With `blocks`, a command's text argument (a file's content, code: `tools.base.Block`) is
+left out of its JSON and written after it, between ``` lines, as plain text:
+
+    {"thought": "...", "command": {"name": "write_file", "args": {"filename": "hello.py"}}}
+    ```python
+    print("Hello, World!")
+    ```
+
+Code and text then need no JSON escapes (a quote, a newline), which small models get wrong,
+and they look like what models read most: a fenced block. The schema lists these arguments
+under `BLOCKS_KEY`; a grammar engine that knows the key (`llm.guidance`) constrains the
+block too, and `parse_reply` puts the text back into `args` before validating them.
 Decoding is never trusted: every reply is parsed and validated here, whichever backend
 produced it (llama-cpp-python silently falls back to generic JSON for schemas it cannot
 convert, and servers may ignore `response_format` altogether).
@@ -15,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -23,7 +37,7 @@ import jsonschema
 
 from offline_agent.errors import FormatError, ToolError, TruncatedReplyError
 from offline_agent.records import CommandCall, Completion, Reply, Thoughts
-from offline_agent.tools.base import ToolRegistry
+from offline_agent.tools.base import Tool, ToolRegistry
 
 ReplyFormat = Literal["autogpt", "compact", "command"]
 
@@ -56,25 +70,69 @@ def _thoughts_schema(reply_format: ReplyFormat) -> tuple[str, dict[str, Any]] | 
     }
 
 
-def reply_schema(tools: ToolRegistry, reply_format: ReplyFormat = "autogpt") -> dict[str, Any]:
-    """JSON schema of a reply: thoughts first, then one branch per command."""
+BLOCKS_KEY = "x-blocks"
+"""Key of a reply schema: command → the argument its reply writes as a block after the JSON."""
+
+FENCE = "```"
+
+
+def reply_schema(
+    tools: ToolRegistry, reply_format: ReplyFormat = "autogpt", blocks: bool = False
+) -> dict[str, Any]:
+    """JSON schema of a reply: thoughts first, then one branch per command; with `blocks`,
+    the text arguments are left out of the JSON and listed under `BLOCKS_KEY`."""
     thoughts = _thoughts_schema(reply_format)
+    in_blocks = {t.name: t.block for t in tools if blocks and t.block}
     branches = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "args": t.args_schema()},
+            "properties": {"name": {"const": t.name}, "args": _args(t, in_blocks.get(t.name))},
             "required": ["name", "args"],
             "additionalProperties": False,
         }
         for t in tools
     ]
     first = dict([thoughts]) if thoughts else {}
-    return {
+    schema = {
         "type": "object",
         "properties": {**first, "command": {"anyOf": branches}},
         "required": [*first, "command"],
         "additionalProperties": False,
     }
+    return schema | ({BLOCKS_KEY: in_blocks} if in_blocks else {})
+
+
+def _args(tool: Tool, block: str | None) -> dict[str, Any]:
+    """The schema of a command's `args` in the JSON: without the argument written as a block."""
+    schema = tool.args_schema()
+    if block is None:
+        return schema
+    return schema | {
+        "properties": {k: v for k, v in schema["properties"].items() if k != block},
+        "required": [k for k in schema["required"] if k != block],
+    }
+
+
+def split_blocks(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """A reply schema as JSON schemas without `BLOCKS_KEY`: one for the commands written as
+    JSON alone (None if every command has a block), and one per command with a block."""
+    blocks = schema.get(BLOCKS_KEY, {})
+    plain = {k: v for k, v in schema.items() if k != BLOCKS_KEY}
+    if not blocks:
+        return plain, {}
+    branches = plain["properties"]["command"]["anyOf"]
+
+    def only(kept: list[dict[str, Any]]) -> dict[str, Any]:
+        command = {"anyOf": kept}
+        return plain | {"properties": plain["properties"] | {"command": command}}
+
+    alone = [b for b in branches if b["properties"]["name"]["const"] not in blocks]
+    with_block = {
+        b["properties"]["name"]["const"]: only([b])
+        for b in branches
+        if b["properties"]["name"]["const"] in blocks
+    }
+    return (only(alone) if alone else None), with_block
 
 
 def schema_digest(schema: dict[str, Any]) -> str:
@@ -82,12 +140,25 @@ def schema_digest(schema: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(schema, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def format_text(reply_format: ReplyFormat = "autogpt") -> str:
-    """The reply format as the model reads it in the system prompt.
+def format_text(reply_format: ReplyFormat = "autogpt", blocks: dict[str, str] | None = None) -> str:
+    """The reply format as the model reads it in the system prompt; `blocks`: command → the
+    argument written after the JSON.
 
     Prose rather than a JSON example with placeholder values: small models copy an example
     word for word, and the grammar already enforces the syntax.
     """
+    return _json_text(reply_format) + (_blocks_text(blocks) if blocks else "")
+
+
+def _blocks_text(blocks: dict[str, str]) -> str:
+    named = ", ".join(f'the "{arg}" of {command}' for command, arg in blocks.items())
+    return (
+        f' Leave {named} out of "args": write it after the JSON object, from a line '
+        f"{FENCE} to a line {FENCE}, as plain text."
+    )
+
+
+def _json_text(reply_format: ReplyFormat) -> str:
     if reply_format == "command":
         return (
             'one JSON object with one key, "command": an object with "name" (one of the '
@@ -128,7 +199,12 @@ def parse_reply(
     A think block before the JSON (a reasoning model's) is not part of the reply.
     `unavailable` maps the commands left out of this step to why, for that message."""
     text = completion.answer.strip()
-    if completion.finish_reason == "length":
+    blocks: dict[str, str] = schema.get(BLOCKS_KEY, {})
+    text, block = _cut_block(text) if blocks else (text, None)
+    cut = completion.finish_reason == "length"
+    if cut and block is None and blocks:  # an unclosed block: the JSON parses, the reply is cut
+        raise TruncatedReplyError("Your reply was cut off by the token limit. Keep it short.")
+    if cut:
         try:
             json.loads(text, strict=False)
         except json.JSONDecodeError:
@@ -151,13 +227,14 @@ def parse_reply(
         args = command.get("args", {})
         if not isinstance(args, dict):
             raise ToolError(f'"args" of {name} must be an object')
+        args = _with_block(name, args, blocks.get(name), block)
         tool.check_args(args)
     except ToolError as err:
         raise FormatError(str(err)) from None
     outer = {k: v for k, v in schema["properties"].items() if k != "command"}
     _validate(
         data,
-        {k: v for k, v in schema.items() if k != "properties"}
+        {k: v for k, v in schema.items() if k not in ("properties", BLOCKS_KEY)}
         | {"properties": {**outer, "command": {}}},
     )
     _validate(args, tool.args_schema(), where=f"command/args of {name}")
@@ -166,6 +243,41 @@ def parse_reply(
     else:
         thoughts = Thoughts(text=data.get("thought", ""))
     return Reply(thoughts, CommandCall(name, args))
+
+
+_BLOCK = re.compile(r"\n?" + FENCE + r"[\w+.-]*\n(.*?)\n?" + FENCE + r"\Z", re.DOTALL)
+
+
+def _cut_block(text: str) -> tuple[str, str | None]:
+    """(the JSON, the text of the block after it, None if there is none)."""
+    start = text.find("\n" + FENCE)
+    if start < 0 or not text[:start].rstrip().endswith("}"):
+        return text, None
+    match = _BLOCK.match(text, start)
+    if match is None:
+        return text[:start], None
+    return text[:start], match.group(1) + "\n" if match.group(1) else ""
+
+
+def _with_block(
+    name: str, args: dict[str, Any], arg: str | None, block: str | None
+) -> dict[str, Any]:
+    """`args` with the block's text as `arg`; ToolError when the reply and the schema
+    disagree on whether there is one."""
+    if arg is None:
+        if block is not None:
+            raise ToolError(f'{name} takes no text after the JSON; put its arguments in "args"')
+        return args
+    if block is None and arg in args:  # JSON alone, as a backend without blocks writes it
+        return args
+    if block is None:
+        raise ToolError(
+            f'write the "{arg}" of {name} after the JSON object, from a line {FENCE} to a '
+            f"line {FENCE}"
+        )
+    if arg in args:
+        raise ToolError(f'the "{arg}" of {name} goes after the JSON, not in "args"')
+    return {**args, arg: block}
 
 
 def _validate(data: Any, schema: dict[str, Any], where: str = "") -> None:

@@ -24,6 +24,7 @@ from offline_agent.llm import (
     ScriptedModel,
     open_model,
 )
+from offline_agent.llm.base import writes_blocks
 from offline_agent.memory import FastEmbedder, open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import PromptBuilder
@@ -172,6 +173,10 @@ def build_agent(
         embedder = memory.embedder if memory is not None else FastEmbedder(notify=events.notice)
         chosen = closest(settings.profile.goals, embedder.embed)
         examples = [example.render(settings.rules.reply_format) for example in chosen]
+    rules = settings.rules
+    if rules.text_blocks and not writes_blocks(model):
+        events.notice("text_blocks is off: this backend cannot constrain a text block")
+        rules = replace(rules, text_blocks=False)
     ctx = ToolContext(
         workspace=workspace,
         memory=memory,
@@ -187,7 +192,7 @@ def build_agent(
         tools,
         ctx,
         settings.agent,
-        rules=settings.rules,
+        rules=rules,
         examples=examples,
         memory=memory,
         record=record(model, tools) if record is not None else None,

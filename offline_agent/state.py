@@ -91,6 +91,10 @@ class Rules:
     """The command list describes arguments in prose (`write_file(filename, text): ...
     Arguments: filename, the path ...`) instead of `"text": <the full new content>`, which
     small models copy as the value."""
+    text_blocks: bool = False
+    """A command's text argument (a file's content, code) is written after the reply's JSON,
+    between ``` lines, as plain text, not as a JSON string with escapes (`reply.py`; with
+    the llguidance engine)."""
     check_syntax: bool = False
     """A write that would leave a `.py` file that does not compile, or a `.json` file that
     does not parse, fails with the error and leaves the file as it was (SWE-agent's edit

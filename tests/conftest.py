@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
 
 from offline_agent import modelstore
 from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.llm.base import ChatModel
 from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.records import Profile, Step
+from offline_agent.records import THINK_CLOSE, THINK_OPEN, Profile, Step
 from offline_agent.runs import RunRecord
 from offline_agent.state import Rules
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool
@@ -409,3 +410,35 @@ def outside(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "secret.txt").write_text("top secret")
     return folder
+
+
+# --- Grammars over a tokenizer of single bytes --------------------------------------------
+
+OPEN_ID, CLOSE_ID, EOS_ID = 256, 257, 258
+"""The think tags' and end of text's tokens in `BYTE_TOKENIZER`."""
+
+
+class _Bytes:
+    """A tokenizer of single bytes, with the think tags as special tokens of their own."""
+
+    def __init__(self) -> None:
+        self.tokens = [bytes([i]) for i in range(256)]
+        self.tokens += [b"\xff" + THINK_OPEN.encode(), b"\xff" + THINK_CLOSE.encode(), b"\xff</s>"]
+        self.eos_token_id, self.bos_token_id = EOS_ID, None
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        return list(text.encode() if isinstance(text, str) else text)
+
+
+BYTE_TOKENIZER = LLTokenizer(TokenizerWrapper(_Bytes()))
+"""llguidance's view of `_Bytes`: what a grammar admits, byte by byte, without a model."""
+
+
+def byte_tokens(*parts: str | int) -> list[int]:
+    """Texts as their bytes, and token ids as themselves, in `BYTE_TOKENIZER`."""
+    return [t for p in parts for t in ([p] if isinstance(p, int) else list(p.encode()))]
+
+
+def accepts(matcher: LLMatcher, tokens: list[int]) -> bool:
+    """Whether `matcher` takes all of `tokens` and is then complete."""
+    return matcher.try_consume_tokens(tokens) == len(tokens) and matcher.is_accepting()

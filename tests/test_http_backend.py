@@ -360,3 +360,24 @@ def test_server_killed_mid_run_ends_the_record_with_one_line_error(
 def test_api_key_is_hidden_in_the_recorded_command_line() -> None:
     argv = ["run", "--api-key", "sekrit", "--api-key=sekrit2", "--goal", "g"]
     assert _redacted(argv) == ["run", "--api-key", "***", "--api-key=***", "--goal", "g"]
+
+
+def test_text_blocks_stay_json_through_a_server(fake: FakeServer, tmp_path: Path) -> None:
+    write = {"thought": "t", "command": {"name": "write_file",
+             "args": {"filename": "output.txt", "text": "Washington"}}}  # fmt: skip
+    fake.route = lambda path, _: (
+        (404, "no tokenizer here", 0.0)
+        if not path.endswith("/chat/completions")
+        else (200, completion_body(json.dumps(write)), 0.0)
+    )
+    argv = [
+        "run", "--goal", GOAL, "--base-url", fake.url, "--model", "m", "--no-memory",
+        "--continuous", "--max-steps", "1", "--rule", "text_blocks=on",
+        "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, argv)
+    assert "text_blocks is off: this backend cannot constrain a text block" in result.output
+    assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
+    chats = [body for _, path, _, body in fake.requests if path.endswith("/chat/completions")]
+    system = chats[0]["messages"][0]["content"]
+    assert "```" not in system and "x-blocks" not in json.dumps(chats[0])

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
+from llguidance import LLMatcher
 
 from offline_agent.cli import cli
 from offline_agent.errors import ConfigError, TruncatedReplyError
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import Thinking, chat_format_for
-from offline_agent.llm.guidance import ThinkBlock, think_grammar
+from offline_agent.llm.guidance import ThinkBlock, reply_grammar
 from offline_agent.llm.http import HttpModel, HttpOptions
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.records import THINK_CLOSE, THINK_OPEN, Completion, split_thinking
@@ -24,8 +24,13 @@ from offline_agent.reply import parse_reply, reply_schema
 from offline_agent.runs import RunMeta, read_entries
 from offline_agent.tools import builtin_tools
 from tests.conftest import (
+    BYTE_TOKENIZER,
+    CLOSE_ID,
     FINISH,
+    OPEN_ID,
     FakeServer,
+    accepts,
+    byte_tokens,
     completion_body,
     craft_gguf,
     make_agent,
@@ -136,7 +141,6 @@ def test_thinking_is_off_where_the_template_can_turn_it_off(
 
 # --- The grammar -------------------------------------------------------------------------
 
-OPEN_ID, CLOSE_ID, EOS_ID = 256, 257, 258
 SMALL = {
     "type": "object",
     "properties": {"a": {"type": "string", "maxLength": 5}},
@@ -145,28 +149,9 @@ SMALL = {
 }
 
 
-class _Bytes:
-    """A tokenizer of single bytes, with the think tags as special tokens of their own."""
-
-    def __init__(self) -> None:
-        self.tokens = [bytes([i]) for i in range(256)]
-        self.tokens += [b"\xff" + THINK_OPEN.encode(), b"\xff" + THINK_CLOSE.encode(), b"\xff</s>"]
-        self.eos_token_id, self.bos_token_id = EOS_ID, None
-
-    def __call__(self, text: str | bytes) -> list[int]:
-        return list(text.encode() if isinstance(text, str) else text)
-
-
-TOKENIZER = LLTokenizer(TokenizerWrapper(_Bytes()))
-
-
-def _tokens(*parts: str | int) -> list[int]:
-    return [t for p in parts for t in ([p] if isinstance(p, int) else list(p.encode()))]
-
-
 def _matcher(block: ThinkBlock, special: bool, schema: dict[str, Any] = SMALL) -> LLMatcher:
-    lark = think_grammar(schema, block, (OPEN_ID, CLOSE_ID) if special else None)
-    matcher = LLMatcher(TOKENIZER, LLMatcher.grammar_from_lark(lark), log_level=0)
+    lark = reply_grammar(schema, block, (OPEN_ID, CLOSE_ID) if special else None)
+    matcher = LLMatcher(BYTE_TOKENIZER, LLMatcher.grammar_from_lark(lark), log_level=0)
     assert not matcher.is_error(), matcher.get_error()
     return matcher
 
@@ -175,55 +160,51 @@ def _tags(special: bool) -> tuple[str | int, str | int]:
     return (OPEN_ID, CLOSE_ID) if special else (THINK_OPEN, THINK_CLOSE)
 
 
-def _accepts(matcher: LLMatcher, tokens: list[int]) -> bool:
-    return matcher.try_consume_tokens(tokens) == len(tokens) and matcher.is_accepting()
-
-
 @pytest.mark.parametrize("special", [True, False], ids=["special-tags", "text-tags"])
 def test_a_think_block_within_the_bound_is_accepted_and_a_longer_one_is_not(
     special: bool,
 ) -> None:
     opening, closing = _tags(special)
     block = ThinkBlock(8)
-    assert _accepts(_matcher(block, special), _tokens(opening, "8 tokens", closing, '{"a":"x"}'))
-    assert _accepts(_matcher(block, special), _tokens(opening, "ok", closing, '\n\n{"a":"x"}'))
-    assert _accepts(_matcher(block, special), _tokens('{"a": "x"}'))  # no block at all
-    longer = _tokens(opening, "9 tokens!", closing, '{"a":"x"}')
-    assert _matcher(block, special).try_consume_tokens(longer) == len(_tokens(opening)) + 8
+    assert accepts(_matcher(block, special), byte_tokens(opening, "8 tokens", closing, '{"a":"x"}'))
+    assert accepts(_matcher(block, special), byte_tokens(opening, "ok", closing, '\n\n{"a":"x"}'))
+    assert accepts(_matcher(block, special), byte_tokens('{"a": "x"}'))  # no block at all
+    longer = byte_tokens(opening, "9 tokens!", closing, '{"a":"x"}')
+    assert _matcher(block, special).try_consume_tokens(longer) == len(byte_tokens(opening)) + 8
     at_the_bound = _matcher(block, special)
-    at_the_bound.consume_tokens(_tokens(opening, "8 tokens"))
-    assert at_the_bound.compute_ff_tokens() == _tokens(closing)  # the block is closed for it
+    at_the_bound.consume_tokens(byte_tokens(opening, "8 tokens"))
+    assert at_the_bound.compute_ff_tokens() == byte_tokens(closing)  # the block is closed for it
 
 
 @pytest.mark.parametrize("special", [True, False], ids=["special-tags", "text-tags"])
 def test_the_reply_after_the_think_block_is_still_held_to_the_schema(special: bool) -> None:
     opening, closing = _tags(special)
     for bad in ('{"a":"too long"}', '{"b":"x"}', "plain words"):
-        tokens = _tokens(opening, "ok", closing, bad)
-        assert not _accepts(_matcher(ThinkBlock(8), special), tokens), bad
+        tokens = byte_tokens(opening, "ok", closing, bad)
+        assert not accepts(_matcher(ThinkBlock(8), special), tokens), bad
 
 
 @pytest.mark.parametrize("special", [True, False], ids=["special-tags", "text-tags"])
 def test_a_block_the_prompt_opened_must_be_closed_before_the_reply(special: bool) -> None:
     _, closing = _tags(special)
     opened = ThinkBlock(8, opened=True)
-    assert _accepts(_matcher(opened, special), _tokens("I plan", closing, '{"a":"x"}'))
-    assert not _accepts(_matcher(opened, special), _tokens('{"a":"x"}'))
+    assert accepts(_matcher(opened, special), byte_tokens("I plan", closing, '{"a":"x"}'))
+    assert not accepts(_matcher(opened, special), byte_tokens('{"a":"x"}'))
     at_once = _matcher(ThinkBlock(0, opened=True), special)  # --think-tokens 0
-    assert at_once.compute_ff_tokens() == _tokens(closing)
-    assert _accepts(at_once, _tokens(closing, '{"a":"x"}'))
+    assert at_once.compute_ff_tokens() == byte_tokens(closing)
+    assert accepts(at_once, byte_tokens(closing, '{"a":"x"}'))
 
 
 def test_the_closing_tag_cannot_be_spelled_inside_the_thinking() -> None:
-    spelled = _tokens(OPEN_ID, "a</think>", CLOSE_ID, '{"a":"x"}')
-    assert not _accepts(_matcher(ThinkBlock(32), special=True), spelled)
+    spelled = byte_tokens(OPEN_ID, "a</think>", CLOSE_ID, '{"a":"x"}')
+    assert not accepts(_matcher(ThinkBlock(32), special=True), spelled)
 
 
 def test_every_builtin_reply_schema_compiles_after_a_think_block() -> None:
     for tools in (builtin_tools(), builtin_tools(memory=False, agents=False, shell=True)):
         for special in (None, (OPEN_ID, CLOSE_ID)):
-            lark = think_grammar(reply_schema(tools, "compact"), ThinkBlock(512), special)
-            matcher = LLMatcher(TOKENIZER, LLMatcher.grammar_from_lark(lark), log_level=0)
+            lark = reply_grammar(reply_schema(tools, "compact"), ThinkBlock(512), special)
+            matcher = LLMatcher(BYTE_TOKENIZER, LLMatcher.grammar_from_lark(lark), log_level=0)
             assert not matcher.is_error(), matcher.get_error()
 
 

@@ -23,3 +23,9 @@ class ChatModel(Protocol):
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many tokens `messages` take in a prompt, counted the model's own way."""
         ...
+
+
+def writes_blocks(model: ChatModel) -> bool:
+    """Whether `model` constrains a reply's text block after its JSON (`reply.BLOCKS_KEY`):
+    a backend says so with a true `text_blocks` attribute."""
+    return bool(getattr(model, "text_blocks", False))

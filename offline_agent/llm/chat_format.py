@@ -13,7 +13,7 @@ reshaped for them here, once, never by dropping a message.
 Reasoning models are known here too, from their template: where it can turn thinking off
 (Qwen3's and SmolLM3's `enable_thinking`, Nemotron's `/no_think` system flag) it is off
 unless asked for; otherwise `Thinking.start` says whether a reply opens with a think block,
-which the grammar then bounds (`guidance.think_grammar`).
+which the grammar then bounds (`guidance.reply_grammar`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ No Python callback runs inside llama.cpp: llama-cpp-python swallows exceptions r
 logits processor and then decodes unconstrained, which is what we must never return.
 
 A reasoning model's reply may open with a think block (`ThinkBlock`): the grammar is then a
-Lark one (`think_grammar`) that bounds the block's tokens and embeds the same JSON schema.
+Lark one (`reply_grammar`) that bounds the block's tokens and embeds the same JSON schema.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 from offline_agent.errors import BackendError
 from offline_agent.llm.chat_format import ThinkStart
 from offline_agent.records import THINK_CLOSE, THINK_OPEN
+from offline_agent.reply import BLOCKS_KEY, FENCE, split_blocks
 
 if TYPE_CHECKING:  # a TypedDict that exists only in llguidance's stubs
     from llguidance._lib import JsonCompileOptions
@@ -73,17 +74,44 @@ class ThinkBlock:
         return None
 
 
-def think_grammar(
-    schema: dict[str, Any], block: ThinkBlock, special: tuple[int, int] | None = None
+def reply_grammar(
+    schema: dict[str, Any],
+    think: ThinkBlock | None = None,
+    special: tuple[int, int] | None = None,
 ) -> str:
-    """The Lark grammar of a reply made of `block` and then JSON of `schema`.
+    """The Lark grammar of a reply: `think` first if given, then JSON of `schema`, and after
+    the JSON of a command with a text block (`reply.BLOCKS_KEY`), the block.
 
-    `special`: the vocabulary's own tokens for the two tags, which a reasoning model writes
-    (Qwen3's and the R1 distills' `<think>` is one token); the thinking may then hold any
-    text but the closing tag. Without them the tags are text, and the thinking holds no
+    `special`: the vocabulary's own tokens for the two think tags, which a reasoning model
+    writes (Qwen3's and the R1 distills' `<think>` is one token); the thinking may then hold
+    any text but the closing tag. Without them the tags are text, and the thinking holds no
     `<`: the lexer reads greedily, so it could not tell where the closing tag began. When
-    the bound is reached the closing tag is forced.
+    the bound is reached the closing tag is forced. A block's text is one lexeme with its
+    closing fence, for the same reason: it ends at the first ``` it holds.
     """
+    lines = ["start: reply"] if think is None else _think_rules(think, special)
+    plain, blocks = split_blocks(schema)
+    choices = []
+    if plain is not None:
+        choices.append("json")
+        lines.append(f"json: %json {json.dumps({**plain, 'x-guidance': JSON_OPTIONS})}")
+    for i, branch in enumerate(blocks.values()):
+        choices.append(f"with_block{i}")
+        lines.append(
+            f"with_block{i}: %json {json.dumps({**branch, 'x-guidance': JSON_OPTIONS})} "
+            f"{json.dumps(chr(10) + FENCE)} FENCE_TAG {json.dumps(chr(10))} BLOCK_TEXT"
+        )
+    lines.append(f"reply: {' | '.join(choices)}")
+    if blocks:
+        lines += [
+            "FENCE_TAG: /[A-Za-z0-9_+.-]{0,16}/",
+            rf"BLOCK_TEXT: /((.|\n)*\n)?{FENCE}/ & ~/(.|\n)*{FENCE}(.|\n)+/",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _think_rules(block: ThinkBlock, special: tuple[int, int] | None) -> list[str]:
+    """The rules of a think block and the reply after it."""
     if special is not None:
         open_tag, close_tag = (f"<[{token}]>" for token in special)
         closing = THINK_CLOSE.replace("/", r"\/")
@@ -95,11 +123,8 @@ def think_grammar(
     lines = [f"start: {body} reply" if block.opened else f"start: ({open_tag} {body})? reply"]
     if block.max_tokens:
         lines.append(f"think_text[max_tokens={block.max_tokens}]: {text}")
-    lines += [
-        r"GAP: /[ \n]{1,4}/",
-        f"reply: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})}",
-    ]
-    return "\n".join(lines) + "\n"
+    lines.append(r"GAP: /[ \n]{1,4}/")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -167,9 +192,9 @@ class GuidedDecoder:
             try:
                 self._grammars[key] = (
                     LLMatcher.grammar_from_json_schema(key, defaults=JSON_OPTIONS)
-                    if think is None
+                    if think is None and BLOCKS_KEY not in schema
                     else LLMatcher.grammar_from_lark(
-                        think_grammar(schema, think, self.think_tokens)
+                        reply_grammar(schema, think, self.think_tokens if think else None)
                     )
                 )
             except ValueError as err:

@@ -140,6 +140,8 @@ class LlamaModel:
                 f"--think-tokens {options.think_tokens} takes over half of the context of "
                 f"{options.n_ctx} tokens; lower it or raise --n-ctx"
             )
+        self.text_blocks = options.grammar_engine == "llguidance"
+        """Replies may end with a text block (`reply.BLOCKS_KEY`): llguidance constrains it."""
         self.context_length = options.n_ctx - reserve
         """Tokens a prompt and its reply may take: the think block's are set aside."""
         self._grammars: dict[str, LlamaGrammar] = {}

@@ -27,6 +27,8 @@ class ScriptedModel:
     def __init__(self, replies: Iterable[dict[str, Any] | str], context_length: int = 4096):
         self._replies: deque[dict[str, Any] | str] = deque(replies)
         self.context_length = context_length
+        self.text_blocks = True
+        """Its replies are scripted text: a text block is whatever the script holds."""
         self.calls: list[list[Message]] = []
 
     @classmethod

@@ -71,6 +71,7 @@ class PromptBuilder:
         *,
         examples: Sequence[str] = (),
         prose_signatures: bool = False,
+        blocks: bool = False,
         memory_share: float = 0.1,
         keep_share: float = 1 / 3,
     ) -> None:
@@ -88,7 +89,9 @@ class PromptBuilder:
                 goals=profile.goals,
                 commands=[t.signature_text(prose_signatures) for t in tools],
                 memory="memory_search" in tools,
-                reply_format=format_text(reply_format),
+                reply_format=format_text(
+                    reply_format, {t.name: t.block for t in tools if t.block} if blocks else None
+                ),
                 examples=list(examples),
             ),
         )

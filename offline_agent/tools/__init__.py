@@ -4,7 +4,7 @@ write their own (`tool`, `ToolContext`, `Short`, `Long`; see `offline_agent.tool
 from __future__ import annotations
 
 from offline_agent.tools.agents import AGENT_TOOLS
-from offline_agent.tools.base import Long, Short, Tool, ToolContext, ToolRegistry, tool
+from offline_agent.tools.base import Long, Short, Text, Tool, ToolContext, ToolRegistry, tool
 from offline_agent.tools.code import CODE_TOOLS
 from offline_agent.tools.control import CONTROL_TOOLS
 from offline_agent.tools.files import FILE_TOOLS
@@ -48,4 +48,4 @@ def builtin_tools(
     return registry
 
 
-__all__ = ["Long", "Short", "Tool", "ToolContext", "ToolRegistry", "builtin_tools", "tool"]
+__all__ = ["Long", "Short", "Text", "Tool", "ToolContext", "ToolRegistry", "builtin_tools", "tool"]

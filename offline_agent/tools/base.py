@@ -54,7 +54,17 @@ Short = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH)]
 """A name, a path or a one-line answer."""
 
 Long = Annotated[str, MaxLength(2000)]
-"""File content, code, a message to a sub-agent."""
+"""A command line, a message to a sub-agent."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """Annotated metadata: the argument is a file's content or code, which a reply with
+    `text_blocks` writes after its JSON, between ``` lines (`offline_agent.reply`)."""
+
+
+Text = Annotated[str, MaxLength(2000), Block()]
+"""File content or code: a `Long` that may be written as a block."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,13 @@ def _names(annotation: Any) -> Names | None:
     return next((e for e in typing.get_args(annotation)[1:] if isinstance(e, Names)), None)
 
 
+def _is_block(annotation: Any) -> bool:
+    """Whether an argument's type hint marks it as a `Block`."""
+    return typing.get_origin(annotation) is Annotated and any(
+        isinstance(e, Block) for e in typing.get_args(annotation)[1:]
+    )
+
+
 def _param_schema(annotation: Any) -> dict[str, Any]:
     """JSON schema for one parameter's type hint."""
     max_length: int | None = None
@@ -239,6 +256,8 @@ class Tool:
     """The whole JSON schema of `args` when an outside tool gives one (an MCP server's);
     then `parameters` only describe it for the prompt, and arguments are checked against
     it."""
+    block: str = ""
+    """The argument a reply may write as a block after its JSON (see `Block`); "" if none."""
 
     def args_schema(self) -> dict[str, Any]:
         """JSON schema of this command's `args` object."""
@@ -309,15 +328,23 @@ def tool(func: Callable[..., str]) -> Tool:
     parameters: dict[str, dict[str, Any]] = {}
     required: list[str] = []
     names: dict[str, Names] = {}
+    blocks: list[str] = []
     for param in params:
         if param.name not in arg_docs:
             raise TypeError(f"command {func.__name__}: argument {param.name} is not documented")
         parameters[param.name] = _param_schema(hints[param.name])
         if (named := _names(hints[param.name])) is not None:
             names[param.name] = named
+        if _is_block(hints[param.name]):
+            blocks.append(param.name)
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
-    return Tool(func.__name__, summary, func, parameters, arg_docs, tuple(required), names)
+    if len(blocks) > 1:
+        raise TypeError(f"command {func.__name__}: at most one argument can be a Block")
+    return Tool(
+        func.__name__, summary, func, parameters, arg_docs, tuple(required), names,
+        block=blocks[0] if blocks else "",
+    )  # fmt: skip
 
 
 class ToolRegistry:

@@ -6,7 +6,7 @@ from offline_agent.errors import ToolError
 from offline_agent.tools.base import (
     ExistingFile,
     Folder,
-    Long,
+    Text,
     Tool,
     ToolContext,
     WrittenFile,
@@ -40,7 +40,7 @@ def read_file(ctx: ToolContext, filename: ExistingFile) -> str:
 
 
 @tool
-def write_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
+def write_file(ctx: ToolContext, filename: WrittenFile, text: Text) -> str:
     """Write text to a file in the workspace, replacing what it held.
 
     Args:
@@ -56,7 +56,7 @@ def write_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
 
 
 @tool
-def append_file(ctx: ToolContext, filename: WrittenFile, text: Long) -> str:
+def append_file(ctx: ToolContext, filename: WrittenFile, text: Text) -> str:
     """Add text to the end of a file in the workspace, creating it if missing.
 
     Args:
