@@ -23,7 +23,7 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 import jsonschema
 
@@ -192,18 +192,14 @@ class ToolContext:
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
-def _names(annotation: Any) -> Names | None:
-    """What an argument's type hint says it names, if anything."""
+_T = TypeVar("_T")
+
+
+def _extra(annotation: Any, kind: type[_T]) -> _T | None:
+    """The `kind` metadata of an `Annotated` type hint, if it has one."""
     if typing.get_origin(annotation) is not Annotated:
         return None
-    return next((e for e in typing.get_args(annotation)[1:] if isinstance(e, Names)), None)
-
-
-def _is_block(annotation: Any) -> bool:
-    """Whether an argument's type hint marks it as a `Block`."""
-    return typing.get_origin(annotation) is Annotated and any(
-        isinstance(e, Block) for e in typing.get_args(annotation)[1:]
-    )
+    return next((e for e in typing.get_args(annotation)[1:] if isinstance(e, kind)), None)
 
 
 def _param_schema(annotation: Any) -> dict[str, Any]:
@@ -333,9 +329,9 @@ def tool(func: Callable[..., str]) -> Tool:
         if param.name not in arg_docs:
             raise TypeError(f"command {func.__name__}: argument {param.name} is not documented")
         parameters[param.name] = _param_schema(hints[param.name])
-        if (named := _names(hints[param.name])) is not None:
+        if (named := _extra(hints[param.name], Names)) is not None:
             names[param.name] = named
-        if _is_block(hints[param.name]):
+        if _extra(hints[param.name], Block) is not None:
             blocks.append(param.name)
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
