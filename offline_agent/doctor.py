@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +174,25 @@ def check_sandbox() -> list[Check]:
     return [Check("sandbox for agent code", "warn" if weak else "ok", "; ".join(held))]
 
 
+def check_llama_build(features: str | None = None, cpu: Sequence[str] | None = None) -> list[Check]:
+    """llama.cpp's AMX kernels crash with a segmentation fault in the first batch on some
+    Sapphire Rapids machines (ggml-org/llama.cpp#20824); `scripts/setup.sh` builds without
+    them where the CPU has AMX. `features` is llama.cpp's system info, `cpu` this CPU's flags."""
+    label = "llama.cpp CPU kernels"
+    if features is None:
+        try:
+            llama_cpp = importlib.import_module("llama_cpp")
+        except Exception:  # check_modules reports the import failure
+            return []
+        features = llama_cpp.llama_print_system_info().decode(errors="replace")
+    flags = mf.cpu_flags() if cpu is None else cpu
+    if "AMX_INT8 = 1" in features and "amx_int8" in flags:
+        return [Check(label, "warn", "built with AMX, which crashes on some of these CPUs; "
+                      "rebuild without: CFLAGS=-mno-amx-int8 CXXFLAGS=-mno-amx-int8 pip install "
+                      "--force-reinstall --no-cache-dir --no-deps llama-cpp-python")]  # fmt: skip
+    return [Check(label, "ok", ", ".join(re.findall(r"(\w+) = 1", features)))]
+
+
 def run_checks(
     models_dir: Path,
     names: Sequence[str] = (),
@@ -195,6 +215,7 @@ def run_checks(
         add(check_modules(guard, strict=strict))
         add(check_models(models_dir, names))
         add(check_embedder(guard, embedder, strict=strict))
+    add(check_llama_build())
     add(check_sandbox())
     tried = "; ".join(guard.attempts[:5])
     add([Check("no network used", _status(tried, strict), tried or "no socket was even tried")])

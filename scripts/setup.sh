@@ -12,11 +12,30 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
+# llama.cpp's AMX kernels (Intel Xeon, Sapphire Rapids and later) crash with a segmentation
+# fault in the first batch on some of these machines (ggml-org/llama.cpp#20824): where the CPU
+# has AMX, llama-cpp-python is built without them (explicit -mno-* flags win over
+# -march=native). OFFLINE_AGENT_AMX=1 keeps them.
+amx=0
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [ "${OFFLINE_AGENT_AMX:-0}" != 1 ]; then
+    amx=1
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    export CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx"
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
 stamp=.venv/.offline-agent-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # llama-cpp-python builds from source the first time (minutes); pip caches the wheel.
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "${pip[@]}" install --quiet -e '.[dev]'
     touch "$stamp"
+fi
+llama_features() { .venv/bin/python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())'; }
+if [ "$amx" = 1 ] && llama_features | grep -q 'AMX_INT8 = 1'; then
+    # A wheel pip cached from a build with AMX: build again without, and cache that one.
+    echo "llama-cpp-python was built with AMX kernels, which crash on this CPU: rebuilding without (minutes)"
+    version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))')
+    "${pip[@]}" cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
+    "${pip[@]}" install --quiet --force-reinstall --no-deps "llama-cpp-python==$version"
 fi
 if [ "${1:-}" = "--all-models" ]; then
     .venv/bin/offline-agent models fetch --all

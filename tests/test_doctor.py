@@ -115,3 +115,16 @@ def test_doctor_cli_prints_a_cross_and_exits_non_zero(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "✗ model registry readable: unknown model 'no-such-model'" in result.stdout
     assert "not ready for an offline run" in result.stderr
+
+
+def test_a_llama_build_with_amx_kernels_on_a_cpu_with_amx_is_named() -> None:
+    info = "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | "
+    (check,) = doctor.check_llama_build(info, ["avx2", "amx_int8"])
+    assert check.status == "warn" and "AMX" in check.detail
+    (elsewhere,) = doctor.check_llama_build(info, ["avx2"])  # kernels the CPU never picks
+    assert elsewhere.status == "ok" and elsewhere.detail == "AVX2, AVX512, AMX_INT8, OPENMP"
+
+
+def test_the_installed_llama_build_does_not_hold_kernels_that_crash_here() -> None:
+    (check,) = doctor.check_llama_build()
+    assert check.status == "ok", check.detail
