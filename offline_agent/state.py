@@ -69,6 +69,9 @@ class Rules:
     goal_targets: bool = True
     """While files the goals name are missing, a command that writes a file writes one of
     them (then any file): a goal's missing files are what it asks to create."""
+    append_existing: bool = False
+    """A command that adds to a file (append_file) adds to one that exists; a new file is
+    write_file's."""
     no_rereads: bool = False
     """A command whose one argument names something existing (read_file, list_files,
     execute_python_file) is not offered a value it already ran with while the workspace is
@@ -323,7 +326,7 @@ def plan_step(
         narrowed: dict[str, list[Any]] = {}
         missing = ""
         for arg, names in tool.names.items():
-            if names.kind == "target":
+            if names.kind == "target" or (names.kind == "appended" and not rules.append_existing):
                 if rules.goal_targets and missing_named:
                     narrowed[arg] = missing_named
                 continue
@@ -336,7 +339,8 @@ def plan_step(
             if not values:
                 missing = (
                     "unusable_commands: no "
-                    f"{names.kind}{' ' + names.suffix if names.suffix else ''} exists"
+                    f"{'file' if names.kind == 'appended' else names.kind}"
+                    f"{' ' + names.suffix if names.suffix else ''} exists"
                 )
             elif rules.existing_names and len(values) <= MAX_CHOICES:
                 narrowed[arg] = values

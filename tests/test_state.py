@@ -113,6 +113,15 @@ def test_writes_go_to_the_files_the_goals_name_until_they_exist(tmp_path: Path) 
                                  "write_file")["filename"]  # fmt: skip
 
 
+def test_appends_go_to_existing_files_with_append_existing(tmp_path: Path) -> None:
+    ctx = context(tmp_path, {"notes.txt": "first"})
+    rules = Rules(append_existing=True)
+    assert args_of(plan(ctx, rules), "append_file")["filename"]["enum"] == ["notes.txt"]
+    assert args_of(plan(ctx, rules), "write_file")["filename"]["enum"] == ["reports/first.txt"]
+    empty = plan(context(tmp_path / "b"), rules)
+    assert empty.left_out["append_file"] == "unusable_commands: no file exists"
+
+
 def test_a_look_in_an_unchanged_workspace_is_not_offered_again(tmp_path: Path) -> None:
     ctx = context(tmp_path, {"notes.txt": "a", "other.txt": "b"})
     before = Snapshot.take(ctx)
@@ -168,7 +177,12 @@ def test_every_step_schema_compiles_in_both_engines(tmp_path: Path, reply_format
 
     ctx = context(tmp_path, {"notes.txt": "a", "run.py": "print(1)"})
     progress = Progress(succeeded=True, held_back="append_file")
-    for rules in (Rules(), Rules.none(), Rules(existing_names=False, goal_targets=False)):
+    for rules in (
+        Rules(),
+        Rules.none(),
+        Rules(existing_names=False, goal_targets=False),
+        Rules(append_existing=True),
+    ):
         for step in (plan(context(tmp_path / "empty")), plan(ctx, rules, progress)):
             schema = reply_schema(step.tools, reply_format)  # type: ignore[arg-type]
             grammar = LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)

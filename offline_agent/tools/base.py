@@ -72,14 +72,19 @@ class Names:
     """Annotated metadata: the argument names something that must exist when the command
     runs (a file, a folder, a sub-agent), so each step's grammar can offer only those."""
 
-    kind: Literal["file", "folder", "agent", "target"]
-    """"target": the file a command writes, which need not exist (see `WrittenFile`)."""
+    kind: Literal["file", "folder", "agent", "target", "appended"]
+    """"target": the file a command writes, which need not exist (see `WrittenFile`);
+    "appended": the file a command adds to, which need not exist (see `AppendedFile`)."""
     suffix: str = ""
     """For files: only names ending so (".py")."""
 
 
 WrittenFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("target")]
 """The path of a file a command writes: new or existing."""
+
+AppendedFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("appended")]
+"""The path of a file a command adds to: a target, or with the rule `append_existing` a file
+that exists."""
 
 ExistingFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("file")]
 """The path of a file that exists in the workspace."""

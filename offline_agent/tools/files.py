@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from offline_agent.errors import ToolError
 from offline_agent.tools.base import (
+    AppendedFile,
     ExistingFile,
     Folder,
     Text,
@@ -56,7 +57,7 @@ def write_file(ctx: ToolContext, filename: WrittenFile, text: Text) -> str:
 
 
 @tool
-def append_file(ctx: ToolContext, filename: WrittenFile, text: Text) -> str:
+def append_file(ctx: ToolContext, filename: AppendedFile, text: Text) -> str:
     """Add text to the end of a file in the workspace, creating it if missing.
 
     Args:
