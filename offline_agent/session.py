@@ -139,7 +139,7 @@ def build_agent(
     approve: Callable[[Step], Approval] | None,
     model: ChatModel | None = None,
     *,
-    record: Callable[[ChatModel, ToolRegistry], RunRecord] | None = None,
+    record: Callable[[ChatModel, ToolRegistry, Rules], RunRecord] | None = None,
     servers: MCPServers | None = None,
 ) -> Agent:
     """Open the workspace, the commands, the model and memory named by `settings`, and make
@@ -195,7 +195,7 @@ def build_agent(
         rules=rules,
         examples=examples,
         memory=memory,
-        record=record(model, tools) if record is not None else None,
+        record=record(model, tools, rules) if record is not None else None,
         events=events,
         approve=None if settings.continuous else approve,
     )
@@ -353,9 +353,11 @@ class Run:
         records: list[RunRecord] = []
         servers = MCPServers(settings.mcp, settings.python_timeout)
 
-        def opened(loaded: ChatModel, tools: ToolRegistry) -> RunRecord:
+        def opened(loaded: ChatModel, tools: ToolRegistry, rules: Rules) -> RunRecord:
+            """The record, with the rules the run applies (a backend may turn one off)."""
             offered = {"commands": tools.names, "mcp_left_out": servers.left_out}
-            records.append(start(settings, loaded.name, {**(extra or {}), **offered}))
+            ran = replace(settings, rules=rules)
+            records.append(start(ran, loaded.name, {**(extra or {}), **offered}))
             return records[0]
 
         with _closed_on_error(servers):

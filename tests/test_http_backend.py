@@ -381,3 +381,5 @@ def test_text_blocks_stay_json_through_a_server(fake: FakeServer, tmp_path: Path
     chats = [body for _, path, _, body in fake.requests if path.endswith("/chat/completions")]
     system = chats[0]["messages"][0]["content"]
     assert "```" not in system and "x-blocks" not in json.dumps(chats[0])
+    (run_json,) = (tmp_path / "runs").glob("*/run.json")
+    assert json.loads(run_json.read_text())["settings"]["rules"]["text_blocks"] is False
