@@ -25,6 +25,7 @@ from offline_agent.bench.runner import (
     Progress,
     Runner,
     read_results,
+    read_settings,
 )
 from offline_agent.bench.scoreboard import score, wilson
 from offline_agent.cli import cli
@@ -169,8 +170,20 @@ def test_more_repeats_extend_a_benchmark_but_other_settings_are_refused(
     assert len(read_results(out)) == 4
     refused = runner.invoke(cli, [*args, "--temperature", "0.9"])
     assert refused.exit_code != 0
-    assert "other settings (temperature 0.5 → 0.9)" in refused.output
+    assert "other settings (temperature 0.0 → 0.9)" in refused.output
     assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+
+
+def test_the_default_is_runs_greedy_decoding_once_and_sampling_three_times(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    args = ["bench", "--suite", str(suite), "--model", script, "--no-report", "--rule", "none"]
+    assert CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "greedy")]).exit_code == 0
+    assert {a.repeat for a in read_results(tmp_path / "greedy")} == {0}
+    assert read_settings(tmp_path / "greedy")["settings"]["temperature"] == 0.0
+    sampled = [*args, "--out", str(tmp_path / "sampled"), "--temperature", "0.5"]
+    assert CliRunner().invoke(cli, sampled).exit_code == 0
+    assert {a.repeat for a in read_results(tmp_path / "sampled")} == {0, 1, 2}
 
 
 def test_cli_runs_a_suite_and_writes_the_report(tmp_path: Path, suite: Path, script: str) -> None:
@@ -284,7 +297,7 @@ def test_report_is_rebuilt_from_saved_results_alone(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "| a | 100% (2/2) | 34%–100% | 100% 100% |" in md
     assert "| X | basic | ✅ 2/2 | ❌ 0/1 |" in md
-    assert "temperature 0.5" in md
+    assert "temperature 0.0" in md
 
 
 def test_invalid_reply_from_a_constraining_backend_is_counted_apart() -> None:

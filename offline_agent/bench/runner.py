@@ -6,9 +6,11 @@ where it stopped: attempts already in the file are skipped, and an attempt that 
 short is run again from a fresh workspace. `bench.json` holds the settings the results were
 made with; continuing with other settings is refused, since the numbers would not compare.
 
-Each model is loaded once per repeat, with that repeat's seed; at temperature 0 repeats are
-identical, which is why the benchmark samples (`temperature` 0.5 by default). Attempts of
-one repeat share the model's KV cache for their common prompt prefix, as steps of a run do.
+Each model is loaded once per repeat, with that repeat's seed. The temperature is `run`'s,
+0 (greedy), by default, so that the scores are what a user's runs get; repeats then decode
+alike, and one is the default (sample, e.g. at 0.5 with 3 repeats, to see the spread).
+Attempts of one repeat share the model's KV cache for their common prompt prefix, as steps
+of a run do.
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ class BenchSettings:
 
     suite: str
     models: tuple[str, ...]
-    repeats: int = 3
+    repeats: int = 1
     seed: int = 0
     """Repeat r runs with seed `seed + r`."""
     max_steps: int = 10
-    temperature: float = 0.5
+    temperature: float = 0.0
+    """`run`'s default; sampling (with repeats) shows the spread."""
     samples: int = 1
     """Candidate replies per step (`--samples`)."""
     n_ctx: int = 4096

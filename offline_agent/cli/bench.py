@@ -105,9 +105,9 @@ def _print_report(out: Path) -> None:
 @click.option(
     "--repeats",
     type=AT_LEAST_ONE,
-    default=3,
-    show_default=True,
-    help="Attempts per model and challenge.",
+    default=None,
+    help="Attempts per model and challenge (default: 1 at temperature 0, where every repeat "
+    "decodes alike, else 3).",
 )
 @click.option(
     "--out",
@@ -125,7 +125,13 @@ def _print_report(out: Path) -> None:
     show_default=True,
     help="Step limit per attempt.",
 )
-@click.option("--temperature", type=TEMPERATURE, default=0.5, show_default=True)
+@click.option(
+    "--temperature",
+    type=TEMPERATURE,
+    default=0.0,
+    show_default=True,
+    help="As `run` decodes (0: greedy); sample, with --repeats, to see the spread.",
+)
 @samples_option
 @machine_options
 @click.option(
@@ -173,7 +179,7 @@ def bench(
     ctx: click.Context,
     suite: str,
     models: tuple[str, ...],
-    repeats: int,
+    repeats: int | None,
     out: Path,
     only: tuple[str, ...],
     seed: int,
@@ -204,6 +210,8 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     check_samples(samples, temperature)
+    if repeats is None:
+        repeats = 1 if temperature == 0 else 3
     if ray_address is not None:
         check_address(ray_address)
     challenges = load_suite(suite)
