@@ -11,6 +11,11 @@ every candidate fails a check, the same choice is made among them all: a check i
 not a veto. The mean log-probability alone measured worse: a small model is surest of text it
 copies, so a reply repeating its own thought outranked the right answer the other samples
 agreed on (docs/benchmarks.md).
+
+Greedy decoding (temperature 0, `run`'s default) can fall into a loop that repeats one
+phrase until the token limit. With the rule `retry_cut_off`, a reply cut off there is
+decoded once more at `RETRY_TEMPERATURE` (Whisper's temperature fallback), and the retry is
+kept.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from typing import Any
 
 from offline_agent.llm.base import ChatModel
 from offline_agent.records import Completion, Message
+
+RETRY_TEMPERATURE = 0.5
+"""The temperature a reply cut off at the token limit is decoded again at (`retry_cut_off`)."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,20 @@ def sample(
     max_tokens: int,
     samples: int,
     check: Callable[[Completion], str],
+    retry_cut_off: bool = False,
 ) -> tuple[Completion, list[Candidate]]:
     """`samples` completions of `messages`, checked; the chosen one and all candidates (an
-    empty list when only one was asked for: nothing was chosen)."""
+    empty list when only one was asked for and kept: nothing was chosen). With
+    `retry_cut_off`, one reply cut off at the token limit is decoded again, hotter, and the
+    candidates are the two."""
     if samples <= 1:
-        return model.complete(messages, schema=schema, max_tokens=max_tokens), []
+        first = model.complete(messages, schema=schema, max_tokens=max_tokens)
+        if not retry_cut_off or first.finish_reason != "length":
+            return first, []
+        again = model.complete(
+            messages, schema=schema, max_tokens=max_tokens, temperature=RETRY_TEMPERATURE
+        )
+        return again, [Candidate(first, "cut off at the token limit"), Candidate(again)]
     candidates = []
     for _ in range(samples):
         completion = model.complete(messages, schema=schema, max_tokens=max_tokens)

@@ -72,6 +72,9 @@ class Rules:
     append_existing: bool = False
     """A command that adds to a file (append_file) adds to one that exists; a new file is
     write_file's."""
+    retry_cut_off: bool = False
+    """A reply cut off at the token limit (a greedy loop) is decoded once more at temperature
+    0.5 (`offline_agent.sampling`)."""
     no_rereads: bool = False
     """A command whose one argument names something existing (read_file, list_files,
     execute_python_file) is not offered a value it already ran with while the workspace is

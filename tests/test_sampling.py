@@ -16,7 +16,7 @@ from offline_agent.cli import cli
 from offline_agent.records import CommandCall, Completion, Message
 from offline_agent.reply import reply_schema
 from offline_agent.runs import read_entries
-from offline_agent.sampling import Candidate, choose, sample
+from offline_agent.sampling import RETRY_TEMPERATURE, Candidate, choose, sample
 from offline_agent.state import Rules, Steering, python_problem
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
@@ -70,6 +70,44 @@ def test_one_sample_is_one_call_and_no_candidates() -> None:
         model, [], schema={}, max_tokens=10, samples=1, check=lambda c: "never called"
     )
     assert model.calls == 1 and candidates == [] and "finish" in completion.text
+
+
+class LoopingModel:
+    """Runs to the token limit at temperature 0, and replies when decoding hotter."""
+
+    name = "looping"
+    context_length = 4096
+
+    def __init__(self) -> None:
+        self.temperatures: list[float | None] = []
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float | None = None,
+    ) -> Completion:
+        self.temperatures.append(temperature)
+        if temperature is None:
+            return Completion('{"thought": "the the the the', "length", constrained=True)
+        return Completion(json.dumps(compact("finish", reason="r")), "stop", constrained=True)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return 1
+
+
+def test_a_reply_cut_off_at_the_limit_is_decoded_again_hotter_with_retry_cut_off() -> None:
+    model = LoopingModel()
+    kept, candidates = sample(model, [], schema={}, max_tokens=8, samples=1,
+                              check=lambda c: "", retry_cut_off=True)  # fmt: skip
+    assert model.temperatures == [None, RETRY_TEMPERATURE] and RETRY_TEMPERATURE > 0
+    assert kept.finish_reason == "stop" and "finish" in kept.text
+    assert [c.doubt for c in candidates] == ["cut off at the token limit", ""]
+    off = LoopingModel()
+    kept, candidates = sample(off, [], schema={}, max_tokens=8, samples=1, check=lambda c: "")
+    assert off.temperatures == [None] and kept.finish_reason == "length" and candidates == []
 
 
 def test_python_that_does_not_compile_is_doubted() -> None:

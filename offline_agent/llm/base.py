@@ -15,9 +15,15 @@ class ChatModel(Protocol):
     context_length: int
 
     def complete(
-        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float | None = None,
     ) -> Completion:
-        """Answer `messages`; with `schema`, constrain the answer to it where possible."""
+        """Answer `messages`; with `schema`, constrain the answer to it where possible; at
+        `temperature` instead of the model's own when given."""
         ...
 
     def count_tokens(self, messages: Sequence[Message]) -> int:

@@ -186,14 +186,19 @@ class HttpModel:
     # --- ChatModel ---------------------------------------------------------------------
 
     def complete(
-        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float | None = None,
     ) -> Completion:
         """One chat completion; the schema goes as `response_format` per the constraint mode."""
         payload: dict[str, Any] = {
             "model": self.name,
             "messages": list(messages),
             "max_tokens": max_tokens,
-            "temperature": self.temperature,
+            "temperature": self.temperature if temperature is None else temperature,
             "seed": self.seed,
             # llama.cpp servers default to 1.1; the in-process backend samples with 1.0.
             # Servers that do not know the field ignore it (vLLM, Ollama).

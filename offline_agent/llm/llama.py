@@ -232,9 +232,15 @@ class LlamaModel:
         return self._grammars[key]
 
     def complete(
-        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float | None = None,
     ) -> Completion:
         """Decode one answer; constrained by a grammar when a schema is given."""
+        heat = self.options.temperature if temperature is None else temperature
         text, tokens = self._tokens(messages)
         self._decodes = [decode for decode in self._decodes if decode.prompt == text]
         if len(tokens) + max_tokens > self.context_length:
@@ -246,9 +252,9 @@ class LlamaModel:
             )
         warmed, warm_seconds = self._warm_start(tokens)
         if schema is not None and self.options.grammar_engine == "llguidance":
-            completion, reply = self._complete_guided(tokens, schema, max_tokens)
+            completion, reply = self._complete_guided(tokens, schema, max_tokens, heat)
         else:
-            completion, reply = self._complete_llama(tokens, schema, max_tokens)
+            completion, reply = self._complete_llama(tokens, schema, max_tokens, heat)
         self._decodes.append(_Decode(text, tokens, reply))
         if not warm_seconds:  # nothing was restored or evaluated ahead of the decoder
             return completion
@@ -261,7 +267,7 @@ class LlamaModel:
         )
 
     def _complete_llama(
-        self, tokens: list[int], schema: dict[str, Any] | None, max_tokens: int
+        self, tokens: list[int], schema: dict[str, Any] | None, max_tokens: int, temperature: float
     ) -> tuple[Completion, list[int]]:
         """Decode with llama-cpp-python's sampler, and its GBNF grammar when given a schema;
         with the reply's tokens (those evaluated: the text may end before them)."""
@@ -276,7 +282,7 @@ class LlamaModel:
             out: Any = self._llm.create_completion(
                 tokens,
                 max_tokens=max_tokens,
-                temperature=self.options.temperature,
+                temperature=temperature,
                 seed=self.options.seed,
                 repeat_penalty=1.0,
                 grammar=grammar,
@@ -345,7 +351,7 @@ class LlamaModel:
         return self._guided
 
     def _complete_guided(
-        self, tokens: list[int], schema: dict[str, Any], max_tokens: int
+        self, tokens: list[int], schema: dict[str, Any], max_tokens: int, temperature: float
     ) -> tuple[Completion, list[int]]:
         """Decode with llguidance, with the reply's tokens; BackendError rather than ever
         returning unconstrained text."""
@@ -354,7 +360,7 @@ class LlamaModel:
             tokens,
             self.guided.matcher(schema, self.think),
             max_tokens=max_tokens + (self.think.reserve if self.think is not None else 0),
-            temperature=self.options.temperature,
+            temperature=temperature,
         )
         return Completion(
             text=decoded.text,

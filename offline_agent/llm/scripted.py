@@ -50,9 +50,14 @@ class ScriptedModel:
             self._replies.popleft()
 
     def complete(
-        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float | None = None,
     ) -> Completion:
-        """Pop the next canned reply."""
+        """Pop the next canned reply (at any temperature)."""
         self.calls.append(list(messages))
         if not self._replies:
             raise BackendError("the scripted model has no replies left")
