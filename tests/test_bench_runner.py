@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from offline_agent.agent import AgentConfig
 from offline_agent.bench.challenge import load_suite
 from offline_agent.bench.parallel import ParallelRunner
+from offline_agent.bench.report import describe
 from offline_agent.bench.runner import (
     RESULTS_FILE,
     Attempt,
@@ -180,7 +181,7 @@ def test_the_default_is_runs_greedy_decoding_once_and_sampling_three_times(
     args = ["bench", "--suite", str(suite), "--model", script, "--no-report", "--rule", "none"]
     assert CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "greedy")]).exit_code == 0
     assert {a.repeat for a in read_results(tmp_path / "greedy")} == {0}
-    assert read_settings(tmp_path / "greedy")["settings"]["temperature"] == 0.0
+    assert "1 repeat (seed 0), temperature 0.0," in describe(read_settings(tmp_path / "greedy"))
     sampled = [*args, "--out", str(tmp_path / "sampled"), "--temperature", "0.5"]
     assert CliRunner().invoke(cli, sampled).exit_code == 0
     assert {a.repeat for a in read_results(tmp_path / "sampled")} == {0, 1, 2}

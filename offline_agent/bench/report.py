@@ -141,9 +141,13 @@ def describe(meta: dict[str, Any]) -> str:
     """One paragraph: the settings and the machine the results come from."""
     s, m = meta["settings"], meta.get("machine", {})
     engine = "a server" if s.get("base_url") else f"in-process, {s.get('grammar_engine')}"
+    last = s["seed"] + s["repeats"] - 1
+    repeats = (
+        f"1 repeat (seed {last})" if s["repeats"] == 1
+        else f"{s['repeats']} repeats (seeds {s['seed']}–{last})"
+    )  # fmt: skip
     return (
-        f"Suite `{s['suite']}`, {s['repeats']} repeats (seeds {s['seed']}–"
-        f"{s['seed'] + s['repeats'] - 1}), temperature {s['temperature']}"
+        f"Suite `{s['suite']}`, {repeats}, temperature {s['temperature']}"
         f"{_samples(s.get('samples', 1))}, at most "
         f"{s['max_steps']} steps and the challenge's cutoff per attempt, context {s['n_ctx']}, "
         f"{engine}, long-term memory {'on' if s.get('memory') else 'off'}, "
