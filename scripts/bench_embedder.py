@@ -12,8 +12,10 @@ corpus: the docstrings of this Python's standard library, cut by `memory ingest`
     memory     peak RSS of a memory-on `offline-agent run` (scripted model, two steps), with
                the code before this change (git archive of --before) and now
 
-Candidates: `sentence-transformers` (today: torch), `onnx-fp32` (the default now) and
-`onnx-int8` (dynamically quantized). The exports are built first, into a temporary home.
+Candidates: `sentence-transformers` (today: torch), `onnx-fp32` (the default now),
+`onnx-int8` (dynamically quantized) and `sentence-transformers-bf16` (torch's bfloat16
+autocast: what a large `memory ingest` uses on a CPU with AMX, `memory.fast.bulk_embedder`).
+The exports are built first, into a temporary home.
 
 With `--quantized`, the candidates are instead sentence-transformers, onnx-fp32 and each
 quantization recipe in RECIPES (made from the fp32 export with onnxruntime.quantization),
@@ -56,7 +58,7 @@ from offline_agent.memory.onnxrt import OnnxEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "memory.md"
-CANDIDATES = ("sentence-transformers", "onnx-fp32", "onnx-int8")
+CANDIDATES = ("sentence-transformers", "onnx-fp32", "onnx-int8", "sentence-transformers-bf16")
 RECIPE = "int8 "
 """Prefix of a `--quantized` candidate: RECIPE + a key of RECIPES."""
 K = 10
@@ -154,8 +156,13 @@ def spread(items: list[str], n: int) -> list[str]:
 def make_embedder(
     kind: str, home: Path
 ) -> FastEmbedder | SentenceTransformerEmbedder | OnnxEmbedder:
-    if kind == "sentence-transformers":
-        return SentenceTransformerEmbedder()
+    if kind.startswith("sentence-transformers"):
+        bf16 = kind.endswith("bf16")  # as bulk_embedder makes it
+        return (
+            SentenceTransformerEmbedder(bf16=True, batch_size=64)
+            if bf16
+            else SentenceTransformerEmbedder()
+        )
     if kind.startswith(RECIPE):
         export, why = read_export(
             export_dir(DEFAULT_MODEL_ID, "fp32", home / "embedders"), bundled_model_path()
@@ -212,8 +219,8 @@ from pathlib import Path
 from typing import Any
 from offline_agent.memory import FastEmbedder, SentenceTransformerEmbedder
 kind, home = sys.argv[1], Path(sys.argv[2])
-if kind == "sentence-transformers":
-    embedder = SentenceTransformerEmbedder()
+if kind.startswith("sentence-transformers"):
+    embedder = SentenceTransformerEmbedder(bf16=kind.endswith("bf16"))
 else:
     embedder = FastEmbedder(variant=kind[5:], export_root=home / "embedders", build=False)
 embedder.embed(["first query"])

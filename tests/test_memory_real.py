@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from offline_agent.bundle.manifest import cpu_flags
 from offline_agent.cli.memory import memory
 from offline_agent.memory import (
     FastEmbedder,
@@ -25,6 +26,7 @@ from offline_agent.memory import (
 )
 from offline_agent.memory.embedder import bundled_model_path
 from offline_agent.memory.export import INFO, ensure_export, export_dir, read_export
+from offline_agent.memory.fast import BULK_CHUNKS, bulk_embedder
 from tests.conftest import with_default_ctrl_c
 
 pytestmark = pytest.mark.embedder
@@ -164,6 +166,23 @@ def test_onnx_vectors_are_sentence_transformers_vectors(
     # Batched by length: the same text gets the same vector whatever it is batched with.
     alone = np.concatenate([fast.embed([t]) for t in texts[:4]])
     np.testing.assert_allclose(alone, ours[:4], atol=1e-5)
+
+
+def test_bf16_vectors_are_float32_vectors(embedder: SentenceTransformerEmbedder) -> None:
+    texts = [*PASSAGES.values(), *(q for q, _ in QUERIES), "long " * 400]
+    half = SentenceTransformerEmbedder(bf16=True).embed(texts)
+    assert half.dtype == np.float32 and half.shape == (len(texts), 384)
+    assert (half * embedder.embed(texts)).sum(axis=1).min() > 0.999
+
+
+def test_a_large_ingest_on_a_cpu_with_amx_embeds_in_bf16(fast_home: Path) -> None:
+    assert isinstance(bulk_embedder(BULK_CHUNKS - 1), FastEmbedder)  # torch's import not paid
+    large = bulk_embedder(BULK_CHUNKS)
+    if "amx_bf16" in cpu_flags():
+        assert isinstance(large, SentenceTransformerEmbedder) and large.bf16
+    else:
+        assert isinstance(large, FastEmbedder)
+    assert large.model_id == FastEmbedder().model_id  # one vector space
 
 
 def run_python(code: str, home: Path) -> str:

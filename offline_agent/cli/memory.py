@@ -23,7 +23,8 @@ from offline_agent.memory import (
 )
 from offline_agent.memory.embedder import bundled_model_path
 from offline_agent.memory.export import ensure_export, require_export
-from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS
+from offline_agent.memory.fast import bulk_embedder
+from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS, collect_chunks
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,7 +99,8 @@ def ingest_command(
     folder = _folder(memory_dir, name, goals)
     done = [0, 0]  # chunks stored or found stored, of all
     with library_errors(), contextlib.ExitStack() as stack:
-        mem = open_memory(folder, index=index, notify=_warn)
+        chunks = collect_chunks(paths, chunk_size, overlap)[1].chunks  # reads, embeds nothing
+        mem = open_memory(folder, bulk_embedder(chunks, _warn), index=index, notify=_warn)
         bar: Any = None
         started = time.perf_counter()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,8 +116,12 @@ class SentenceTransformerEmbedder:
         *,
         device: str = "cpu",
         batch_size: int = 32,
+        bf16: bool = False,
     ) -> None:
+        """`bf16`: encode under torch's bfloat16 autocast (fast on CPUs with AMX; vectors
+        agree with float32's to a cosine of 0.9999, docs/memory.md)."""
         self._path = model_path
+        self.bf16 = bf16
         self._model_id = model_id or (model_path.name if model_path else DEFAULT_MODEL_ID)
         self._device = device
         self.batch_size = batch_size
@@ -165,7 +171,13 @@ class SentenceTransformerEmbedder:
         model = self.load()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._encoding:
+        torch = sys.modules.get("torch")  # loaded with the model
+        precision: Any = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.bf16 and torch is not None
+            else contextlib.nullcontext()
+        )
+        with self._encoding, precision:
             vectors = model.encode(
                 list(texts),
                 batch_size=self.batch_size,
