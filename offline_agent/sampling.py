@@ -13,7 +13,7 @@ copies, so a reply repeating its own thought outranked the right answer the othe
 agreed on (docs/benchmarks.md).
 
 Greedy decoding (temperature 0, `run`'s default) can fall into a loop that repeats one
-phrase until the token limit. With the rule `retry_cut_off`, a reply cut off there is
+phrase until the token limit. With the rule `retry_cut_off` (on), a reply cut off there is
 decoded once more at `RETRY_TEMPERATURE` (Whisper's temperature fallback), and the retry is
 kept.
 """
