@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -183,6 +184,21 @@ def test_a_large_ingest_on_a_cpu_with_amx_embeds_in_bf16(fast_home: Path) -> Non
     else:
         assert isinstance(large, FastEmbedder)
     assert large.model_id == FastEmbedder().model_id  # one vector space
+
+
+def test_a_large_cli_ingest_is_stored_and_searchable(tmp_path: Path, in_fast_home: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    lines = [f"Entry {i}: the shelf holds item number {i}." for i in range(BULK_CHUNKS)]
+    (docs / "inventory.txt").write_text("\n\n".join([*lines, PASSAGES["server"]]))
+    folder = str(tmp_path / "mem")
+    args = ["ingest", str(docs), "--memory-dir", folder, "--chunk-size", "60", "--overlap", "0"]
+    result = CliRunner().invoke(memory, args)
+    assert result.exit_code == 0, result.output
+    added = re.search(r"Added (\d+) of (\d+) chunks", result.output)
+    assert added and added[1] == added[2] and int(added[1]) > BULK_CHUNKS, result.output
+    found = CliRunner().invoke(memory, ["search", "bad gateway error", "--memory-dir", folder])
+    assert "Entry" not in found.output.splitlines()[0], found.output  # the passage's chunk
 
 
 def run_python(code: str, home: Path) -> str:
