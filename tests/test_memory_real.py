@@ -199,6 +199,7 @@ def test_a_large_cli_ingest_is_stored_and_searchable(tmp_path: Path, in_fast_hom
     assert added and added[1] == added[2] and int(added[1]) > BULK_CHUNKS, result.output
     found = CliRunner().invoke(memory, ["search", "bad gateway error", "--memory-dir", folder])
     assert "Entry" not in found.output.splitlines()[0], found.output  # the passage's chunk
+    assert ("in bfloat16 (AMX)" in result.output) == ("amx_bf16" in cpu_flags())
 
 
 def run_python(code: str, home: Path) -> str:

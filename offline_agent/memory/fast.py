@@ -127,18 +127,20 @@ class FastEmbedder:
 
 BULK_CHUNKS = 1_000
 """An ingest of at least this many chunks embeds with `bulk_embedder`'s bf16 model: there
-torch's import (about 5 s) is paid back by its speed."""
+torch's import (3 to 5 s) is paid back by its speed."""
 
 
 def bulk_embedder(chunks: int, notify: Notify | None = None) -> Embedder:
     """The embedder for an ingest of `chunks` texts: on a CPU with AMX (bfloat16 matrix
-    units), sentence-transformers under bf16 autocast, which measured 2.6 times float32's rate with
-    vectors that agree to a cosine of 0.9999 (docs/memory.md, "Embedders side by side");
+    units), sentence-transformers under bf16 autocast, which measured 2.4 times float32's rate
+    with vectors that agree to a cosine of 0.9999 (docs/memory.md, "Embedders side by side");
     else, and for small ingests, the default `FastEmbedder`."""
     if (
         chunks >= BULK_CHUNKS
         and "amx_bf16" in cpu_flags()
         and importlib.util.find_spec("torch") is not None
     ):
+        if notify is not None:
+            notify(f"{chunks} chunks: embedding with sentence-transformers in bfloat16 (AMX)")
         return SentenceTransformerEmbedder(bf16=True, batch_size=64)
     return FastEmbedder(notify=notify)
