@@ -330,8 +330,9 @@ def plan_step(
             continue
         narrowed: dict[str, list[Any]] = {}
         missing = ""
-        for arg, names in tool.names.items():
-            if names.kind == "target" or (names.kind == "appended" and not rules.append_existing):
+        for arg, declared in tool.names.items():
+            names = _planned(declared, rules)
+            if names.kind == "target":
                 if rules.goal_targets and missing_named:
                     narrowed[arg] = missing_named
                 continue
@@ -344,8 +345,7 @@ def plan_step(
             if not values:
                 missing = (
                     "unusable_commands: no "
-                    f"{'file' if names.kind == 'appended' else names.kind}"
-                    f"{' ' + names.suffix if names.suffix else ''} exists"
+                    f"{names.kind}{' ' + names.suffix if names.suffix else ''} exists"
                 )
             elif rules.existing_names and len(values) <= MAX_CHOICES:
                 narrowed[arg] = values
@@ -356,6 +356,14 @@ def plan_step(
     if not offered:  # a grammar needs a command: rather every command than none
         return StepPlan(tools, {})
     return StepPlan(ToolRegistry(offered), left_out)
+
+
+def _planned(names: Names, rules: Rules) -> Names:
+    """What an argument names at this step: a file added to is an existing file with
+    `append_existing`, else a target like any file a command writes."""
+    if names.kind != "appended":
+        return names
+    return replace(names, kind="file" if rules.append_existing else "target")
 
 
 def _done_here(progress: Progress, snapshot: Snapshot) -> set[tuple[str, Any]]:

@@ -157,12 +157,9 @@ def make_embedder(
     kind: str, home: Path
 ) -> FastEmbedder | SentenceTransformerEmbedder | OnnxEmbedder:
     if kind.startswith("sentence-transformers"):
-        bf16 = kind.endswith("bf16")  # as bulk_embedder makes it
-        return (
-            SentenceTransformerEmbedder(bf16=True, batch_size=64)
-            if bf16
-            else SentenceTransformerEmbedder()
-        )
+        if kind.endswith("bf16"):
+            return SentenceTransformerEmbedder(bf16=True, batch_size=64)  # as bulk_embedder
+        return SentenceTransformerEmbedder()
     if kind.startswith(RECIPE):
         export, why = read_export(
             export_dir(DEFAULT_MODEL_ID, "fp32", home / "embedders"), bundled_model_path()

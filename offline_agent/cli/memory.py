@@ -17,14 +17,19 @@ from offline_agent.memory import (
     Hit,
     clear_store,
     default_memory_dir,
-    ingest,
     open_memory,
     read_info,
 )
 from offline_agent.memory.embedder import bundled_model_path
 from offline_agent.memory.export import ensure_export, require_export
 from offline_agent.memory.fast import bulk_embedder
-from offline_agent.memory.ingest import BATCH, CHUNK_CHARS, OVERLAP_CHARS, collect_chunks
+from offline_agent.memory.ingest import (
+    BATCH,
+    CHUNK_CHARS,
+    OVERLAP_CHARS,
+    collect_chunks,
+    store_chunks,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,8 +104,8 @@ def ingest_command(
     folder = _folder(memory_dir, name, goals)
     done = [0, 0]  # chunks stored or found stored, of all
     with library_errors(), contextlib.ExitStack() as stack:
-        chunks = collect_chunks(paths, chunk_size, overlap)[1].chunks  # reads, embeds nothing
-        mem = open_memory(folder, bulk_embedder(chunks, _warn), index=index, notify=_warn)
+        chunks, collected = collect_chunks(paths, chunk_size, overlap)  # read once, here
+        mem = open_memory(folder, bulk_embedder(len(chunks), _warn), index=index, notify=_warn)
         bar: Any = None
         started = time.perf_counter()
 
@@ -120,7 +125,7 @@ def ingest_command(
                 bar.update(finished - bar.pos, f"{rate:.1f} chunks/s" if finished else None)
 
         try:
-            report = ingest(mem, paths, size=chunk_size, overlap=overlap, progress=progress)
+            report = store_chunks(mem, paths, chunks, collected, progress=progress)
         except KeyboardInterrupt:
             stack.close()
             click.echo(

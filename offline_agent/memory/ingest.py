@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +154,21 @@ def ingest(
     """
     paths = list(paths)
     chunks, report = collect_chunks(paths, size, overlap)
+    return store_chunks(memory, paths, chunks, report, batch=batch, progress=progress)
+
+
+def store_chunks(
+    memory: LongTermMemory,
+    paths: Sequence[Path],
+    chunks: Sequence[Chunk],
+    report: IngestReport,
+    *,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Store `chunks` (what `collect_chunks` made of `paths`) as `ingest` does, counting
+    what was added into `report`; for a caller that looks at the chunks before choosing
+    the memory's embedder."""
     if not chunks:
         shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
         binary = f" ({len(report.skipped)} files not UTF-8 text)" if report.skipped else ""
