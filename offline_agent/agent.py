@@ -239,7 +239,7 @@ class Agent:
         step.completion, candidates = sample(
             self.model, step.messages, schema=schema, max_tokens=self.config.reply_tokens,
             samples=self.config.samples, check=partial(self.steering.doubt, plan, schema),
-            retry_cut_off=self.rules.retry_cut_off,
+            retry=partial(self.steering.retry, plan, schema), break_loops=self.rules.break_loops,
         )  # fmt: skip
         step.candidates = [candidate.to_json() for candidate in candidates]
         if self.memory is not None:

@@ -12,10 +12,11 @@ not a veto. The mean log-probability alone measured worse: a small model is sure
 copies, so a reply repeating its own thought outranked the right answer the other samples
 agreed on (docs/benchmarks.md).
 
-Greedy decoding (temperature 0, `run`'s default) can fall into a loop that repeats one
-phrase until the token limit. With the rule `retry_cut_off` (on), a reply cut off there is
-decoded once more at `RETRY_TEMPERATURE` (Whisper's temperature fallback), and the retry is
-kept.
+Greedy decoding (temperature 0, `run`'s default) is deterministic, so where it goes wrong
+it stays wrong: it can repeat one phrase until the token limit (rule `retry_cut_off`), or
+give again a command that already ran on this same workspace, which can only return what it
+returned (rule `retry_repeats`). Such a reply is decoded once more at `RETRY_TEMPERATURE`
+(Whisper's temperature fallback), and the retry is kept.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from offline_agent.llm.base import ChatModel
 from offline_agent.records import Completion, Message
 
 RETRY_TEMPERATURE = 0.5
-"""The temperature a reply cut off at the token limit is decoded again at (`retry_cut_off`)."""
+"""The temperature a greedy reply is decoded again at when a retry rule finds it stuck."""
 
 
 @dataclass(frozen=True)
@@ -79,22 +81,25 @@ def sample(
     max_tokens: int,
     samples: int,
     check: Callable[[Completion], str],
-    retry_cut_off: bool = False,
+    retry: Callable[[Completion], str] | None = None,
+    break_loops: bool = False,
 ) -> tuple[Completion, list[Candidate]]:
     """`samples` completions of `messages`, checked; the chosen one and all candidates (an
-    empty list when only one was asked for and kept: nothing was chosen). With
-    `retry_cut_off`, one reply cut off at the token limit is decoded again, hotter, and the
-    candidates are the two."""
+    empty list when only one was asked for and kept: nothing was chosen). A single reply
+    that `retry` gives a reason for is decoded again, hotter, and the candidates are the
+    two. `break_loops` goes to every decode (`ChatModel.complete`)."""
+    decode = partial(
+        model.complete, messages, schema=schema, max_tokens=max_tokens, break_loops=break_loops
+    )
     if samples <= 1:
-        first = model.complete(messages, schema=schema, max_tokens=max_tokens)
-        if not retry_cut_off or first.finish_reason != "length":
+        first = decode()
+        reason = retry(first) if retry is not None else ""
+        if not reason:
             return first, []
-        again = model.complete(
-            messages, schema=schema, max_tokens=max_tokens, temperature=RETRY_TEMPERATURE
-        )
-        return again, [Candidate(first, "cut off at the token limit"), Candidate(again)]
+        again = decode(temperature=RETRY_TEMPERATURE)
+        return again, [Candidate(first, reason), Candidate(again)]
     candidates = []
     for _ in range(samples):
-        completion = model.complete(messages, schema=schema, max_tokens=max_tokens)
+        completion = decode()
         candidates.append(Candidate(completion, check(completion)))
     return choose(candidates).completion, candidates

@@ -24,7 +24,7 @@ from offline_agent.llm import (
     ScriptedModel,
     open_model,
 )
-from offline_agent.llm.base import writes_blocks
+from offline_agent.llm.base import breaks_loops, writes_blocks
 from offline_agent.memory import FastEmbedder, open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import PromptBuilder
@@ -177,6 +177,8 @@ def build_agent(
     if rules.text_blocks and not writes_blocks(model):
         events.notice("text_blocks is off: this backend cannot constrain a text block")
         rules = replace(rules, text_blocks=False)
+    if rules.break_loops and not breaks_loops(model):
+        rules = replace(rules, break_loops=False)  # a server decodes with its own samplers
     ctx = ToolContext(
         workspace=workspace,
         memory=memory,

@@ -261,9 +261,9 @@ def test_a_command_repeated_identically_is_left_out_of_the_next_grammar(tmp_path
     schemas: list[Any] = []
     complete = model.complete
 
-    def recording(messages: Any, *, schema: Any, max_tokens: int) -> Any:
+    def recording(messages: Any, *, schema: Any, **options: Any) -> Any:
         schemas.append(schema)
-        return complete(messages, schema=schema, max_tokens=max_tokens)
+        return complete(messages, schema=schema, **options)
 
     model.complete = recording  # type: ignore[method-assign]
     assert agent.run().status == "finished"

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from llguidance import LLMatcher
 
 from offline_agent.errors import BackendError, TruncatedReplyError
-from offline_agent.llm.guidance import JSON_OPTIONS, GuidedDecoder
-from offline_agent.llm.llama import LlamaModel, LlamaOptions
+from offline_agent.llm.guidance import (
+    JSON_OPTIONS,
+    LOOP_LOGIT,
+    LOOP_SPAN,
+    GuidedDecoder,
+    loop_token,
+)
+from offline_agent.llm.llama import LlamaModel, LlamaOptions, _LoopBreaker
 from offline_agent.prompt import PromptBuilder
 from offline_agent.records import Message, Profile
 from offline_agent.reply import parse_reply, reply_schema
@@ -18,6 +26,28 @@ from offline_agent.tools import ToolRegistry, builtin_tools
 GOAL = "Write the word Washington to a file named output.txt"
 PROFILE = Profile("FileBot", "an assistant that manages files", (GOAL,))
 FORMATS = {"smollm2-135m": "template", "gemma3-270m": "gemma"}
+
+
+def test_a_loop_is_found_once_its_copies_span_loop_span_tokens() -> None:
+    sentence = list(range(100, 110))  # ten tokens, repeated back to back
+    looped = [7] + sentence * 4
+    assert len(sentence * 4) >= LOOP_SPAN and loop_token(looped) == sentence[0]
+    assert loop_token(looped[:-1]) is None  # 39 tokens: not yet four whole copies
+    assert loop_token([1] + sentence * 3) is None  # 30 tokens of copies: under LOOP_SPAN
+    assert loop_token([5] * LOOP_SPAN) == 5 and loop_token([5] * (LOOP_SPAN - 1)) is None
+    long = list(range(40))  # a run longer than LOOP_SPAN loops at its second copy
+    assert loop_token(long + long) == 0 and loop_token(long + long[:-1]) is None
+    assert loop_token([*sentence, 1, *sentence, 2, *sentence]) is None  # copies, not a loop
+    assert loop_token([]) is None
+
+
+def test_a_repetition_the_prompt_holds_is_a_copy_until_it_outgrows_it() -> None:
+    line = [300, 301, 302, 303]  # a file of nine equal lines, in the prompt
+    prompt = [1, *line * 9, 2]
+    assert loop_token([7, *line * 8], prompt) is None  # copying the file
+    assert loop_token([7, *line * 9], prompt) == 300  # a tenth line would outgrow it
+    assert loop_token([7, *line * 8], [1, *line * 6, 2]) == 300  # six shown, eight written
+    assert loop_token([7, *line * 8], [t << 8 for t in prompt]) == 300  # no match across tokens
 
 
 def test_every_builtin_reply_schema_compiles_without_warnings() -> None:
@@ -120,6 +150,34 @@ def test_a_command_with_a_text_block_gets_one_in_the_real_vocabulary(model: Llam
     else:  # these models write on inside the block (docs/benchmarks.md): a cut-off reply
         with pytest.raises(TruncatedReplyError):
             parse_reply(completion, only, schema)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_break_loops_stops_a_copy_where_its_source_ends(real_models: dict[str, Path]) -> None:
+    model = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+    schema = {"type": "object", "properties": {"chant": {"type": "string"}}, "required": ["chant"]}
+    chant = b"go team go! " * 12
+    prompt = model._tokenize(b'{"chant": "' + chant + b'"}\n{"chant": "' + chant + b'"}\n')
+    greedy = model.guided.decode(
+        prompt, model.guided.matcher(schema), max_tokens=300, temperature=0.0
+    )
+    assert not greedy.finished and greedy.text.count("go team go!") > 12  # it loops on
+    broken = model.guided.decode(
+        prompt, model.guided.matcher(schema), max_tokens=300, temperature=0.0, break_loops=True
+    )
+    assert broken.finished and json.loads(broken.text) == {"chant": chant.decode()}
+    assert all(t != loop_token(broken.tokens[:i], prompt) for i, t in enumerate(broken.tokens))
+
+
+def test_the_llama_engines_loop_breaker_lowers_only_the_looping_token() -> None:
+    prompt = [1, 2, 3]
+    reply = [10, 11, 12, 13] * 8  # 32 tokens: a loop, not in the prompt
+    scores = np.zeros(20, dtype=np.float32)
+    out = _LoopBreaker(len(prompt))(np.array(prompt + reply, dtype=np.intc), scores.copy())
+    assert out[10] == LOOP_LOGIT and np.count_nonzero(out) == 1
+    calm = _LoopBreaker(len(prompt))(np.array(prompt + reply[:-1], dtype=np.intc), scores.copy())
+    assert np.count_nonzero(calm) == 0
 
 
 @pytest.mark.model

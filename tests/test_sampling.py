@@ -38,7 +38,12 @@ class SureModel:
         self.calls = 0
 
     def complete(
-        self, messages: Sequence[Message], *, schema: dict[str, Any] | None, max_tokens: int
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        break_loops: bool = False,
     ) -> Completion:
         self.calls += 1
         reply, logprob = self.replies.pop(0)
@@ -88,6 +93,7 @@ class LoopingModel:
         schema: dict[str, Any] | None,
         max_tokens: int,
         temperature: float | None = None,
+        break_loops: bool = False,
     ) -> Completion:
         self.temperatures.append(temperature)
         if temperature is None:
@@ -100,8 +106,12 @@ class LoopingModel:
 
 def test_a_reply_cut_off_at_the_limit_is_decoded_again_hotter_with_retry_cut_off() -> None:
     model = LoopingModel()
+
+    def cut_off(completion: Completion) -> str:
+        return "cut off at the token limit" if completion.finish_reason == "length" else ""
+
     kept, candidates = sample(model, [], schema={}, max_tokens=8, samples=1,
-                              check=lambda c: "", retry_cut_off=True)  # fmt: skip
+                              check=lambda c: "", retry=cut_off)  # fmt: skip
     assert model.temperatures == [None, RETRY_TEMPERATURE] and RETRY_TEMPERATURE > 0
     assert kept.finish_reason == "stop" and "finish" in kept.text
     assert [c.doubt for c in candidates] == ["cut off at the token limit", ""]
@@ -140,6 +150,58 @@ def test_steering_doubts_repeats_invalid_replies_and_bad_python(tmp_path: Path) 
     plan, _ = steering.plan(ctx)  # the workspace changed: listing again can show news
     schema = reply_schema(plan.tools, "compact")
     assert doubt("list_files", directory=".") == ""
+
+
+def test_steering_retries_a_repeat_only_with_retry_repeats(tmp_path: Path) -> None:
+    tools = builtin_tools(memory=False)
+    ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"))
+    ctx.workspace.write_text("a.txt", "x")
+    on = Steering(tools, Rules(retry_repeats=True), ("Read a.txt",))
+    off = Steering(tools, Rules(retry_repeats=False), ("Read a.txt",))
+    read = Completion(json.dumps(compact("read_file", filename="a.txt")), "stop")
+    cut = Completion('{"thought": "the the', "length")
+    for steering in (on, off):
+        plan, _ = steering.plan(ctx)
+        schema = reply_schema(plan.tools, "compact")
+        assert steering.retry(plan, schema, read) == ""  # nothing ran yet
+        assert steering.retry(plan, schema, cut) == "cut off at the token limit"
+        steering.running(CommandCall("read_file", {"filename": "a.txt"}))
+        plan, _ = steering.plan(ctx)
+    assert on.retry(plan, schema, read) == "it is the command that ran just before"
+    assert off.retry(plan, schema, read) == ""
+    assert on.retry(plan, schema, Completion("not json", "stop")) == ""  # invalid: not a repeat
+
+
+class RepeatingModel(LoopingModel):
+    """Lists the folder every time at temperature 0; finishes when decoding hotter."""
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 512,
+        temperature: float | None = None,
+        break_loops: bool = False,
+    ) -> Completion:
+        self.temperatures.append(temperature)
+        if temperature is None:
+            reply = compact("list_files", directory=".")
+        else:
+            reply = compact("finish", reason="r")
+        return Completion(json.dumps(reply), "stop", constrained=True)
+
+
+def test_the_agent_decodes_a_repeated_command_again_with_retry_repeats(tmp_path: Path) -> None:
+    agent, _, record = make_agent(
+        tmp_path, [], config=AgentConfig(max_steps=3), rules=Rules(retry_repeats=True)
+    )
+    agent.model = model = RepeatingModel()
+    result = agent.run()
+    assert result.status == "finished" and model.temperatures == [None, None, RETRY_TEMPERATURE]
+    steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+    assert steps[0]["candidates"] == []
+    assert steps[1]["candidates"][0]["doubt"] == "it is the command that ran just before"
 
 
 def test_the_agent_runs_the_chosen_candidate_and_records_all(tmp_path: Path) -> None:

@@ -21,14 +21,23 @@ class ChatModel(Protocol):
         schema: dict[str, Any] | None,
         max_tokens: int,
         temperature: float | None = None,
+        break_loops: bool = False,
     ) -> Completion:
         """Answer `messages`; with `schema`, constrain the answer to it where possible; at
-        `temperature` instead of the model's own when given."""
+        `temperature` instead of the model's own when given; with `break_loops`, never
+        choosing a token that would go on repeating a loop (a backend that can says so with
+        `breaks_loops`)."""
         ...
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many tokens `messages` take in a prompt, counted the model's own way."""
         ...
+
+
+def breaks_loops(model: ChatModel) -> bool:
+    """Whether `model` honours `complete(..., break_loops=True)`: a backend says so with a
+    true `breaks_loops` attribute."""
+    return bool(getattr(model, "breaks_loops", False))
 
 
 def writes_blocks(model: ChatModel) -> bool:

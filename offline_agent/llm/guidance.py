@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -209,18 +210,30 @@ class GuidedDecoder:
         self._rng = np.random.default_rng(seed)
 
     def decode(
-        self, prompt: list[int], matcher: LLMatcher, *, max_tokens: int, temperature: float
+        self,
+        prompt: list[int],
+        matcher: LLMatcher,
+        *,
+        max_tokens: int,
+        temperature: float,
+        break_loops: bool = False,
     ) -> Decoded:
-        """Evaluate `prompt` (reusing the KV cache) and decode until the grammar is complete."""
+        """Evaluate `prompt` (reusing the KV cache) and decode until the grammar is complete;
+        with `break_loops`, never choosing the token `loop_token` names."""
         try:
-            return self._decode(prompt, matcher, max_tokens, temperature)
+            return self._decode(prompt, matcher, max_tokens, temperature, break_loops)
         except BackendError:
             raise
         except Exception as err:  # never fall back to unconstrained output
             raise BackendError(f"constrained decoding failed: {type(err).__name__}: {err}") from err
 
     def _decode(
-        self, prompt: list[int], matcher: LLMatcher, max_tokens: int, temperature: float
+        self,
+        prompt: list[int],
+        matcher: LLMatcher,
+        max_tokens: int,
+        temperature: float,
+        break_loops: bool,
     ) -> Decoded:
         llm = self._llm
         cached = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt[:-1])
@@ -233,7 +246,9 @@ class GuidedDecoder:
         params = llm.context_params
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads)
         try:
-            out, forced, masked, logprob = self._generate(matcher, max_tokens, temperature)
+            out, forced, masked, logprob = self._generate(
+                matcher, max_tokens, temperature, prompt if break_loops else None
+            )
         finally:
             llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads_batch)
         self._check(matcher)
@@ -253,10 +268,11 @@ class GuidedDecoder:
         )
 
     def _generate(
-        self, matcher: LLMatcher, max_tokens: int, temperature: float
+        self, matcher: LLMatcher, max_tokens: int, temperature: float, prompt: list[int] | None
     ) -> tuple[list[int], int, int, float]:
         """Decode until the grammar is complete: (tokens, how many forced, how many masked,
-        the chosen tokens' mean log-probability)."""
+        the chosen tokens' mean log-probability). Given the `prompt`, loops are broken
+        (`loop_token`)."""
         llm = self._llm
         out: list[int] = []
         forced = masked = 0
@@ -272,6 +288,10 @@ class GuidedDecoder:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(self.n_vocab,)
             )
+            looping = loop_token(out, prompt) if prompt is not None else None
+            if looping is not None:
+                logits = logits.copy()
+                logits[looping] = LOOP_LOGIT
             token = self._pick(logits, temperature)
             if token in self.end_tokens and matcher.is_accepting():
                 break
@@ -306,6 +326,49 @@ class GuidedDecoder:
     def _check(matcher: LLMatcher) -> None:
         if matcher.is_error():
             raise BackendError(f"llguidance failed: {matcher.get_error()}")
+
+
+LOOP_SPAN = 32
+"""How many tokens a reply may repeat in a row, as copies of one run of tokens, before the
+token that would go on repeating is ruled out (`loop_token`)."""
+LOOP_PERIOD = 64
+"""The longest run of tokens `loop_token` looks for copies of."""
+LOOP_LOGIT = -1e30
+"""The logit a looping token gets: below every other token, yet finite, so that it is still
+chosen where the grammar allows nothing else."""
+
+
+def loop_token(out: Sequence[int], prompt: Sequence[int] = ()) -> int | None:
+    """The token that would continue a loop at the end of the reply `out`, or None.
+
+    A loop: `out` ends in copies of one run of tokens, back to back, at least `LOOP_SPAN`
+    tokens of them and at least two copies; its token is the one that would go on repeating.
+    Greedy decoding of a small model can repeat a sentence until the token limit; ruling
+    this one token out makes it leave the loop at once (the idea of DRY, "don't repeat
+    yourself", among llama.cpp's samplers). A repetition the `prompt` holds as long is a
+    copy, not a loop (a file of many equal lines being copied): it may go on.
+    """
+    out = list(out)
+    for period in range(1, min(LOOP_PERIOD, len(out) // 2) + 1):
+        copies = max(2, -(-LOOP_SPAN // period))
+        if copies * period > len(out) or out[-copies * period :] != out[-period:] * copies:
+            continue
+        run = copies * period  # how far back the repetition goes
+        while run < len(out) and out[-run - 1] == out[-run - 1 + period]:
+            run += 1
+        following = out[-period]
+        return None if _holds(prompt, [*out[-run:], following]) else following
+    return None
+
+
+def _holds(tokens: Sequence[int], part: Sequence[int]) -> bool:
+    """Whether `part` occurs in `tokens`, contiguous."""
+    haystack = np.asarray(tokens, dtype=np.int64).tobytes()
+    needle = np.asarray(part, dtype=np.int64).tobytes()
+    start = haystack.find(needle)
+    while start != -1 and start % 8:  # a match must start at a token's first byte
+        start = haystack.find(needle, start + 1)
+    return start != -1
 
 
 def _logprob(logits: np.ndarray[Any, np.dtype[np.float32]], token: int) -> float:

@@ -192,8 +192,11 @@ class HttpModel:
         schema: dict[str, Any] | None,
         max_tokens: int,
         temperature: float | None = None,
+        break_loops: bool = False,
     ) -> Completion:
-        """One chat completion; the schema goes as `response_format` per the constraint mode."""
+        """One chat completion; the schema goes as `response_format` per the constraint mode.
+        A server decodes with its own samplers: `break_loops` is not honoured (no
+        `breaks_loops`)."""
         payload: dict[str, Any] = {
             "model": self.name,
             "messages": list(messages),

@@ -26,7 +26,13 @@ from offline_agent.errors import (
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import ChatFormat, chat_format_for
 from offline_agent.llm.gbnf import json_schema_grammar, parses
-from offline_agent.llm.guidance import GuidedDecoder, ThinkBlock, common_prefix
+from offline_agent.llm.guidance import (
+    LOOP_LOGIT,
+    GuidedDecoder,
+    ThinkBlock,
+    common_prefix,
+    loop_token,
+)
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.options import LlamaOptions
 from offline_agent.records import Completion, Message, Usage
@@ -82,6 +88,21 @@ def _own_chat_templates() -> Iterator[None]:
         yield
     finally:
         module.Jinja2ChatFormatter = original  # type: ignore[misc]
+
+
+class _LoopBreaker:
+    """llama-cpp-python's logits processor for `break_loops`: the reply's looping token
+    (`loop_token`) gets `LOOP_LOGIT`."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        tokens = input_ids.tolist()
+        looping = loop_token(tokens[self.prompt_tokens :], tokens[: self.prompt_tokens])
+        if looping is not None:
+            scores[looping] = LOOP_LOGIT
+        return scores
 
 
 class LlamaModel:
@@ -141,6 +162,7 @@ class LlamaModel:
                 f"{options.n_ctx} tokens; lower it or raise --n-ctx"
             )
         self.text_blocks = options.grammar_engine == "llguidance"
+        self.breaks_loops = True
         """Replies may end with a text block (`reply.BLOCKS_KEY`): llguidance constrains it."""
         self.context_length = options.n_ctx - reserve
         """Tokens a prompt and its reply may take: the think block's are set aside."""
@@ -238,6 +260,7 @@ class LlamaModel:
         schema: dict[str, Any] | None,
         max_tokens: int,
         temperature: float | None = None,
+        break_loops: bool = False,
     ) -> Completion:
         """Decode one answer; constrained by a grammar when a schema is given."""
         heat = self.options.temperature if temperature is None else temperature
@@ -252,9 +275,9 @@ class LlamaModel:
             )
         warmed, warm_seconds = self._warm_start(tokens)
         if schema is not None and self.options.grammar_engine == "llguidance":
-            completion, reply = self._complete_guided(tokens, schema, max_tokens, heat)
+            completion, reply = self._complete_guided(tokens, schema, max_tokens, heat, break_loops)
         else:
-            completion, reply = self._complete_llama(tokens, schema, max_tokens, heat)
+            completion, reply = self._complete_llama(tokens, schema, max_tokens, heat, break_loops)
         self._decodes.append(_Decode(text, tokens, reply))
         if not warm_seconds:  # nothing was restored or evaluated ahead of the decoder
             return completion
@@ -267,11 +290,19 @@ class LlamaModel:
         )
 
     def _complete_llama(
-        self, tokens: list[int], schema: dict[str, Any] | None, max_tokens: int, temperature: float
+        self,
+        tokens: list[int],
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float,
+        break_loops: bool,
     ) -> tuple[Completion, list[int]]:
         """Decode with llama-cpp-python's sampler, and its GBNF grammar when given a schema;
         with the reply's tokens (those evaluated: the text may end before them)."""
         grammar = self.grammar(schema) if schema is not None else None
+        processors = None
+        if break_loops:
+            processors = llama_cpp.LogitsProcessorList([_LoopBreaker(len(tokens))])
         ctx = self._llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
         # What llama-cpp-python will reuse; llama.cpp's own count of evaluated prompt tokens
@@ -287,6 +318,7 @@ class LlamaModel:
                 repeat_penalty=1.0,
                 grammar=grammar,
                 stop=list(self.format.stop),
+                logits_processor=processors,
             )
         except (RuntimeError, ValueError) as err:
             raise BackendError(f"llama.cpp failed: {err}") from None
@@ -351,7 +383,12 @@ class LlamaModel:
         return self._guided
 
     def _complete_guided(
-        self, tokens: list[int], schema: dict[str, Any], max_tokens: int, temperature: float
+        self,
+        tokens: list[int],
+        schema: dict[str, Any],
+        max_tokens: int,
+        temperature: float,
+        break_loops: bool,
     ) -> tuple[Completion, list[int]]:
         """Decode with llguidance, with the reply's tokens; BackendError rather than ever
         returning unconstrained text."""
@@ -361,6 +398,7 @@ class LlamaModel:
             self.guided.matcher(schema, self.think),
             max_tokens=max_tokens + (self.think.reserve if self.think is not None else 0),
             temperature=temperature,
+            break_loops=break_loops,
         )
         return Completion(
             text=decoded.text,

@@ -56,8 +56,9 @@ class ScriptedModel:
         schema: dict[str, Any] | None,
         max_tokens: int,
         temperature: float | None = None,
+        break_loops: bool = False,
     ) -> Completion:
-        """Pop the next canned reply (at any temperature)."""
+        """Pop the next canned reply (at any temperature; a loop in it stays)."""
         self.calls.append(list(messages))
         if not self._replies:
             raise BackendError("the scripted model has no replies left")
