@@ -85,7 +85,8 @@ class Rules:
     retry_repeats: bool = False
     """A reply whose command already ran with these arguments on this same workspace (it can
     only return what it returned) is decoded once more at temperature 0.5: greedy decoding
-    would give it again and again."""
+    would give it again and again. Off: it raised no success; the hotter retry mostly gave
+    the same command."""
     no_rereads: bool = False
     """A command whose one argument names something existing (read_file, list_files,
     execute_python_file) is not offered a value it already ran with while the workspace is

@@ -51,8 +51,8 @@ def failure_modes(folder: Path, attempts: list[Attempt]) -> tuple[int, int, int,
 
 def row(
     label: str, folder: Path, only: set[str], repeat: int | None = None, modes: bool = False
-) -> list[str]:
-    """One table row for one results folder."""
+) -> list[list[str]]:
+    """The table's rows for one results folder: one per model in it."""
     attempts = [
         a
         for a in read_results(folder)
@@ -91,8 +91,7 @@ def row(
                 folder, [a for a in attempts if a.model == s.model]
             )
             cells[-1] += [f"{failed}/{commands}", str(first), str(rereads)]
-    return cells[0] if len(cells) == 1 else [label, "several models", "", "", "", "", "", "",
-                                              "", "", ""]  # fmt: skip
+    return cells
 
 
 def main() -> None:
@@ -112,8 +111,10 @@ def main() -> None:
               "95% interval", "steps", "s/attempt", "s/step", "valid replies",
               "destroyed an input", "how runs ended"]  # fmt: skip
     pairs = [item.split("=", 1) for item in args.runs]
-    rows = [
-        row(label, Path(folder), set(args.only), args.repeat, args.modes) for label, folder in pairs
+    rows = [  # a folder of several models gives a row for each
+        cells
+        for label, folder in pairs
+        for cells in row(label, Path(folder), set(args.only), args.repeat, args.modes)
     ]
     if args.modes:
         header += ["commands that failed", "finished at step 1", "repeated reads"]
