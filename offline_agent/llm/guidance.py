@@ -288,17 +288,18 @@ class GuidedDecoder:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(self.n_vocab,)
             )
+            allowed = logits  # the model's own, unless a loop rules a token out
             looping = loop_token(out, prompt) if prompt is not None else None
             if looping is not None:
-                logits = logits.copy()
-                logits[looping] = LOOP_LOGIT
-            token = self._pick(logits, temperature)
+                allowed = logits.copy()
+                allowed[looping] = LOOP_LOGIT
+            token = self._pick(allowed, temperature)
             if token in self.end_tokens and matcher.is_accepting():
                 break
             if token in self.end_tokens or matcher.try_consume_tokens([token]) != 1:
                 masked += 1
                 fill_next_token_bitmask(matcher, self._mask)
-                token = self._pick(_masked(logits, self._mask[0]), temperature)
+                token = self._pick(_masked(allowed, self._mask[0]), temperature)
                 if token in self.end_tokens and matcher.is_accepting():
                     break
                 self._consume(matcher, [token])

@@ -162,8 +162,9 @@ class LlamaModel:
                 f"{options.n_ctx} tokens; lower it or raise --n-ctx"
             )
         self.text_blocks = options.grammar_engine == "llguidance"
-        self.breaks_loops = True
         """Replies may end with a text block (`reply.BLOCKS_KEY`): llguidance constrains it."""
+        self.breaks_loops = True
+        """`complete(..., break_loops=True)` is honoured, by either grammar engine."""
         self.context_length = options.n_ctx - reserve
         """Tokens a prompt and its reply may take: the think block's are set aside."""
         self._grammars: dict[str, LlamaGrammar] = {}
