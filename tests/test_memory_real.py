@@ -260,7 +260,10 @@ def test_a_damaged_or_stale_export_is_not_used(fast_home: Path, tmp_path: Path) 
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     assert read_export(folder, source) == (None, f"{model.name} does not match its sha256")
-    info["source_files"]["model.safetensors"][1] += 1  # the source changed after the build
+    info["source_files"]["model.safetensors"][1] += 1  # touched, the same content: still fine
+    (folder / INFO).write_text(json.dumps(info))
+    assert read_export(folder, source)[1] == f"{model.name} does not match its sha256"
+    info["source_sha256"]["model.safetensors"] = "0" * 64  # the source changed after the build
     (folder / INFO).write_text(json.dumps(info))
     assert read_export(folder, source)[1] == f"the model in {source} changed since it was built"
     (folder / INFO).unlink()
@@ -269,6 +272,21 @@ def test_a_damaged_or_stale_export_is_not_used(fast_home: Path, tmp_path: Path) 
     fallback = FastEmbedder(export_root=tmp_path / "none", build=False, notify=lines.append)
     assert fallback.backend == "sentence-transformers"
     assert len(lines) == 1 and "there is none yet" in lines[0]
+
+
+def test_another_installation_of_the_same_model_shares_the_export(
+    fast_home: Path, tmp_path: Path
+) -> None:
+    source = bundled_model_path()  # each checkout's venv installs its own copy of it
+    folder = export_dir("all-MiniLM-L6-v2", root=fast_home / "embedders")
+    copy = tmp_path / "other-venv" / source.name
+    shutil.copytree(source, copy)  # new path, new modification times
+    found, why = read_export(folder, copy)
+    assert found is not None and why == "" and found.tokenizer_file == copy / "tokenizer.json"
+    tokenizer = json.loads((copy / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = []  # the same size or not, another file
+    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert read_export(folder, copy) == (None, f"the model in {copy} changed since it was built")
 
 
 def test_memory_prepare_builds_the_export_once(

@@ -10,9 +10,12 @@ hub. The result is checked against sentence-transformers on a few texts before i
       model-<sha>.onnx     the exported transformer, never changed once written
       .lock                one builder at a time
 
-Loading reads export.json, checks that the source files are the ones it was built from (size
-and time, so a start costs no hashing of the 90 MB source), reads the model file and checks
-its sha256. An export that is missing, stale or damaged is built again, under the lock.
+Loading reads export.json, checks that the source files are the ones it was built from, reads
+the model file and checks its sha256. The source check compares path, sizes and times, so a
+start costs no hashing of the 90 MB source; where they differ (another installation of the
+same package: each checkout's virtual environment has its own copy) it compares the files'
+sha256, so that checkouts sharing one home share its export. An export that is missing,
+stale or damaged is built again, under the lock.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class ExportInfo:
     built: str
     versions: dict[str, str] = field(default_factory=dict)
     format: int = FORMAT
+    source_sha256: dict[str, str] = field(default_factory=dict)
+    """Each source file's sha256 (absent from exports built before it was recorded)."""
 
     def to_json(self) -> str:
         """The export.json text."""
@@ -83,16 +88,18 @@ class ExportInfo:
 
 @dataclass(frozen=True)
 class Export:
-    """A checked export: its description and the model file's bytes."""
+    """A checked export: its description, the model file's bytes, and the source model folder
+    it was checked against (the one built from, or a copy of it)."""
 
     folder: Path
     info: ExportInfo
     model: bytes
+    source: Path
 
     @property
     def tokenizer_file(self) -> Path:
         """The source model's tokenizer.json."""
-        return Path(self.info.source) / "tokenizer.json"
+        return self.source / "tokenizer.json"
 
 
 def variant(value: str) -> Variant:
@@ -119,6 +126,18 @@ def source_stamp(model_path: Path) -> dict[str, list[int]]:
     return stamp
 
 
+def source_hashes(model_path: Path) -> dict[str, str]:
+    """The sha256 of each file an export is built from."""
+    hashes: dict[str, str] = {}
+    for name in SOURCE_FILES:
+        try:
+            with (model_path / name).open("rb") as f:
+                hashes[name] = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            continue
+    return hashes
+
+
 def read_export(folder: Path, model_path: Path) -> tuple[Export | None, str]:
     """The export in `folder` if it is whole and built from `model_path` as it is now;
     else None and why not."""
@@ -131,7 +150,8 @@ def read_export(folder: Path, model_path: Path) -> tuple[Export | None, str]:
         return None, "there is none yet"
     except (OSError, ValueError, TypeError) as err:
         return None, f"its {INFO} is unreadable ({err})"
-    if Path(info.source) != model_path or info.source_files != source_stamp(model_path):
+    same = Path(info.source) == model_path and info.source_files == source_stamp(model_path)
+    if not same and (not info.source_sha256 or info.source_sha256 != source_hashes(model_path)):
         return None, f"the model in {model_path} changed since it was built"
     try:
         model = (folder / info.onnx_file).read_bytes()
@@ -139,7 +159,7 @@ def read_export(folder: Path, model_path: Path) -> tuple[Export | None, str]:
         return None, f"{info.onnx_file} cannot be read ({err.strerror})"
     if hashlib.sha256(model).hexdigest() != info.onnx_sha256:
         return None, f"{info.onnx_file} does not match its sha256"
-    return Export(folder, info, model), ""
+    return Export(folder, info, model, model_path), ""
 
 
 def require_export(folder: Path, model_path: Path) -> Export:
@@ -187,7 +207,7 @@ def build_export(
     model is not a mean-pooled transformer, or the export disagrees with the original.
     """
     name = model_id or model_path.name
-    stamp = source_stamp(model_path)
+    stamp, hashes = source_stamp(model_path), source_hashes(model_path)
     model = _load_sentence_transformer(model_path)
     dimension, max_tokens = _check_architecture(model, name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,6 +238,7 @@ def build_export(
         agreement=round(agreement, 6),
         built=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         versions=_versions(),
+        source_sha256=hashes,
     )
     write_file(folder / info.onnx_file, lambda f: f.write(data))
     fsync_dir(folder)
