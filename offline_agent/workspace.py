@@ -100,8 +100,10 @@ class Workspace:
             real = Path(os.path.realpath(candidate))
         except (OSError, ValueError):
             raise WorkspaceError(f"the path {shown} cannot be resolved") from None
-        # realpath stops at a symlink loop and returns the rest unresolved.
-        if ".." in real.parts or os.path.islink(real):
+        # realpath stops at a symlink loop and returns the rest unresolved, or (Python 3.11)
+        # normalised without resolving it: "loop/../out/x" comes back as "out/x" even where
+        # out links outside. A path resolved for good resolves to itself.
+        if ".." in real.parts or os.path.islink(real) or os.path.realpath(real) != str(real):
             raise WorkspaceError(f"the path {shown} cannot be resolved (a symlink loop)")
         if not real.is_relative_to(self.root):
             raise WorkspaceError(f"{shown} is outside the workspace; use a path inside it")

@@ -162,6 +162,19 @@ def test_symlink_loop_is_a_workspace_error(ws: Workspace) -> None:
             ws.write_text(path, "x")
 
 
+def test_a_symlink_loop_does_not_hide_a_link_to_outside(ws: Workspace, outside: Path) -> None:
+    # Code the agent runs can make both links; the file commands run outside its sandbox.
+    (ws.root / "loop").symlink_to("loop")
+    (ws.root / "out").symlink_to(outside)
+    for path in ("loop/../out/new.txt", "loop/../out/secret.txt"):
+        with pytest.raises(WorkspaceError):
+            ws.write_text(path, "pwned")
+        with pytest.raises(WorkspaceError):
+            ws.read_text(path)
+    assert (outside / "secret.txt").read_text() == "top secret"
+    assert not (outside / "new.txt").exists()
+
+
 def test_symlink_inside_is_followed_and_deleting_it_removes_only_the_link(ws: Workspace) -> None:
     ws.write_text("real.txt", "content")
     (ws.root / "alias.txt").symlink_to("real.txt")
