@@ -80,8 +80,8 @@ class Rules:
     """While decoding, the token that would go on repeating a loop (copies of one run of
     tokens, back to back, `LOOP_SPAN` tokens of them) is ruled out, so a greedy reply leaves
     a repeated sentence at once instead of at the token limit (llguidance and llama engines;
-    `offline_agent.llm.guidance.loop_token`). On: it changed no result and made SmolLM2's
-    steps 18% faster."""
+    `offline_agent.llm.guidance.loop_token`; not over a server). On: it changed no result
+    and made the steps faster (SmolLM2 by 27%, Gemma-3-270M by 16%)."""
     retry_repeats: bool = False
     """A reply whose command already ran with these arguments on this same workspace (it can
     only return what it returned) is decoded once more at temperature 0.5: greedy decoding
