@@ -83,6 +83,9 @@ class LoopingModel:
     name = "looping"
     context_length = 4096
 
+    greedy = Completion('{"thought": "the the the the', "length", constrained=True)
+    hot = Completion(json.dumps(compact("finish", reason="r")), "stop", constrained=True)
+
     def __init__(self) -> None:
         self.temperatures: list[float | None] = []
 
@@ -96,9 +99,7 @@ class LoopingModel:
         break_loops: bool = False,
     ) -> Completion:
         self.temperatures.append(temperature)
-        if temperature is None:
-            return Completion('{"thought": "the the the the', "length", constrained=True)
-        return Completion(json.dumps(compact("finish", reason="r")), "stop", constrained=True)
+        return self.greedy if temperature is None else self.hot
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return 1
@@ -175,21 +176,7 @@ def test_steering_retries_a_repeat_only_with_retry_repeats(tmp_path: Path) -> No
 class RepeatingModel(LoopingModel):
     """Lists the folder every time at temperature 0; finishes when decoding hotter."""
 
-    def complete(
-        self,
-        messages: Sequence[Message],
-        *,
-        schema: dict[str, Any] | None = None,
-        max_tokens: int = 512,
-        temperature: float | None = None,
-        break_loops: bool = False,
-    ) -> Completion:
-        self.temperatures.append(temperature)
-        if temperature is None:
-            reply = compact("list_files", directory=".")
-        else:
-            reply = compact("finish", reason="r")
-        return Completion(json.dumps(reply), "stop", constrained=True)
+    greedy = Completion(json.dumps(compact("list_files", directory=".")), "stop", constrained=True)
 
 
 def test_the_agent_decodes_a_repeated_command_again_with_retry_repeats(tmp_path: Path) -> None:
