@@ -54,6 +54,7 @@ from offline_agent.memory import (
 )
 from offline_agent.memory.embedder import DEFAULT_MODEL_ID, bundled_model_path
 from offline_agent.memory.export import build_export, export_dir, read_export, variant
+from offline_agent.memory.fast import bf16_embedder
 from offline_agent.memory.onnxrt import OnnxEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,9 +158,7 @@ def make_embedder(
     kind: str, home: Path
 ) -> FastEmbedder | SentenceTransformerEmbedder | OnnxEmbedder:
     if kind.startswith("sentence-transformers"):
-        if kind.endswith("bf16"):
-            return SentenceTransformerEmbedder(bf16=True, batch_size=64)  # as bulk_embedder
-        return SentenceTransformerEmbedder()
+        return bf16_embedder() if kind.endswith("bf16") else SentenceTransformerEmbedder()
     if kind.startswith(RECIPE):
         export, why = read_export(
             export_dir(DEFAULT_MODEL_ID, "fp32", home / "embedders"), bundled_model_path()
@@ -215,9 +214,10 @@ import sys, time
 from pathlib import Path
 from typing import Any
 from offline_agent.memory import FastEmbedder, SentenceTransformerEmbedder
+from offline_agent.memory.fast import bf16_embedder
 kind, home = sys.argv[1], Path(sys.argv[2])
 if kind.startswith("sentence-transformers"):
-    embedder = SentenceTransformerEmbedder(bf16=kind.endswith("bf16"))
+    embedder = bf16_embedder() if kind.endswith("bf16") else SentenceTransformerEmbedder()
 else:
     embedder = FastEmbedder(variant=kind[5:], export_root=home / "embedders", build=False)
 embedder.embed(["first query"])
