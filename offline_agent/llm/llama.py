@@ -98,8 +98,8 @@ class _LoopBreaker:
         self.prompt_tokens = prompt_tokens
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        tokens = input_ids.tolist()
-        looping = loop_token(tokens[self.prompt_tokens :], tokens[: self.prompt_tokens])
+        reply, prompt = input_ids[self.prompt_tokens :], input_ids[: self.prompt_tokens]
+        looping = loop_token(reply.tolist(), prompt)  # the prompt is read only for a loop
         if looping is not None:
             scores[looping] = LOOP_LOGIT
         return scores
