@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Protocol
 
+from offline_agent.codeturn import write_code
 from offline_agent.errors import Finished, FormatError, TruncatedReplyError
 from offline_agent.llm.base import ChatModel
 from offline_agent.prompt import PromptBuilder, render
@@ -234,7 +235,9 @@ class Agent:
         )
         request = step.messages[-1]
         self.events.thinking(step.index)
-        schema = reply_schema(plan.tools, self.rules.reply_format, self.rules.text_blocks)
+        schema = reply_schema(
+            plan.tools, self.rules.reply_format, self.rules.text_blocks, self.rules.code_turn
+        )
         step.grammar_sha256 = schema_digest(schema)
         step.completion, candidates = sample(
             self.model, step.messages, schema=schema, max_tokens=self.config.reply_tokens,
@@ -249,7 +252,14 @@ class Agent:
         raw = step.completion.answer.strip()  # a think block stays in the record only
         try:
             step.reply = parse_reply(step.completion, plan.tools, schema, plan.left_out)
+            code = (
+                write_code(self.model, step, plan.tools.get(step.reply.command.name), raw,
+                           max_tokens=self.config.reply_tokens, break_loops=self.rules.break_loops)
+                if self.rules.code_turn
+                else []
+            )  # fmt: skip
         except FormatError as err:
+            step.reply = None  # also a reply whose code turn was cut off
             step.status = "truncated" if isinstance(err, TruncatedReplyError) else "format_error"
             step.error = str(err)
             self.events.replied(step)
@@ -269,7 +279,7 @@ class Agent:
         if approval.decision == "feedback":
             step.status, step.human_feedback = "rejected", approval.feedback
             feedback = render("result.j2", feedback=approval.feedback, error=None)
-            self._add_exchange(request, raw, feedback)
+            self._add_exchange(request, raw, feedback, code)
             return
         try:
             if self.record is not None:  # so a crash mid-command is known on resume
@@ -285,7 +295,7 @@ class Agent:
         message = render(
             "result.j2", feedback=None, error=None, command=step.reply.command.name, output=output
         )
-        self._add_exchange(request, raw, message)
+        self._add_exchange(request, raw, message, code)
         self._check_loop(step.reply, step.result.ok, message)
 
     def _ask(self, step: Step) -> Approval:
@@ -310,10 +320,14 @@ class Agent:
             )
         self._notes += self.steering.repeat_notes(reply.command.name, stale)
 
-    def _add_exchange(self, request: Message, reply_text: str, result_text: str) -> None:
-        """Append the step's request, reply and outcome to history; remember the exchange."""
+    def _add_exchange(
+        self, request: Message, reply_text: str, result_text: str, code: Sequence[Message] = ()
+    ) -> None:
+        """Append the step's request, reply, code turn and outcome to history; remember the
+        exchange."""
         self.history.append(request)
         self.history.append(Message(role="assistant", content=reply_text))
+        self.history += code
         self.history.append(Message(role="user", content=result_text))
         if self.memory is not None:
             self.memory.remember(

@@ -153,6 +153,8 @@ class Step:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     """With `--samples`: every candidate reply (text, mean log-probability, what the checks
     found wrong); `completion` is the one kept."""
+    code: Completion | None = None
+    """With rule `code_turn`: the answer of the turn that wrote the command's code."""
     snapshot: dict[str, Any] | None = None
     """The workspace this step's plan saw (`state.Snapshot`), for `runs resume`; None in
     a workspace too big to record."""

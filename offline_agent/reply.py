@@ -76,21 +76,126 @@ BLOCKS_KEY = "x-blocks"
 FENCE = "```"
 
 
+CODE_KEY = "x-code"
+"""Key of a schema for the code turn's answer (`code_schema`)."""
+
+CODE_SUFFIX = ".py"
+LANGUAGE = "python"
+"""The code a reply leaves to a turn of its own (`offline_agent.codeturn`): Python, the
+language the agent's commands run."""
+
+
+def code_arg(tool: Tool) -> str:
+    """The argument of `tool` that may hold Python code ("" if none): its text block."""
+    return tool.block if tool.block and (tool.block_language or file_arg(tool)) else ""
+
+
+def file_arg(tool: Tool) -> str:
+    """The argument naming the file a command writes its text to ("" if none)."""
+    return next((a for a, n in tool.names.items() if n.kind in ("target", "appended")), "")
+
+
+def language_of(tool: Tool, args: dict[str, Any]) -> str:
+    """The language of the code a call of `tool` with `args` writes ("" when it writes none):
+    fixed for a command that runs code, from the file's suffix for one that writes a file."""
+    if not code_arg(tool):
+        return ""
+    if tool.block_language:
+        return tool.block_language
+    name = args.get(file_arg(tool))
+    return LANGUAGE if isinstance(name, str) and name.endswith(CODE_SUFFIX) else ""
+
+
+def split_code(tool: Tool, args_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `args` schemas of `tool` in a reply: without its code argument where it writes
+    code, with it where it does not (a file of another kind). One schema if nothing splits."""
+    arg = code_arg(tool)
+    if not arg:
+        return [args_schema]
+    without = {
+        **args_schema,
+        "properties": {k: v for k, v in args_schema["properties"].items() if k != arg},
+        "required": [k for k in args_schema["required"] if k != arg],
+    }
+    if tool.block_language:
+        return [without]
+    named = file_arg(tool)
+    spec = args_schema["properties"][named]
+    code_file, other_file = _split_names(spec)
+    branches = []
+    if code_file is not None:
+        branches.append(_with_file(without, named, code_file))
+    if other_file is not None:
+        branches.append(_with_file(args_schema, named, other_file))
+    return branches
+
+
+def _with_file(schema: dict[str, Any], arg: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "properties": {**schema["properties"], arg: spec}}
+
+
+def _split_names(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A file argument's schema split into (Python files, other files); None where no name
+    is left. An enum is split by its values, a free string by a pattern on its end."""
+    if "enum" in spec:
+        code = [v for v in spec["enum"] if v.endswith(CODE_SUFFIX)]
+        other = [v for v in spec["enum"] if not v.endswith(CODE_SUFFIX)]
+        return (
+            {**spec, "enum": code} if code else None,
+            {**spec, "enum": other} if other else None,
+        )
+    longest = spec.get("maxLength")
+    free = {k: v for k, v in spec.items() if k != "maxLength"}  # the pattern holds the bound
+    stem = f".{{1,{longest - len(CODE_SUFFIX)}}}" if longest else ".+"
+    return (
+        free | {"pattern": f"^{stem}{re.escape(CODE_SUFFIX)}$"},
+        free | {"pattern": _not_ending(CODE_SUFFIX, longest)},
+    )
+
+
+def _not_ending(suffix: str, longest: int | None) -> str:
+    """A regex of the strings (up to `longest` characters) that do not end with `suffix`:
+    shorter than it, or differing from it in one of its last characters."""
+    n = len(suffix)
+    differ = "|".join(
+        "." * i + f"[^{re.escape(c)}]" + "." * (n - 1 - i) for i, c in enumerate(suffix)
+    )
+    head = f".{{0,{longest - n}}}" if longest else ".*"
+    return f"^(.{{1,{n - 1}}}|{head}({differ}))$"
+
+
+def code_schema(language: str, max_tokens: int) -> dict[str, Any]:
+    """The schema of the code turn's answer: one fenced block of `language`, its opening
+    fence and tag forced, its code at most `max_tokens` tokens (then it ends, unclosed, as a
+    JSON string ends at its `maxLength`); `llm.guidance.reply_grammar` builds its grammar."""
+    return {CODE_KEY: {"language": language, "max_tokens": max_tokens}}
+
+
 def reply_schema(
-    tools: ToolRegistry, reply_format: ReplyFormat = "autogpt", blocks: bool = False
+    tools: ToolRegistry,
+    reply_format: ReplyFormat = "autogpt",
+    blocks: bool = False,
+    code_turn: bool = False,
 ) -> dict[str, Any]:
     """JSON schema of a reply: thoughts first, then one branch per command; with `blocks`,
-    the text arguments are left out of the JSON and listed under `BLOCKS_KEY`."""
+    the text arguments are left out of the JSON and listed under `BLOCKS_KEY`; with
+    `code_turn` (and not `blocks`), Python code is left out, for a turn of its own
+    (`offline_agent.codeturn`): a command that may write it has a branch per kind of file."""
     thoughts = _thoughts_schema(reply_format)
     in_blocks = {t.name: t.block for t in tools if blocks and t.block}
     branches = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "args": _args(t, in_blocks.get(t.name))},
+            "properties": {"name": {"const": t.name}, "args": args},
             "required": ["name", "args"],
             "additionalProperties": False,
         }
         for t in tools
+        for args in (
+            split_code(t, t.args_schema())
+            if code_turn and not blocks
+            else [_args(t, in_blocks.get(t.name))]
+        )
     ]
     first = dict([thoughts]) if thoughts else {}
     schema = {
@@ -228,7 +333,9 @@ def parse_reply(
         if not isinstance(args, dict):
             raise ToolError(f'"args" of {name} must be an object')
         args = _with_block(name, args, blocks.get(name), block)
-        tool.check_args(args)
+        code = _code_to_come(schema, tool, args)
+        checked = {**args, code: ""} if code else args
+        tool.check_args(checked)
     except ToolError as err:
         raise FormatError(str(err)) from None
     outer = {k: v for k, v in schema["properties"].items() if k != "command"}
@@ -237,12 +344,27 @@ def parse_reply(
         {k: v for k, v in schema.items() if k not in ("properties", BLOCKS_KEY)}
         | {"properties": {**outer, "command": {}}},
     )
-    _validate(args, tool.args_schema(), where=f"command/args of {name}")
+    _validate(checked, tool.args_schema(), where=f"command/args of {name}")
     if "thoughts" in outer:
         thoughts = Thoughts(**data["thoughts"])
     else:
         thoughts = Thoughts(text=data.get("thought", ""))
     return Reply(thoughts, CommandCall(name, args))
+
+
+def _code_to_come(schema: dict[str, Any], tool: Tool, args: dict[str, Any]) -> str:
+    """The argument of a reply's command that a code turn writes after it ("" if none): the
+    reply writes code and its schema has a branch without that argument."""
+    arg = code_arg(tool)
+    if not arg or arg in args or not language_of(tool, args):
+        return ""
+    branches = schema["properties"]["command"].get("anyOf", [])
+    without = any(
+        b["properties"]["name"].get("const") == tool.name
+        and arg not in b["properties"]["args"].get("properties", {})
+        for b in branches
+    )
+    return arg if without else ""
 
 
 _BLOCK = re.compile(r"\n?" + FENCE + r"[\w+.-]*\n(.*?)\n?" + FENCE + r"\Z", re.DOTALL)

@@ -190,8 +190,9 @@ class RunRecord:
         raw = step.completion.text if step.completion else ""
         reply = asdict(step.reply) if step.reply else None
         request = step.messages[-1] if step.messages else None
+        code = step.code.text if step.code else None  # the reply's code turn, if it had one
         self._append({"type": "command", "index": step.index, "raw": raw, "reply": reply,
-                      "request": request, "snapshot": step.snapshot})  # fmt: skip
+                      "request": request, "snapshot": step.snapshot, "code": code})  # fmt: skip
         self._commanded = step.index
 
     def write_end(self, result: RunResult) -> None:

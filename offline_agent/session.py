@@ -177,6 +177,8 @@ def build_agent(
     if rules.text_blocks and not writes_blocks(model):
         events.notice("text_blocks is off: this backend cannot constrain a text block")
         rules = replace(rules, text_blocks=False)
+    if rules.code_turn and (rules.text_blocks or not writes_blocks(model)):
+        rules = replace(rules, code_turn=False)  # the block's grammar needs llguidance
     if rules.break_loops and not breaks_loops(model):
         rules = replace(rules, break_loops=False)  # a server decodes with its own samplers
     ctx = ToolContext(
@@ -295,7 +297,11 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
     entries = read_entries(folder)
     steps = recorded_steps_with_snapshots(entries)
     # A step recorded as interrupted by an earlier resume has a reply but no completion.
-    used_replies = sum(1 for s in steps if s["completion"] is not None or s["reply"] is not None)
+    # A code turn's answer is a reply of its own.
+    used_replies = sum(
+        (s["completion"] is not None or s["reply"] is not None) + (s.get("code") is not None)
+        for s in steps
+    )
     if entries and entries[-1]["type"] == "command":
         pending = entries[-1]
         command = pending["reply"]["command"]
@@ -316,7 +322,7 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         )
         record.write_step(step)
         steps.append(step.to_dict())
-        used_replies += 1
+        used_replies += 1 + (pending.get("code") is not None)
     snapshots = [step["subagents"] for step in steps if step.get("subagents")]
     if snapshots and agent.ctx.agents is not None:
         agent.ctx.agents.load(snapshots[-1])

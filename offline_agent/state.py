@@ -113,6 +113,10 @@ class Rules:
     """A command's text argument (a file's content, code) is written after the reply's JSON,
     between ``` lines, as plain text, not as a JSON string with escapes (`reply.py`; with
     the llguidance engine)."""
+    code_turn: bool = False
+    """Python code (a `.py` file's text, `execute_python_code`'s code) is left out of the
+    reply's JSON and asked for in a turn of its own, answered with one fenced block
+    (`offline_agent.codeturn`; with the llguidance engine, and not with `text_blocks`)."""
     check_syntax: bool = False
     """A write that would leave a `.py` file that does not compile, or a `.json` file that
     does not parse, fails with the error and leaves the file as it was (SWE-agent's edit

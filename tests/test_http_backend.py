@@ -385,3 +385,25 @@ def test_text_blocks_stay_json_through_a_server(fake: FakeServer, tmp_path: Path
     rules = json.loads(run_json.read_text())["settings"]["rules"]
     assert rules["text_blocks"] is False
     assert rules["break_loops"] is False  # a server decodes with its own samplers
+
+
+def test_code_stays_in_the_json_through_a_server(fake: FakeServer, tmp_path: Path) -> None:
+    write = {"thought": "t", "command": {"name": "write_file",
+             "args": {"filename": "hello.py", "text": "print(1)"}}}  # fmt: skip
+    fake.route = lambda path, _: (
+        (404, "no tokenizer here", 0.0)
+        if not path.endswith("/chat/completions")
+        else (200, completion_body(json.dumps(write)), 0.0)
+    )
+    argv = [
+        "run", "--goal", "Write hello.py", "--base-url", fake.url, "--model", "m",
+        "--no-memory", "--continuous", "--max-steps", "1", "--rule", "code_turn=on",
+        "--rule", "goal_targets=off",
+        "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    CliRunner().invoke(cli, argv)
+    assert (tmp_path / "ws" / "hello.py").read_text() == "print(1)"
+    chats = [body for _, path, _, body in fake.requests if path.endswith("/chat/completions")]
+    assert len(chats) == 1  # no code turn
+    (run_json,) = (tmp_path / "runs").glob("*/run.json")
+    assert json.loads(run_json.read_text())["settings"]["rules"]["code_turn"] is False

@@ -181,11 +181,13 @@ class Attempt:
         # A grammar cannot stop the token limit from cutting a reply short; a complete but
         # invalid reply under a constraint means the backend did not really constrain.
         self.invalid_constrained += completion.constrained and not valid and not truncated
-        self.prompt_tokens += completion.usage.prompt_tokens
-        self.cached_tokens += completion.usage.cached_tokens
-        self.completion_tokens += completion.usage.completion_tokens
-        self.prompt_seconds += completion.prompt_seconds
-        self.decode_seconds += completion.total_seconds - completion.prompt_seconds
+        for decoded in (completion, step.code):  # a code turn's answer costs its tokens too
+            if decoded is not None:
+                self.prompt_tokens += decoded.usage.prompt_tokens
+                self.cached_tokens += decoded.usage.cached_tokens
+                self.completion_tokens += decoded.usage.completion_tokens
+                self.prompt_seconds += decoded.prompt_seconds
+                self.decode_seconds += decoded.total_seconds - decoded.prompt_seconds
 
 
 class _Tally(SilentEvents):

@@ -36,7 +36,7 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 from offline_agent.errors import BackendError
 from offline_agent.llm.chat_format import ThinkStart
 from offline_agent.records import THINK_CLOSE, THINK_OPEN
-from offline_agent.reply import BLOCKS_KEY, FENCE, split_blocks
+from offline_agent.reply import BLOCKS_KEY, CODE_KEY, FENCE, split_blocks
 
 if TYPE_CHECKING:  # a TypedDict that exists only in llguidance's stubs
     from llguidance._lib import JsonCompileOptions
@@ -75,13 +75,22 @@ class ThinkBlock:
         return None
 
 
+BLOCK_TEXT = rf"BLOCK_TEXT: /((.|\n)*\n)?{FENCE}/ & ~/(.|\n)*{FENCE}(.|\n)+/"
+"""A block's text with its closing fence: one lexeme, ending at the first ``` it holds."""
+
+CODE_TEXT = rf"CODE_TEXT: /[ \t\n]*[^ \t\n](.|\n)*\n{FENCE}/ & ~/(.|\n)*{FENCE}(.|\n)+/"
+"""The same for code, which is not empty: asked for code, Gemma-3-270M closed the block at
+once."""
+
+
 def reply_grammar(
     schema: dict[str, Any],
     think: ThinkBlock | None = None,
     special: tuple[int, int] | None = None,
 ) -> str:
     """The Lark grammar of a reply: `think` first if given, then JSON of `schema`, and after
-    the JSON of a command with a text block (`reply.BLOCKS_KEY`), the block.
+    the JSON of a command with a text block (`reply.BLOCKS_KEY`), the block; or, for a code
+    turn's answer (`reply.CODE_KEY`), the fenced block alone.
 
     `special`: the vocabulary's own tokens for the two think tags, which a reasoning model
     writes (Qwen3's and the R1 distills' `<think>` is one token); the thinking may then hold
@@ -91,6 +100,15 @@ def reply_grammar(
     closing fence, for the same reason: it ends at the first ``` it holds.
     """
     lines = ["start: reply"] if think is None else _think_rules(think, special)
+    if CODE_KEY in schema:  # a code turn's answer: one fenced block, its opening forced
+        code = schema[CODE_KEY]
+        opening = json.dumps(f"{FENCE}{code['language']}\n")
+        return "\n".join([
+            *lines,
+            f"reply: {opening} code",
+            f"code[max_tokens={code['max_tokens']}]: CODE_TEXT",  # ends it there, unclosed
+            CODE_TEXT,
+        ]) + "\n"  # fmt: skip
     plain, blocks = split_blocks(schema)
     choices = []
     if plain is not None:
@@ -104,10 +122,7 @@ def reply_grammar(
         )
     lines.append(f"reply: {' | '.join(choices)}")
     if blocks:
-        lines += [
-            "FENCE_TAG: /[A-Za-z0-9_+.-]{0,16}/",
-            rf"BLOCK_TEXT: /((.|\n)*\n)?{FENCE}/ & ~/(.|\n)*{FENCE}(.|\n)+/",
-        ]
+        lines += ["FENCE_TAG: /[A-Za-z0-9_+.-]{0,16}/", BLOCK_TEXT]
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +208,7 @@ class GuidedDecoder:
             try:
                 self._grammars[key] = (
                     LLMatcher.grammar_from_json_schema(key, defaults=JSON_OPTIONS)
-                    if think is None and BLOCKS_KEY not in schema
+                    if think is None and BLOCKS_KEY not in schema and CODE_KEY not in schema
                     else LLMatcher.grammar_from_lark(
                         reply_grammar(schema, think, self.think_tokens if think else None)
                     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined, Template
 
+from offline_agent.codeturn import is_ask
 from offline_agent.errors import ContextOverflowError
 from offline_agent.llm.base import ChatModel
 from offline_agent.records import Message, Profile
@@ -47,14 +48,20 @@ def render(template: str, **variables: Any) -> str:
 def step_starts(history: Sequence[Message]) -> list[int]:
     """Where each step's messages begin: after a command's result, which follows a reply.
 
-    A step adds (request, reply, result); runs recorded before requests were kept added
-    (reply, result), and the rule finds both.
+    A step adds (request, reply, result), with a code turn (request, reply, question, code,
+    result); runs recorded before requests were kept added (reply, result), and the rule
+    finds all of them.
     """
     return [
         i
         for i in range(len(history))
         if i == 0
-        or (i >= 2 and history[i - 1]["role"] == "user" and history[i - 2]["role"] == "assistant")
+        or (
+            i >= 2
+            and history[i - 1]["role"] == "user"
+            and history[i - 2]["role"] == "assistant"
+            and not is_ask(history[i - 1])
+        )
     ]
 
 

@@ -1,0 +1,228 @@
+"""Rule `code_turn`: Python code is asked for in a turn of its own, as one fenced block."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from llguidance import LLMatcher
+
+from offline_agent.agent import Agent, AgentConfig
+from offline_agent.cli import cli
+from offline_agent.codeturn import code_text, is_ask
+from offline_agent.errors import FormatError
+from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
+from offline_agent.llm.llama import LlamaModel
+from offline_agent.llm.options import LlamaOptions
+from offline_agent.prompt import step_starts
+from offline_agent.records import Completion, Profile
+from offline_agent.replay import recorded_steps
+from offline_agent.reply import code_schema, parse_reply, reply_schema
+from offline_agent.runs import read_entries
+from offline_agent.state import Rules
+from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.tools.base import ToolRegistry
+from offline_agent.workspace import Workspace
+from tests.conftest import (
+    BYTE_TOKENIZER,
+    COMPACT_FINISH,
+    accepts,
+    byte_tokens,
+    compact,
+    make_agent,
+    script,
+)
+
+TOOLS = builtin_tools(memory=False, agents=False)
+SCHEMA = reply_schema(TOOLS, "compact", code_turn=True)
+RULES = Rules(code_turn=True, goal_targets=False)
+"""The rule on; goal_targets off, so that the scripted agent may write any file."""
+
+
+def _json(name: str, **args: Any) -> str:
+    return json.dumps(compact(name, **args))
+
+
+def _matcher(schema: dict[str, Any]) -> LLMatcher:
+    grammar = LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)
+    return LLMatcher(BYTE_TOKENIZER, grammar)
+
+
+def _completion(text: str) -> Completion:
+    return Completion(text=text, finish_reason="stop")
+
+
+def test_python_code_is_left_out_of_the_json_and_other_text_is_not() -> None:
+    for good in (
+        _json("write_file", filename="hello.py"),
+        _json("append_file", filename="tools/util.py"),
+        _json("write_file", filename="notes.txt", text="x"),
+        _json("write_file", filename="a.pyc", text="x"),
+        _json("execute_python_code"),
+    ):
+        assert accepts(_matcher(SCHEMA), byte_tokens(good)), good
+    for bad in (
+        _json("write_file", filename="hello.py", text="print(1)"),
+        _json("write_file", filename="notes.txt"),
+        _json("execute_python_code", code="print(1)"),
+    ):
+        assert not accepts(_matcher(SCHEMA), byte_tokens(bad)), bad
+    # Off, the schema is as it was: the text in the JSON.
+    assert accepts(
+        _matcher(reply_schema(TOOLS, "compact")),
+        byte_tokens(_json("write_file", filename="hello.py", text="print(1)")),
+    )
+
+
+def test_a_file_argument_narrowed_to_names_is_split_by_its_names() -> None:
+    write = TOOLS.get("write_file")
+    names = {"type": "string", "enum": ["main.py", "out.txt"]}
+    narrowed = replace(write, parameters={**write.parameters, "filename": names})
+    schema = reply_schema(ToolRegistry([narrowed]), "compact", code_turn=True)
+    enums = [b["properties"]["args"]["properties"]["filename"]["enum"]
+             for b in schema["properties"]["command"]["anyOf"]]  # fmt: skip
+    assert enums == [["main.py"], ["out.txt"]]
+    assert accepts(_matcher(schema), byte_tokens(_json("write_file", filename="main.py")))
+    assert not accepts(_matcher(schema), byte_tokens(_json("write_file", filename="out.txt")))
+    only_text = replace(write, parameters={**write.parameters, "filename": names | {"enum": ["a"]}})
+    schema = reply_schema(ToolRegistry([only_text]), "compact", code_turn=True)
+    assert len(schema["properties"]["command"]["anyOf"]) == 1  # no Python file: no split
+
+
+def test_a_reply_leaving_its_code_out_validates_only_where_code_is_to_come() -> None:
+    reply = parse_reply(_completion(_json("write_file", filename="hello.py")), TOOLS, SCHEMA)
+    assert reply.command.args == {"filename": "hello.py"}
+    with pytest.raises(FormatError, match="missing argument text"):
+        parse_reply(_completion(_json("write_file", filename="notes.txt")), TOOLS, SCHEMA)
+    with pytest.raises(FormatError, match="missing argument text"):
+        parse_reply(
+            _completion(_json("write_file", filename="hello.py")),
+            TOOLS,
+            reply_schema(TOOLS, "compact"),
+        )
+
+
+def test_the_answer_is_one_fenced_block_that_is_not_empty() -> None:
+    grammar = LLMatcher.grammar_from_lark(reply_grammar(code_schema("python", 100)))
+    for good in ("```python\nprint(`x`)\n```", "```python\n\ndef f():\n    pass\n```"):
+        assert accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(good)), good
+    for bad in (
+        "```python\n```",  # empty: Gemma-3-270M closed the block at once
+        "```python\n \n```",
+        "```python\nx\n```\nmore",  # the block ends at its first fence
+        "```python\nx```",  # the closing fence has a line of its own
+        "print(1)",  # the opening fence is forced
+    ):
+        assert not accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(bad)), bad
+    assert code_text("```python\nprint(1)\n```", "python") == "print(1)\n"
+
+
+def test_code_that_reaches_its_bound_ends_there_as_a_complete_answer() -> None:
+    grammar = LLMatcher.grammar_from_lark(reply_grammar(code_schema("python", 8)))
+    matcher = LLMatcher(BYTE_TOKENIZER, grammar)
+    code = byte_tokens("```python\n", "x = 1 + 2 + 3\n")
+    assert matcher.try_consume_tokens(code) == len("```python\n") + 8
+    assert matcher.is_accepting() and matcher.is_stopped()
+    assert code_text("```python\nx = 1 + ", "python") == "x = 1 + "
+
+
+def test_a_run_asks_for_the_code_and_writes_it(tmp_path: Path) -> None:
+    write = _json("write_file", filename="hello.py")
+    code = "```python\nprint('Hello, World!')\n```"
+    listing = _json("list_files", directory=".")
+    agent, model, record = make_agent(tmp_path, [write, code, listing, COMPACT_FINISH], rules=RULES)
+    agent.run()
+    script = tmp_path / "ws" / "hello.py"
+    assert script.read_text() == "print('Hello, World!')\n"
+    asked = model.calls[1]
+    assert asked[:-2] == model.calls[0]  # the same prompt, then the reply and the question
+    assert [m["role"] for m in asked[-2:]] == ["assistant", "user"]
+    assert asked[-2]["content"] == write and is_ask(asked[-1])
+    assert "hello.py" in asked[-1]["content"]
+    later = [m["content"] for m in model.calls[2][len(asked) :]]
+    assert later[0] == code and later[1].startswith("Command write_file returned: Wrote")
+    steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+    assert steps[0]["code"]["text"] == code
+    assert steps[0]["reply"]["command"]["args"]["text"] == "print('Hello, World!')\n"
+    # A step starts at its request, not at the code turn's question.
+    assert step_starts(agent.history) == [0, 5]
+    assert agent.history[5] == model.calls[2][-1]
+
+
+def test_code_to_run_is_asked_for_too_and_a_cut_off_block_runs_nothing(tmp_path: Path) -> None:
+    run = _json("execute_python_code")
+    code = "```python\nprint(6 * 7)\n```"
+    cut = "```python\nprint(6 *<<LENGTH>>"
+    agent, model, record = make_agent(tmp_path, [run, code, run, cut, COMPACT_FINISH], rules=RULES)
+    agent.run()
+    steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+    assert "Python code to run" in model.calls[1][-1]["content"]
+    assert steps[0]["result"]["output"].endswith("Output:\n42\n")
+    assert steps[1]["status"] == "truncated" and steps[1]["result"] is None
+    assert "cut off" in steps[1]["error"]
+
+
+def test_without_the_rule_or_a_block_engine_the_code_stays_in_the_json(tmp_path: Path) -> None:
+    write = _json("write_file", filename="hello.py", text="print(1)")
+    agent, model, _ = make_agent(
+        tmp_path, [write, COMPACT_FINISH], rules=replace(RULES, code_turn=False)
+    )
+    agent.run()
+    assert (tmp_path / "ws" / "hello.py").read_text() == "print(1)"
+    assert len(model.calls) == 2
+
+
+GOAL = "Write a Python script called hello.py that prints Hello, World!"
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_smollm2_writes_a_script_that_runs_when_asked_for_its_code(
+    real_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Greedy SmolLM2 writes `Hello, World!` as hello.py's text inside JSON; asked for the
+    code in a turn of its own, it writes a program that prints it."""
+    model = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+    agent = Agent(
+        Profile("Coder", "an assistant that writes code", (GOAL,)),
+        model,
+        builtin_tools(memory=False),
+        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
+        AgentConfig(max_steps=2),
+        rules=Rules(code_turn=True),
+    )
+    agent.run()
+    script = tmp_path / "ws" / "hello.py"
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
+    assert ran.returncode == 0 and "Hello, World!" in ran.stdout, script.read_text()
+
+
+def test_a_resumed_run_takes_up_the_script_after_its_code_turns(tmp_path: Path) -> None:
+    replies = [
+        compact("write_file", filename="hello.py"),
+        "```python\nprint('hi')\n```",
+        compact("list_files", directory="."),
+        COMPACT_FINISH,
+    ]
+    runs = {}
+    for name, more in (("whole", []), ("cut", ["--max-steps", "1"])):
+        (tmp_path / name).mkdir()
+        CliRunner().invoke(cli, [
+            "run", "--goal", "Write hello.py", "--continuous", "--no-memory",
+            "--model", script(tmp_path / name, replies),
+            "--rule", "code_turn=on", "--rule", "goal_targets=off", *more,
+            "--workspace", str(tmp_path / name / "ws"), "--runs-dir", str(tmp_path / name / "runs"),
+        ])  # fmt: skip
+        (runs[name],) = (tmp_path / name / "runs").iterdir()
+    resumed = CliRunner().invoke(cli, ["runs", "resume", str(runs["cut"]), "--max-steps", "9"])
+    assert resumed.exit_code == 0, resumed.output
+    expected, got = recorded_steps(runs["whole"]), recorded_steps(runs["cut"])
+    assert [s["reply"]["command"]["name"] for s in got] == ["write_file", "list_files", "finish"]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine["messages"] == theirs["messages"] and mine["history"] == theirs["history"]
