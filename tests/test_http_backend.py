@@ -362,9 +362,12 @@ def test_api_key_is_hidden_in_the_recorded_command_line() -> None:
     assert _redacted(argv) == ["run", "--api-key", "***", "--api-key=***", "--goal", "g"]
 
 
-def test_text_blocks_stay_json_through_a_server(fake: FakeServer, tmp_path: Path) -> None:
-    write = {"thought": "t", "command": {"name": "write_file",
-             "args": {"filename": "output.txt", "text": "Washington"}}}  # fmt: skip
+def _one_step_through_server(
+    fake: FakeServer, tmp_path: Path, args: dict[str, str], *rules: str
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """One step writing `args` over the fake server with `rules` switched on: what the CLI
+    printed, the chat requests sent, and the rules `run.json` recorded."""
+    write = {"thought": "t", "command": {"name": "write_file", "args": args}}
     fake.route = lambda path, _: (
         (404, "no tokenizer here", 0.0)
         if not path.endswith("/chat/completions")
@@ -372,38 +375,31 @@ def test_text_blocks_stay_json_through_a_server(fake: FakeServer, tmp_path: Path
     )
     argv = [
         "run", "--goal", GOAL, "--base-url", fake.url, "--model", "m", "--no-memory",
-        "--continuous", "--max-steps", "1", "--rule", "text_blocks=on",
+        "--continuous", "--max-steps", "1", *(item for r in rules for item in ("--rule", r)),
         "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
     ]  # fmt: skip
     result = CliRunner().invoke(cli, argv)
-    assert "text_blocks is off: this backend cannot constrain a text block" in result.output
-    assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
     chats = [body for _, path, _, body in fake.requests if path.endswith("/chat/completions")]
+    (run_json,) = (tmp_path / "runs").glob("*/run.json")
+    return result.output, chats, json.loads(run_json.read_text())["settings"]["rules"]
+
+
+def test_text_blocks_stay_json_through_a_server(fake: FakeServer, tmp_path: Path) -> None:
+    args = {"filename": "output.txt", "text": "Washington"}
+    output, chats, rules = _one_step_through_server(fake, tmp_path, args, "text_blocks=on")
+    assert "text_blocks is off: this backend cannot constrain a text block" in output
+    assert (tmp_path / "ws" / "output.txt").read_text() == "Washington"
     system = chats[0]["messages"][0]["content"]
     assert "```" not in system and "x-blocks" not in json.dumps(chats[0])
-    (run_json,) = (tmp_path / "runs").glob("*/run.json")
-    rules = json.loads(run_json.read_text())["settings"]["rules"]
     assert rules["text_blocks"] is False
     assert rules["break_loops"] is False  # a server decodes with its own samplers
 
 
 def test_code_stays_in_the_json_through_a_server(fake: FakeServer, tmp_path: Path) -> None:
-    write = {"thought": "t", "command": {"name": "write_file",
-             "args": {"filename": "hello.py", "text": "print(1)"}}}  # fmt: skip
-    fake.route = lambda path, _: (
-        (404, "no tokenizer here", 0.0)
-        if not path.endswith("/chat/completions")
-        else (200, completion_body(json.dumps(write)), 0.0)
+    args = {"filename": "hello.py", "text": "print(1)"}
+    _, chats, rules = _one_step_through_server(
+        fake, tmp_path, args, "code_turn=on", "goal_targets=off"
     )
-    argv = [
-        "run", "--goal", "Write hello.py", "--base-url", fake.url, "--model", "m",
-        "--no-memory", "--continuous", "--max-steps", "1", "--rule", "code_turn=on",
-        "--rule", "goal_targets=off",
-        "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
-    ]  # fmt: skip
-    CliRunner().invoke(cli, argv)
     assert (tmp_path / "ws" / "hello.py").read_text() == "print(1)"
-    chats = [body for _, path, _, body in fake.requests if path.endswith("/chat/completions")]
     assert len(chats) == 1  # no code turn
-    (run_json,) = (tmp_path / "runs").glob("*/run.json")
-    assert json.loads(run_json.read_text())["settings"]["rules"]["code_turn"] is False
+    assert rules["code_turn"] is False
