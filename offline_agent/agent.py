@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from offline_agent.codeturn import write_code
 from offline_agent.errors import Finished, FormatError, TruncatedReplyError
 from offline_agent.llm.base import ChatModel
-from offline_agent.prompt import PromptBuilder, render
+from offline_agent.prompt import PromptBuilder, render, replies_and_results
 from offline_agent.records import (
     Message,
     Profile,
@@ -344,8 +344,7 @@ class Agent:
         shown = self.history[self.prompt.first_kept :]
         exchanges = {
             f"Assistant reply: {a['content']}\nResult: {r['content']}"
-            for a, r in itertools.pairwise(shown)
-            if a["role"] == "assistant"
+            for a, r in replies_and_results(shown)
         }
         shown_text = "\n".join(m["content"] for m in shown if m["role"] == "user")
         query = "\n".join(m["content"] for m in self.history[-2:])

@@ -37,6 +37,9 @@ command's text may hold in the JSON); the grammar ends the block there, as a JSO
 ends at its `maxLength`. A small model's code can run on with variations no loop rule
 catches: SmolLM2 wrote 1,024 tokens of `()()()...` and of `zzz...`."""
 
+MIN_CODE_TOKENS = 32
+"""Fewer tokens of room than this for the code, and the reply counts as cut off."""
+
 FENCE_TOKENS = 8
 """Tokens set aside for the block's fences, beyond its code."""
 
@@ -89,9 +92,14 @@ def write_code(
         return []
     language = language_of(tool, call.args)
     question = ask(tool, call.args)
-    bound = min(CODE_TOKENS, max_tokens - FENCE_TOKENS)
+    messages = [*step.messages, Message(role="assistant", content=reply_text), question]
+    # The prompt set aside room for one reply; the code may take what is left of the context.
+    room = model.context_length - model.count_tokens(messages) - FENCE_TOKENS
+    bound = min(CODE_TOKENS, max_tokens - FENCE_TOKENS, room)
+    if bound < MIN_CODE_TOKENS:
+        raise TruncatedReplyError("No room is left in the context for the code. Keep it short.")
     step.code = model.complete(
-        [*step.messages, Message(role="assistant", content=reply_text), question],
+        messages,
         schema=code_schema(language, bound),
         max_tokens=bound + FENCE_TOKENS,
         break_loops=break_loops,

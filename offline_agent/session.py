@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_agent.agent import Agent, AgentConfig, Approval, Events
+from offline_agent.codeturn import ask
 from offline_agent.errors import AgentError, ConfigError, StorageError
 from offline_agent.llm import (
     SCRIPTED_PREFIX,
@@ -31,6 +32,7 @@ from offline_agent.prompt import PromptBuilder
 from offline_agent.prompt.examples import closest
 from offline_agent.records import (
     CommandCall,
+    Completion,
     Message,
     Profile,
     Reply,
@@ -178,7 +180,13 @@ def build_agent(
         events.notice("text_blocks is off: this backend cannot constrain a text block")
         rules = replace(rules, text_blocks=False)
     if rules.code_turn and (rules.text_blocks or not writes_blocks(model)):
-        rules = replace(rules, code_turn=False)  # the block's grammar needs llguidance
+        why = (
+            "text_blocks writes code after the JSON"
+            if rules.text_blocks
+            else ("this backend cannot constrain a code block")
+        )
+        events.notice(f"code_turn is off: {why}")
+        rules = replace(rules, code_turn=False)
     if rules.break_loops and not breaks_loops(model):
         rules = replace(rules, break_loops=False)  # a server decodes with its own samplers
     ctx = ToolContext(
@@ -307,6 +315,13 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         command = pending["reply"]["command"]
         told = INTERRUPTED.format(name=command["name"])
         request = pending.get("request")  # records made before it was kept have none
+        code = pending.get("code")  # the code turn's answer, when the reply had one
+        turn = (
+            [ask(agent.tools.get(command["name"]), command["args"]),
+             Message(role="assistant", content=code.strip())]
+            if code is not None and command["name"] in agent.tools
+            else []
+        )  # fmt: skip
         step = Step(
             index=len(steps) + 1,
             messages=[request] if request else [],
@@ -316,8 +331,10 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
             history=[
                 *([request] if request else []),
                 Message(role="assistant", content=pending["raw"]),
+                *turn,
                 Message(role="user", content=told),
             ],
+            code=Completion(code, "stop") if code is not None else None,
             snapshot=pending.get("snapshot"),
         )
         record.write_step(step)

@@ -20,7 +20,7 @@ from offline_agent.errors import FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
 from offline_agent.llm.llama import LlamaModel
 from offline_agent.llm.options import LlamaOptions
-from offline_agent.prompt import step_starts
+from offline_agent.prompt import replies_and_results, step_starts
 from offline_agent.records import Completion, Profile
 from offline_agent.replay import recorded_steps
 from offline_agent.reply import code_schema, parse_reply, reply_schema
@@ -226,3 +226,50 @@ def test_a_resumed_run_takes_up_the_script_after_its_code_turns(tmp_path: Path) 
     assert [s["reply"]["command"]["name"] for s in got] == ["write_file", "list_files", "finish"]
     for mine, theirs in zip(got, expected, strict=True):
         assert mine["messages"] == theirs["messages"] and mine["history"] == theirs["history"]
+
+
+def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(tmp_path: Path) -> None:
+    """The process dies while the command runs: the record ends at its `command` line,
+    which holds the code turn's answer. The interrupted step keeps that turn in its history,
+    and the script goes on after both of its replies."""
+    replies = [
+        compact("write_file", filename="hello.py"),
+        "```python\nprint('hi')\n```",
+        compact("list_files", directory="."),
+        COMPACT_FINISH,
+    ]
+    CliRunner().invoke(cli, [
+        "run", "--goal", "Write hello.py", "--continuous", "--no-memory",
+        "--model", script(tmp_path, replies), "--max-steps", "1",
+        "--rule", "code_turn=on", "--rule", "goal_targets=off",
+        "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
+    ])  # fmt: skip
+    (run,) = (tmp_path / "runs").iterdir()
+    lines = (run / "steps.jsonl").read_text().splitlines()
+    kept = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "command")
+    (run / "steps.jsonl").write_text("\n".join(lines[: kept + 1]) + "\n")
+    head = {"lines": kept + 1, "hash": json.loads(lines[kept])["hash"]}
+    (run / "steps.head").write_text(json.dumps(head))
+    resumed = CliRunner().invoke(cli, ["runs", "resume", str(run), "--max-steps", "9"])
+    assert resumed.exit_code == 0, resumed.output
+    steps = recorded_steps(run)
+    assert [s["status"] for s in steps] == ["interrupted", "ok", "finished"]
+    history = steps[0]["history"]
+    assert is_ask(history[2]) and history[3]["content"] == replies[1]
+    assert steps[0]["code"]["text"] == replies[1]
+    assert steps[1]["reply"]["command"]["name"] == "list_files"
+
+
+def test_memory_sees_a_reply_with_a_code_turn_as_one_exchange() -> None:
+    reply = {"role": "assistant", "content": "{json}"}
+    history = [
+        {"role": "user", "content": "request"},
+        reply,
+        {"role": "user", "content": "Write the full text of a.py, between ``` lines."},
+        {"role": "assistant", "content": "```python\nx = 1\n```"},
+        {"role": "user", "content": "Command write_file returned: Wrote 6 characters"},
+        {"role": "user", "content": "request 2"},
+        {"role": "assistant", "content": "{json 2}"},
+        {"role": "user", "content": "Command list_files returned: a.py"},
+    ]
+    assert replies_and_results(history) == [(reply, history[4]), (history[6], history[7])]

@@ -65,6 +65,19 @@ def step_starts(history: Sequence[Message]) -> list[int]:
     ]
 
 
+def replies_and_results(history: Sequence[Message]) -> list[tuple[Message, Message]]:
+    """Each reply in a history with its command's result: the message after it, or after a
+    code turn (the question and the code's answer) the one after that."""
+    pairs = []
+    for i, message in enumerate(history):
+        if message["role"] != "assistant" or (i > 0 and is_ask(history[i - 1])):
+            continue  # a code turn's answer is not a reply
+        result = i + 3 if i + 1 < len(history) and is_ask(history[i + 1]) else i + 1
+        if result < len(history):
+            pairs.append((message, history[result]))
+    return pairs
+
+
 class PromptBuilder:
     """Assembles the messages for each model call within `model.context_length`."""
 
