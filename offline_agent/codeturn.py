@@ -18,7 +18,8 @@ Both turns stay in the history, so the prompt still only grows at its end (the K
 holds the JSON's tokens when the question is evaluated). The JSON schema splits such a
 command by its file: a branch for Python files without the text, one for other files with
 it (`split_code`). Only a grammar engine that can constrain a block (llguidance) writes it;
-elsewhere the session turns the rule off.
+elsewhere the session turns the rule off. A reasoning model may think again before its
+code, within the same bound as before a reply.
 """
 
 from __future__ import annotations
