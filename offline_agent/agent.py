@@ -254,7 +254,7 @@ class Agent:
             step.reply = parse_reply(step.completion, plan.tools, schema, plan.left_out)
             code = (
                 write_code(self.model, step, plan.tools.get(step.reply.command.name), raw,
-                           max_tokens=self.config.reply_tokens, break_loops=self.rules.break_loops)
+                           max_tokens=self.config.reply_tokens)
                 if self.rules.code_turn
                 else []
             )  # fmt: skip

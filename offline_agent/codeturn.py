@@ -3,9 +3,9 @@
 A small model asked for a JSON reply writes a `.py` file's text as prose: SmolLM2-135M gave
 `hello.py` the text `Hello, World!`. Asked for the same file in a chat turn, as models are
 trained to answer, it writes `print("Hello, World!")` in a ```python block. So, with the
-rule on, a command that writes Python code (`write_file` or `append_file` to a `.py` file,
-`execute_python_code`) leaves the code out of its JSON; the agent then asks for it in a
-turn of its own, and the answer is constrained to one fenced block:
+rule on, a command that writes a Python file (`write_file` or `append_file` to a `.py`
+file) leaves the code out of its JSON; the agent then asks for it in a turn of its own, and
+the answer is constrained to one fenced block:
 
     assistant: {"thought": "...",
                 "command": {"name": "write_file", "args": {"filename": "hello.py"}}}
@@ -20,6 +20,12 @@ command by its file: a branch for Python files without the text, one for other f
 it (`split_code`). Only a grammar engine that can constrain a block (llguidance) writes it;
 elsewhere the session turns the rule off. A reasoning model may think again before its
 code, within the same bound as before a reply.
+
+Measured, and so left out: `execute_python_code`'s code (SmolLM2 wrote long runs of code
+that passed nothing and cost time), and the loop rule `break_loops` inside the block. A
+loop broken in code leaves a slightly different file at every rewrite, which the repeat
+guard never sees as the same; unbroken, a degenerate rewrite is the same file again, and
+the guard ends it (SmolLM2: 1.97 s a step against 2.24).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 from offline_agent.errors import TruncatedReplyError
 from offline_agent.llm.base import ChatModel
 from offline_agent.records import Message, Step
-from offline_agent.reply import FENCE, LANGUAGE, code_arg, code_schema, file_arg, language_of
+from offline_agent.reply import FENCE, code_arg, code_schema, file_arg, language_of
 from offline_agent.tools.base import Tool
 
 CODE_TOKENS = 512
@@ -50,10 +56,10 @@ ASK_PREFIX = "Write the "
 
 def ask(tool: Tool, args: dict[str, Any]) -> Message:
     """The question that asks for the code of a call."""
-    name = args.get(file_arg(tool)) if file_arg(tool) else None
-    what = f"the full text of {name}" if name else f"the {LANGUAGE.capitalize()} code to run"
-    if tool.name == "append_file" and name:
-        what = f"the text to add to {name}"
+    name = args.get(file_arg(tool))
+    what = (
+        f"the text to add to {name}" if tool.name == "append_file" else f"the full text of {name}"
+    )
     return Message(role="user", content=f"{ASK_PREFIX}{what}, between {FENCE} lines.")
 
 
@@ -82,7 +88,6 @@ def write_code(
     reply_text: str,
     *,
     max_tokens: int,
-    break_loops: bool,
 ) -> list[Message]:
     """Ask for the code of the step's command after its reply (`reply_text`, the answer to
     `step.messages`), and put it into the command's arguments: the turn's messages for the
@@ -103,7 +108,6 @@ def write_code(
         messages,
         schema=code_schema(language, bound),
         max_tokens=bound + FENCE_TOKENS,
-        break_loops=break_loops,
     )
     if step.code.finish_reason == "length":  # a backend that did not bound the block
         raise TruncatedReplyError("Your code was cut off by the token limit. Keep it short.")

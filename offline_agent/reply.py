@@ -81,13 +81,14 @@ CODE_KEY = "x-code"
 
 CODE_SUFFIX = ".py"
 LANGUAGE = "python"
-"""The code a reply leaves to a turn of its own (`offline_agent.codeturn`): Python, the
-language the agent's commands run."""
+"""The code a reply leaves to a turn of its own (`offline_agent.codeturn`): a Python file's,
+the language the agent's commands run."""
 
 
 def code_arg(tool: Tool) -> str:
-    """The argument of `tool` that may hold Python code ("" if none): its text block."""
-    return tool.block if tool.block and (tool.block_language or file_arg(tool)) else ""
+    """The argument of `tool` that may hold a Python file's text ("" if none): the text block
+    of a command that writes a file."""
+    return tool.block if tool.block and file_arg(tool) else ""
 
 
 def file_arg(tool: Tool) -> str:
@@ -96,12 +97,10 @@ def file_arg(tool: Tool) -> str:
 
 
 def language_of(tool: Tool, args: dict[str, Any]) -> str:
-    """The language of the code a call of `tool` with `args` writes ("" when it writes none):
-    fixed for a command that runs code, from the file's suffix for one that writes a file."""
+    """The language of the code a call of `tool` with `args` writes to a file, from the
+    file's suffix ("" when it writes no code)."""
     if not code_arg(tool):
         return ""
-    if tool.block_language:
-        return tool.block_language
     name = args.get(file_arg(tool))
     return LANGUAGE if isinstance(name, str) and name.endswith(CODE_SUFFIX) else ""
 
@@ -117,8 +116,6 @@ def split_code(tool: Tool, args_schema: dict[str, Any]) -> list[dict[str, Any]]:
         "properties": {k: v for k, v in args_schema["properties"].items() if k != arg},
         "required": [k for k in args_schema["required"] if k != arg],
     }
-    if tool.block_language:
-        return [without]
     named = file_arg(tool)
     spec = args_schema["properties"][named]
     code_file, other_file = _split_names(spec)
@@ -179,8 +176,8 @@ def reply_schema(
 ) -> dict[str, Any]:
     """JSON schema of a reply: thoughts first, then one branch per command; with `blocks`,
     the text arguments are left out of the JSON and listed under `BLOCKS_KEY`; with
-    `code_turn` (and not `blocks`), Python code is left out, for a turn of its own
-    (`offline_agent.codeturn`): a command that may write it has a branch per kind of file."""
+    `code_turn` (and not `blocks`), a Python file's text is left out, for a turn of its own
+    (`offline_agent.codeturn`): a command that writes files has a branch per kind of file."""
     thoughts = _thoughts_schema(reply_format)
     in_blocks = {t.name: t.block for t in tools if blocks and t.block}
     branches = [

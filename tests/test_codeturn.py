@@ -58,19 +58,19 @@ def _completion(text: str) -> Completion:
     return Completion(text=text, finish_reason="stop")
 
 
-def test_python_code_is_left_out_of_the_json_and_other_text_is_not() -> None:
+def test_a_python_files_text_is_left_out_of_the_json_and_other_text_is_not() -> None:
     for good in (
         _json("write_file", filename="hello.py"),
         _json("append_file", filename="tools/util.py"),
         _json("write_file", filename="notes.txt", text="x"),
         _json("write_file", filename="a.pyc", text="x"),
-        _json("execute_python_code"),
+        _json("execute_python_code", code="print(1)"),  # code to run stays in the JSON
     ):
         assert accepts(_matcher(SCHEMA), byte_tokens(good)), good
     for bad in (
         _json("write_file", filename="hello.py", text="print(1)"),
         _json("write_file", filename="notes.txt"),
-        _json("execute_python_code", code="print(1)"),
+        _json("execute_python_code"),
     ):
         assert not accepts(_matcher(SCHEMA), byte_tokens(bad)), bad
     # Off, the schema is as it was: the text in the JSON.
@@ -155,27 +155,31 @@ def test_a_run_asks_for_the_code_and_writes_it(tmp_path: Path) -> None:
     assert agent.history[5] == model.calls[2][-1]
 
 
-def test_code_to_run_is_asked_for_too_and_a_cut_off_block_runs_nothing(tmp_path: Path) -> None:
-    run = _json("execute_python_code")
-    code = "```python\nprint(6 * 7)\n```"
+def test_a_cut_off_block_writes_nothing(tmp_path: Path) -> None:
+    write = _json("write_file", filename="hello.py")
     cut = "```python\nprint(6 *<<LENGTH>>"
-    agent, model, record = make_agent(tmp_path, [run, code, run, cut, COMPACT_FINISH], rules=RULES)
+    notes = _json("write_file", filename="notes.txt", text="x")
+    agent, _, record = make_agent(tmp_path, [write, cut, notes, COMPACT_FINISH], rules=RULES)
     agent.run()
     steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
-    assert "Python code to run" in model.calls[1][-1]["content"]
-    assert steps[0]["result"]["output"].endswith("Output:\n42\n")
-    assert steps[1]["status"] == "truncated" and steps[1]["result"] is None
-    assert "cut off" in steps[1]["error"]
+    assert steps[0]["status"] == "truncated" and steps[0]["result"] is None
+    assert "cut off" in steps[0]["error"] and steps[0]["reply"] is None
+    assert not (tmp_path / "ws" / "hello.py").exists()
 
 
-def test_without_the_rule_or_a_block_engine_the_code_stays_in_the_json(tmp_path: Path) -> None:
+def test_without_the_rule_the_code_stays_in_the_json(tmp_path: Path) -> None:
     write = _json("write_file", filename="hello.py", text="print(1)")
-    agent, model, _ = make_agent(
-        tmp_path, [write, COMPACT_FINISH], rules=replace(RULES, code_turn=False)
-    )
+    run = _json("execute_python_code", code="print(6 * 7)")
+    rules = replace(RULES, code_turn=False)
+    agent, model, _ = make_agent(tmp_path, [write, run, COMPACT_FINISH], rules=rules)
     agent.run()
     assert (tmp_path / "ws" / "hello.py").read_text() == "print(1)"
-    assert len(model.calls) == 2
+    assert len(model.calls) == 3
+    # Code to run stays in the JSON with the rule on, too.
+    agent, model, record = make_agent(tmp_path / "on", [run, COMPACT_FINISH], rules=RULES)
+    agent.run()
+    steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+    assert steps[0]["result"]["output"].endswith("Output:\n42\n") and len(model.calls) == 2
 
 
 GOAL = "Write a Python script called hello.py that prints Hello, World!"

@@ -60,18 +60,11 @@ Long = Annotated[str, MaxLength(2000)]
 @dataclass(frozen=True)
 class Block:
     """Annotated metadata: the argument is a file's content or code, which a reply with
-    `text_blocks` writes after its JSON, between ``` lines (`offline_agent.reply`), and
-    which is code (rule `code_turn`, `offline_agent.codeturn`) in `language` when given, or
-    when the file the command writes is of that language."""
-
-    language: str = ""
+    `text_blocks` writes after its JSON, between ``` lines (`offline_agent.reply`)."""
 
 
 Text = Annotated[str, MaxLength(2000), Block()]
 """File content or code: a `Long` that may be written as a block."""
-
-PythonCode = Annotated[str, MaxLength(2000), Block("python")]
-"""Python code to run: a `Text` that is always code."""
 
 
 @dataclass(frozen=True)
@@ -266,8 +259,6 @@ class Tool:
     it."""
     block: str = ""
     """The argument a reply may write as a block after its JSON (see `Block`); "" if none."""
-    block_language: str = ""
-    """The language of that argument when it always holds code (`Block.language`)."""
 
     def args_schema(self) -> dict[str, Any]:
         """JSON schema of this command's `args` object."""
@@ -339,23 +330,21 @@ def tool(func: Callable[..., str]) -> Tool:
     required: list[str] = []
     names: dict[str, Names] = {}
     blocks: list[str] = []
-    language = ""
     for param in params:
         if param.name not in arg_docs:
             raise TypeError(f"command {func.__name__}: argument {param.name} is not documented")
         parameters[param.name] = _param_schema(hints[param.name])
         if (named := _extra(hints[param.name], Names)) is not None:
             names[param.name] = named
-        if (block := _extra(hints[param.name], Block)) is not None:
+        if _extra(hints[param.name], Block) is not None:
             blocks.append(param.name)
-            language = block.language
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
     if len(blocks) > 1:
         raise TypeError(f"command {func.__name__}: at most one argument can be a Block")
     return Tool(
         func.__name__, summary, func, parameters, arg_docs, tuple(required), names,
-        block=blocks[0] if blocks else "", block_language=language,
+        block=blocks[0] if blocks else "",
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import sys
 
 from offline_agent.errors import CommandFailed, ToolError
 from offline_agent.sandbox import ProcessResult
-from offline_agent.tools.base import PythonCode, PythonFile, Tool, ToolContext, tool
+from offline_agent.tools.base import PythonFile, Text, Tool, ToolContext, tool
 
 
 def _observation(result: ProcessResult, timeout: float) -> str:
@@ -47,7 +47,7 @@ def execute_python_file(ctx: ToolContext, filename: PythonFile) -> str:
 
 
 @tool
-def execute_python_code(ctx: ToolContext, code: PythonCode) -> str:
+def execute_python_code(ctx: ToolContext, code: Text) -> str:
     """Run Python code in the workspace folder and show its output; nothing is saved.
 
     Args:
