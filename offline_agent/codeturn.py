@@ -94,9 +94,9 @@ def write_code(
     history ([] when the command writes no code). The answer is kept as `step.code`;
     TruncatedReplyError when its block was cut off."""
     call = step.reply.command if step.reply is not None else None
-    if call is None or not language_of(tool, call.args) or code_arg(tool) in call.args:
+    language = language_of(tool, call.args) if call is not None else ""
+    if call is None or not language or code_arg(tool) in call.args:
         return []
-    language = language_of(tool, call.args)
     question = ask(tool, call.args)
     messages = [*step.messages, Message(role="assistant", content=reply_text), question]
     # The prompt set aside room for one reply; the code may take what is left of the context.

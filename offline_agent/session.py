@@ -183,7 +183,7 @@ def build_agent(
         why = (
             "text_blocks writes code after the JSON"
             if rules.text_blocks
-            else ("this backend cannot constrain a code block")
+            else "this backend cannot constrain a code block"
         )
         events.notice(f"code_turn is off: {why}")
         rules = replace(rules, code_turn=False)
@@ -339,7 +339,7 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         )
         record.write_step(step)
         steps.append(step.to_dict())
-        used_replies += 1 + (pending.get("code") is not None)
+        used_replies += 1 + (code is not None)
     snapshots = [step["subagents"] for step in steps if step.get("subagents")]
     if snapshots and agent.ctx.agents is not None:
         agent.ctx.agents.load(snapshots[-1])
