@@ -59,6 +59,9 @@ class ModelSpec:
     description: str = ""
     sources: tuple[ChunkSource, ...] = ()
     path: Path | None = None  # set for files registered with `add`; they stay where they are
+    rules: tuple[str, ...] = ()
+    """This model's own defaults for the step rules, as `--rule` items (`code_turn=on`):
+    what measured best for it. `ai_settings.yaml` and `--rule` still override them."""
 
     @property
     def fetchable(self) -> bool:
@@ -79,6 +82,12 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         return name in self.models
+
+    def rules_of(self, name: str | None) -> tuple[str, ...]:
+        """The step rules the registry sets for a model given by its name (None: the default
+        model); none for a path or another tool's store name."""
+        spec = self.models.get(name or self.default)
+        return spec.rules if spec is not None else ()
 
     def get(self, name: str) -> ModelSpec:
         """Return the named spec or raise ModelError listing the known names."""
@@ -118,6 +127,7 @@ class ModelRow:
     path: Path
     default: bool = False
     description: str = ""
+    rules: tuple[str, ...] = ()
 
 
 # --- Registry files -------------------------------------------------------------------
@@ -174,6 +184,9 @@ def _spec(name: str, raw: Any, origin: Path) -> ModelSpec:
         raise ConfigError(f"{where}: path must be a string")
     if path is None and not raw_sources:
         raise ConfigError(f"{where}: needs a source, chunks or a path")
+    rules = raw.get("rules", [])
+    if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+        raise ConfigError(f'{where}: rules must be a list of strings such as "code_turn=on"')
     return ModelSpec(
         name=name,
         filename=raw["filename"],
@@ -184,6 +197,7 @@ def _spec(name: str, raw: Any, origin: Path) -> ModelSpec:
         description=str(raw.get("description", "")),
         sources=tuple(_source(s, where) for s in raw_sources),
         path=None if path is None else Path(path),
+        rules=tuple(rules),
     )
 
 
@@ -231,6 +245,8 @@ def dump_registry(specs: Iterable[ModelSpec], *, default: str | None = None, hea
         lines.append(f"size = {spec.size}")
         lines.append(f"context_length = {spec.context_length}")
         lines.append(f"chat_format = {_toml_str(spec.chat_format)}")
+        if spec.rules:
+            lines.append(f"rules = [{', '.join(_toml_str(rule) for rule in spec.rules)}]")
         lines.append("")
         for source in spec.sources:
             lines.append(f"[[{table}.chunks]]" if len(spec.sources) > 1 else f"[{table}.source]")
@@ -490,9 +506,14 @@ def resolve(name_or_path: str, registry: Registry, models_dir: Path) -> Resolved
 
 
 def add(
-    path: Path, models_dir: Path, name: str | None = None, chat_format: str | None = None
+    path: Path,
+    models_dir: Path,
+    name: str | None = None,
+    chat_format: str | None = None,
+    rules: Sequence[str] = (),
 ) -> ModelSpec:
-    """Register a local GGUF by path in the user registry; the file is not copied."""
+    """Register a local GGUF by path in the user registry, with the step rules it runs with
+    by default (`--rule` items, checked by the caller); the file is not copied."""
     path = path.expanduser().resolve()
     info = gguf.describe(path)
     name = name or path.stem.lower()
@@ -520,6 +541,7 @@ def add(
         chat_format=chat_format,
         description=f"{info.name or info.architecture}, {info.quantisation or '?'} (added)",
         path=path,
+        rules=tuple(rules),
     )
     register([spec], models_dir)
     return spec
@@ -547,6 +569,7 @@ def list_models(registry: Registry, models_dir: Path) -> list[ModelRow]:
             path=spec.location(models_dir),
             default=spec.name == registry.default,
             description=spec.description,
+            rules=spec.rules,
         )
         for spec in registry.models.values()
     ]

@@ -37,9 +37,10 @@ def make_profile(name: str, role: str, goals: list[str] | tuple[str, ...]) -> Pr
 
 def load_ai_settings(
     path: Path,
-) -> tuple[Profile, Rules, tuple[Path, ...], tuple[str, ...]]:
+) -> tuple[Profile, tuple[str, ...], tuple[Path, ...], tuple[str, ...]]:
     """A profile from Auto-GPT's ai_settings.yaml (ai_name, ai_role, ai_goals), the step
-    rules its optional `rules:` mapping switches (`agent_commands: on`), the Python files
+    rules its optional `rules:` mapping switches, as `--rule` items (`agent_commands=on`;
+    checked here, applied over the model's own by `Rules.for_model`), the Python files
     of commands its optional `tools:` list names (relative to the YAML file), and the MCP
     server command lines of its optional `mcp:` list."""
     try:
@@ -70,7 +71,11 @@ def load_ai_settings(
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
         raise ConfigError(f"{path}: mcp must be a list of server command lines")
     profile = make_profile(data["ai_name"], data["ai_role"], goals)
-    return profile, Rules.parse(items), files, tuple(servers)
+    try:
+        Rules.parse(items)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return profile, tuple(items), files, tuple(servers)
 
 
 def _yaml_value(value: Any) -> str:

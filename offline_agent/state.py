@@ -53,7 +53,8 @@ SKIPPED_FOLDERS = frozenset({"__pycache__", ".pytest_cache", ".git", ".mypy_cach
 class Rules:
     """The techniques that shape each step; each one can be switched with `--rule NAME=VALUE`.
 
-    Their defaults are the ones that measured best (`docs/benchmarks.md`, the ablation).
+    Their defaults are the ones that measured best (`docs/benchmarks.md`, the ablation); a
+    model's registry entry may change some for that model (`rules`, `Rules.for_model`).
     """
 
     existing_names: bool = True
@@ -118,8 +119,9 @@ class Rules:
     reply's JSON and asked for in a turn of its own, answered with one fenced block
     (`offline_agent.codeturn`; with the llguidance engine, and not with `text_blocks`).
     Checks of a reply before its command runs (`retry_repeats`, `--samples`) see it without
-    its code. Off for now: SmolLM2 passed one challenge more (and one held-out goal), 8%
-    slower a step; Gemma-3-270M, a base model, copied the question into the block."""
+    its code. Off by default, on for SmolLM2 through its registry entry: it passed one
+    challenge more (and one held-out goal), 8% slower a step; Gemma-3-270M, a base model,
+    copied the question into the block."""
     check_syntax: bool = False
     """A write that would leave a `.py` file that does not compile, or a `.json` file that
     does not parse, fails with the error and leaves the file as it was (SWE-agent's edit
@@ -188,6 +190,16 @@ class Rules:
                 raise ConfigError(f"rule {name} takes on or off, not {raw!r}")
             rules = replace(rules, **{name: value})
         return rules
+
+    @classmethod
+    def for_model(cls, model: str, model_items: Sequence[str], items: Iterable[str]) -> Rules:
+        """The defaults, then the model's own rules from the registry (`model_items`), then
+        the user's `items` (ai_settings.yaml, then `--rule`): the later one wins."""
+        try:
+            base = cls.parse(model_items)
+        except ConfigError as err:
+            raise ConfigError(f"the registry's rules for {model}: {err}") from None
+        return cls.parse(items, base)
 
     def changed(self) -> list[str]:
         """The rules that differ from the defaults, as `NAME=VALUE` (for labels and reports)."""

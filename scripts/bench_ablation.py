@@ -49,17 +49,8 @@ def failure_modes(folder: Path, attempts: list[Attempt]) -> tuple[int, int, int,
     return commands, failed, finished_first, rereads
 
 
-def row(
-    label: str, folder: Path, only: set[str], repeat: int | None = None, modes: bool = False
-) -> list[list[str]]:
-    """The table's rows for one results folder: one per model in it."""
-    attempts = [
-        a
-        for a in read_results(folder)
-        if (not only or a.challenge in only) and (repeat is None or a.repeat == repeat)
-    ]
-    settings = read_settings(folder)["settings"]
-    rules = settings.get("rules")
+def _changed(rules: dict[str, object] | None, settings: dict[str, object]) -> str:
+    """The rules of a row, as their changes from the defaults (or from `--rule none`)."""
     none = Rules.none()
     if rules is None:
         changed = "?"
@@ -73,15 +64,30 @@ def row(
         changed = "`none` + " + ", ".join(items)
     else:
         changed = ", ".join(f"`{c}`" for c in Rules.from_json(rules).changed())
-    if settings.get("samples", 1) > 1:
-        changed = ", ".join(filter(None, [changed, f"`--samples {settings['samples']}`"]))
+    samples = settings.get("samples", 1)
+    if isinstance(samples, int) and samples > 1:
+        changed = ", ".join(filter(None, [changed, f"`--samples {samples}`"]))
+    return changed or "defaults"
+
+
+def row(
+    label: str, folder: Path, only: set[str], repeat: int | None = None, modes: bool = False
+) -> list[list[str]]:
+    """The table's rows for one results folder: one per model in it."""
+    attempts = [
+        a
+        for a in read_results(folder)
+        if (not only or a.challenge in only) and (repeat is None or a.repeat == repeat)
+    ]
+    settings = read_settings(folder)["settings"]
+    own = settings.get("model_rules", {})  # a model's rules of its own, from the registry
     cells = []
     for s in score(attempts):
         steps = sum(a.steps for a in attempts if a.model == s.model)
         wall = sum(a.wall_seconds for a in attempts if a.model == s.model)
         endings = ", ".join(f"{k} {v}" for k, v in s.endings.items())
         cells.append([
-            label, s.model, changed or "defaults",
+            label, s.model, _changed(own.get(s.model, settings.get("rules")), settings),
             f"{s.rate:.0%} ({s.passed}/{s.attempts})", f"{s.ci[0]:.0%}–{s.ci[1]:.0%}",
             f"{s.steps:.1f}", f"{s.wall_mean:.1f}", f"{wall / steps:.2f}" if steps else "–",
             f"{s.valid_share:.0%}", str(s.destroyed), endings,

@@ -175,6 +175,28 @@ def test_more_repeats_extend_a_benchmark_but_other_settings_are_refused(
     assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
 
 
+def test_a_model_with_rules_of_its_own_runs_with_them_and_its_results_keep_apart(
+    tmp_path: Path, suite: Path, script: str
+) -> None:
+    out = tmp_path / "out"
+    own = Rules.parse(["show_state=on"], NONE)
+    Runner(settings(suite, script, repeats=1, model_rules=((script, own),)), load_suite(suite),
+           out).run()  # fmt: skip
+    for a in read_results(out):
+        recorded = json.loads((out / "runs" / a.run_id / "run.json").read_text())
+        assert Rules.from_json(recorded["settings"]["rules"]) == own
+    assert f"({script}: {', '.join(own.changed())})." in describe(read_settings(out))
+    saved = read_settings(out)["settings"]
+    # The same model under the common rules would not give the same numbers...
+    assert settings(suite, script, repeats=1).conflicts(saved) == [
+        f"{script}'s rules → " + ", ".join(NONE.changed())
+    ]
+    # ...but another model, with rules of its own, may join the folder.
+    joined = settings(suite, script, repeats=1, models=(script, "other"),
+                      model_rules=((script, own), ("other", Rules())))  # fmt: skip
+    assert joined.conflicts(saved) == []
+
+
 def test_the_default_is_runs_greedy_decoding_once_and_sampling_three_times(
     tmp_path: Path, suite: Path, script: str
 ) -> None:

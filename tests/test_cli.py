@@ -120,6 +120,27 @@ def test_ai_settings_switch_rules(tmp_path: Path, home: Path) -> None:
     assert "start_agent" in first["messages"][0]["content"]
 
 
+def test_a_models_bad_rule_in_the_registry_is_one_line_before_the_model_loads(
+    tmp_path: Path, home: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "registry.toml").write_text(
+        '[models.mine]\nfilename = "mine.gguf"\npath = "/nonexistent/mine.gguf"\n'
+        'sha256 = "00"\nsize = 1\ncontext_length = 1\nchat_format = "chatml"\n'
+        'rules = ["code_turn=maybe"]\n'
+    )
+    code, out, err = invoke("run", "--goal", "g", "--model", "mine", "--models-dir", str(models))
+    assert code == 2, out + err
+    assert err.strip() == (
+        "Error: the registry's rules for mine: rule code_turn takes on or off, not 'maybe'"
+    )
+    # The rules are the model's: a server's model of that name does not take them.
+    code, out, err = invoke("run", "--goal", "g", "--model", "mine", "--models-dir", str(models),
+                            "--base-url", "http://127.0.0.1:9/v1")  # fmt: skip
+    assert "registry" not in err
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -188,20 +188,21 @@ GOAL = "Write a Python script called hello.py that prints Hello, World!"
 @pytest.mark.model
 @pytest.mark.slow
 def test_smollm2_writes_a_script_that_runs_when_asked_for_its_code(
-    real_models: dict[str, Path], tmp_path: Path
+    real_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Greedy SmolLM2 writes `Hello, World!` as hello.py's text inside JSON; asked for the
-    code in a turn of its own, it writes a program that prints it."""
-    model = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
-    agent = Agent(
-        Profile("Coder", "an assistant that writes code", (GOAL,)),
-        model,
-        builtin_tools(memory=False),
-        ToolContext(workspace=Workspace.create(tmp_path / "ws")),
-        AgentConfig(max_steps=2),
-        rules=Rules(code_turn=True),
-    )
-    agent.run()
+    code in a turn of its own, as its registry entry has it by default, it writes a program
+    that prints it."""
+    monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(cli, [
+        "run", "--name", "Coder", "--role", "an assistant that writes code", "--goal", GOAL,
+        "--model", "smollm2-135m", "--models-dir", str(real_models["smollm2-135m"].parent),
+        "--workspace", str(tmp_path / "ws"), "--continuous", "--max-steps", "2", "--no-memory",
+        "--n-ctx", "2048",
+    ])  # fmt: skip
+    assert "The model's own rules from the registry: code_turn=on" in result.stderr
+    (run,) = (tmp_path / "home" / "runs").iterdir()
+    assert json.loads((run / "run.json").read_text())["settings"]["rules"]["code_turn"] is True
     script = tmp_path / "ws" / "hello.py"
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
     assert ran.returncode == 0 and "Hello, World!" in ran.stdout, script.read_text()

@@ -400,3 +400,55 @@ def test_a_run_checks_the_sha256_once_per_file_state(tmp_path: Path) -> None:
     path.write_bytes(b"GGUF" + b"\1" * 60)  # same size, other bytes, new mtime
     with pytest.raises(ChecksumError, match=r"has sha256 .* run: offline-agent models fetch"):
         modelstore.resolve("tiny", registry, tmp_path)
+
+
+# --- A model's own step rules -----------------------------------------------------------
+
+
+def test_a_models_rules_are_read_listed_and_kept_when_its_entry_is_written_again(
+    tiny: Path, models_dir: Path
+) -> None:
+    runner = CliRunner()
+    opts = ["--models-dir", str(models_dir)]
+    added = runner.invoke(
+        models, ["add", str(tiny), "--name", "tiny", "--rule", "code_turn=on", *opts]
+    )
+    assert added.exit_code == 0, added.output
+    assert "rules: code_turn=on" in added.output
+    registry = modelstore.load_registry(modelstore.user_registry_path(models_dir))
+    assert registry.rules_of("tiny") == ("code_turn=on",)
+    assert registry.rules_of(str(tiny)) == ()  # a path is not a registry name
+    assert registry.rules_of(None) == registry.rules_of(registry.default)
+    assert "runs with: code_turn=on" in runner.invoke(models, ["list", *opts]).output
+    assert "rules:         code_turn=on" in runner.invoke(models, ["info", "tiny", *opts]).output
+    # A bundle writes the entry out and reads it back; so does the next `add`.
+    dumped = models_dir / "dumped.toml"
+    dumped.write_text(modelstore.dump_registry([registry.get("tiny")]))
+    assert modelstore.read_registry_file(dumped)["tiny"].rules == ("code_turn=on",)
+
+
+def test_a_bad_rule_for_a_model_is_one_line_and_registers_nothing(
+    tiny: Path, models_dir: Path
+) -> None:
+    result = CliRunner().invoke(
+        models, ["add", str(tiny), "--rule", "code_turn=maybe", "--models-dir", str(models_dir)]
+    )
+    assert result.exit_code == ConfigError.exit_code
+    assert result.output.strip() == "Error: rule code_turn takes on or off, not 'maybe'"
+    assert not modelstore.user_registry_path(models_dir).exists()
+    user = modelstore.user_registry_path(models_dir)
+    user.parent.mkdir(parents=True)
+    user.write_text(
+        '[models.x]\nfilename = "x.gguf"\npath = "/x.gguf"\nsha256 = "00"\n'
+        'size = 1\ncontext_length = 1\nchat_format = "chatml"\nrules = "code_turn=on"\n'
+    )
+    with pytest.raises(ConfigError, match="rules must be a list of strings"):
+        modelstore.load_registry(user)
+
+
+def test_the_default_model_runs_with_the_rules_it_measured_best_with() -> None:
+    """SmolLM2 passed more of the built-in suite and of held-out goals with its Python files'
+    code asked for in a turn of its own (docs/benchmarks.md); Gemma-3-270M did not."""
+    registry = modelstore.load_registry(None)
+    assert registry.rules_of("smollm2-135m") == ("code_turn=on",)
+    assert registry.rules_of("gemma3-270m") == ()

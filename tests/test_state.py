@@ -242,6 +242,15 @@ def test_rules_parse_names_values_and_none() -> None:
             Rules.parse([bad])
 
 
+def test_a_models_own_rules_sit_between_the_defaults_and_the_users() -> None:
+    own = ("code_turn=on", "show_state=off")
+    assert Rules.for_model("m", own, []) == Rules(code_turn=True, show_state=False)
+    assert Rules.for_model("m", own, ["code_turn=off"]) == Rules(show_state=False)
+    assert Rules.for_model("m", own, ["none"]) == Rules.none()
+    with pytest.raises(ConfigError, match="^the registry's rules for m: unknown rule 'x=on'"):
+        Rules.for_model("m", ("x=on",), [])
+
+
 def test_saved_rules_missing_a_newer_rule_read_it_as_off() -> None:
     saved = Rules().__dict__ | {"show_state": False}
     del saved["examples"]

@@ -123,12 +123,17 @@ def html_table(table: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _rules(saved: dict[str, Any] | None) -> str:
-    """The step rules of a benchmark, as the changes from the defaults."""
+def _rules(saved: dict[str, Any] | None, own: dict[str, Any] | None = None) -> str:
+    """The step rules of a benchmark, as the changes from the defaults, and those of each
+    model with rules of its own in the registry."""
     if saved is None:
         return "made before step rules existed"
     changed = Rules.from_json(saved).changed()
-    return f"rules {', '.join(changed)}" if changed else "default rules"
+    text = f"rules {', '.join(changed)}" if changed else "default rules"
+    for model, rules in (own or {}).items():
+        changed = Rules.from_json(rules).changed()
+        text += f" ({model}: {', '.join(changed) if changed else 'the defaults'})"
+    return text
 
 
 def _samples(samples: int) -> str:
@@ -151,7 +156,7 @@ def describe(meta: dict[str, Any]) -> str:
         f"{_samples(s.get('samples', 1))}, at most "
         f"{s['max_steps']} steps and the challenge's cutoff per attempt, context {s['n_ctx']}, "
         f"{engine}, long-term memory {'on' if s.get('memory') else 'off'}, "
-        f"{_rules(s.get('rules'))}. "
+        f"{_rules(s.get('rules'), s.get('model_rules'))}. "
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
         f"{m.get('memory_gib', '?')} GiB; llama-cpp-python {m.get('llama-cpp-python')}, "
         f"Python {m.get('python')}. Last invocation started {meta.get('updated', '?')}."

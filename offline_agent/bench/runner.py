@@ -68,7 +68,10 @@ class BenchSettings:
     thinking: bool = False
     memory: bool = False
     rules: Rules = field(default_factory=Rules)
-    """The step rules every attempt runs with (`--rule`, `--reply-format`)."""
+    """The step rules the attempts run with (`--rule`, `--reply-format`)..."""
+    model_rules: tuple[tuple[str, Rules], ...] = ()
+    """...except a model's whose registry entry sets rules of its own: (model, the rules its
+    attempts run with, `--rule` applied over the registry's)."""
     base_url: str | None = None
     """Benchmark models served by an OpenAI-compatible server instead of in-process."""
     servers: tuple[tuple[str, str], ...] = ()
@@ -98,6 +101,7 @@ class BenchSettings:
         "servers": {},
         "think_tokens": LlamaOptions.think_tokens,
         "thinking": False,
+        "model_rules": {},
     }
 
     def threads_each(self, threads: int) -> BenchSettings:
@@ -107,6 +111,10 @@ class BenchSettings:
             return replace(self, threads=threads)
         return self
 
+    def rules_for(self, model: str) -> Rules:
+        """The step rules of this model's attempts."""
+        return dict(self.model_rules).get(model, self.rules)
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for bench.json."""
         data = asdict(self)
@@ -114,17 +122,28 @@ class BenchSettings:
         data["models_dir"] = str(self.models_dir)
         data["tools"], data["mcp"] = list(self.tools), list(self.mcp)
         data["servers"] = dict(self.servers)
+        data["model_rules"] = {model: asdict(rules) for model, rules in self.model_rules}
         return data
 
     def conflicts(self, saved: dict[str, Any]) -> list[str]:
-        """The settings that differ from those saved in a results folder, as `name a → b`."""
+        """The settings that differ from those saved in a results folder, as `name a → b`.
+        A model's own rules are compared for the models both benchmarks run (another
+        model may join a folder, with rules of its own)."""
         mine = self.to_json()
-        return [
+        found = [
             f"{f.name} {saved.get(f.name)!r} → {mine[f.name]!r}"
             for f in fields(self)
-            if f.name not in self.EXTENSIBLE
+            if f.name not in (*self.EXTENSIBLE, "model_rules")
             and saved.get(f.name, self.ADDED.get(f.name)) != mine[f.name]
         ]
+        theirs = saved.get("model_rules", {})
+        for model in set(saved.get("models", ())) & set(self.models):
+            before = theirs.get(model, saved.get("rules"))
+            now = mine["model_rules"].get(model, mine["rules"])
+            if before != now:
+                changed = Rules.from_json(now).changed() if now else []
+                found.append(f"{model}'s rules → {', '.join(changed) or 'the defaults'}")
+        return found
 
 
 @dataclass
@@ -453,7 +472,7 @@ class Runner:
             agent=AgentConfig(
                 max_steps=s.max_steps, samples=s.samples, time_limit=float(planned.challenge.cutoff)
             ),
-            rules=s.rules,
+            rules=s.rules_for(planned.model),
             http=self._http(planned.model),
             memory_dir=memory,
             continuous=True,

@@ -220,17 +220,23 @@ def bench(
         if unknown:
             raise ConfigError(f"no challenge named {', '.join(unknown)} in suite {suite}")
         challenges = [c for c in challenges if c.name in only]
-    format_item = [f"reply_format={reply_format}"] if reply_format else []
-    rules = Rules.parse([*rule_items, *format_item])
+    items = [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])]
+    rules = Rules.parse(items)  # checked before anything loads
     models_dir = models_dir or default_models_dir()
+    registry = load_registry(user_registry_path(models_dir))
     if not models:
-        models = (load_registry(user_registry_path(models_dir)).default,)
+        models = (registry.default,)
     # NAME=URL: that model is served by its own OpenAI-compatible server.
     named = [
         m.split("=", 1) if "=" in m and "://" in m.split("=", 1)[1] else [m, ""] for m in models
     ]
     models = tuple(name for name, _ in named)
     servers = tuple((name, url) for name, url in named if url)
+    own = {  # a model run in-process with rules of its own in the registry
+        model: Rules.for_model(model, registry.rules_of(model), items)
+        for model in models
+        if not base_url and model not in dict(servers) and registry.rules_of(model)
+    }
     settings = BenchSettings(
         suite=suite if suite == "builtin" else str(Path(suite).resolve()),
         models=models,
@@ -247,6 +253,7 @@ def bench(
         thinking=thinking == "on",
         memory=memory,
         rules=rules,
+        model_rules=tuple((m, own[m]) for m in models if own.get(m, rules) != rules),
         base_url=base_url,
         servers=servers,
         constraint=constraint,

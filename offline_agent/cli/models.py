@@ -14,6 +14,7 @@ from offline_agent.bundle.place import place
 from offline_agent.cli.common import library_errors
 from offline_agent.errors import ConfigError
 from offline_agent.llm.kvfile import default_state_dir
+from offline_agent.state import Rules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,6 +65,8 @@ def list_command(models_dir: Path, discover: bool) -> None:
         click.echo(f"{mark} {row.name:<24} {state:<8} {_mb(row.size):>8}  {row.path}")
         if row.description:
             click.echo(f"  {'':<24} {row.description}")
+        if row.rules:
+            click.echo(f"  {'':<24} runs with: {', '.join(row.rules)}")
     if discover:
         click.echo(f"\n{len(found)} GGUF file(s) in other tools' stores:")
         for item in found:
@@ -154,12 +157,29 @@ def verify(names: tuple[str, ...], models_dir: Path) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", help="Registry name (default: the file name without .gguf).")
 @click.option("--chat-format", help="Chat format for a file with no chat template (e.g. chatml).")
+@click.option(
+    "--rule",
+    "rule_items",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A step rule this model runs with unless a run sets it (as `run --rule`); repeatable.",
+)
 @_models_dir_option
-def add(path: Path, name: str | None, chat_format: str | None, models_dir: Path) -> None:
+def add(
+    path: Path,
+    name: str | None,
+    chat_format: str | None,
+    rule_items: tuple[str, ...],
+    models_dir: Path,
+) -> None:
     """Register a local GGUF file by its path; it is not copied."""
     with library_errors():
-        spec = modelstore.add(path, models_dir, name=name, chat_format=chat_format)
-    click.echo(f"added {spec.name}: {spec.path} (chat format: {spec.chat_format})")
+        Rules.parse(rule_items)  # a bad rule is an error before the file is hashed
+        spec = modelstore.add(
+            path, models_dir, name=name, chat_format=chat_format, rules=rule_items
+        )
+    rules = f"; rules: {', '.join(spec.rules)}" if spec.rules else ""
+    click.echo(f"added {spec.name}: {spec.path} (chat format: {spec.chat_format}{rules})")
 
 
 @models.command()
@@ -188,5 +208,6 @@ def info(name_or_path: str, models_dir: Path) -> None:
     ]
     if resolved.spec is not None:
         fields.append(("sha256", resolved.spec.sha256))
+        fields.append(("rules", ", ".join(resolved.spec.rules) or "(the defaults)"))
     for label, value in fields:
         click.echo(f"{label + ':':<15}{value}")

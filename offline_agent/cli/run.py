@@ -27,7 +27,7 @@ from offline_agent.home import home_dir
 from offline_agent.llm import HttpOptions, LlamaOptions
 from offline_agent.llm.http import CONSTRAINTS, Constraint
 from offline_agent.memory import default_memory_dir
-from offline_agent.modelstore import default_models_dir
+from offline_agent.modelstore import default_models_dir, load_registry, user_registry_path
 from offline_agent.records import RunResult, RunStatus
 from offline_agent.reply import ReplyFormat
 from offline_agent.session import Run, RunSettings
@@ -240,12 +240,17 @@ def run(
     mcp_commands: tuple[str, ...],
 ) -> None:
     """Run an agent on its goals until it finishes or a limit stops it."""
-    profile, rules, tool_files, servers = (
-        load_ai_settings(ai_settings) if ai_settings else (None, Rules(), (), ())
+    profile, settings_items, tool_files, servers = (
+        load_ai_settings(ai_settings) if ai_settings else (None, (), (), ())
     )
     profile = profile or make_profile(name, role, goals)
-    rules = Rules.parse(
-        [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])], rules
+    models_dir = (models_dir or default_models_dir()).absolute()
+    # A server's model is not the registry's file: the registry's rules are for ours.
+    model_items = () if base_url else load_registry(user_registry_path(models_dir)).rules_of(model)
+    rules = Rules.for_model(
+        model or "the default model",
+        model_items,
+        [*settings_items, *rule_items, *([f"reply_format={reply_format}"] if reply_format else [])],
     )
     check_samples(samples, temperature)
     if base_url and chat_format:
@@ -256,7 +261,7 @@ def run(
     settings = RunSettings(
         profile=profile,
         model=model,
-        models_dir=(models_dir or default_models_dir()).absolute(),
+        models_dir=models_dir,
         # Absolute, so that `runs resume` from another folder finds the same ones.
         workspace=(workspace or home / "workspaces" / profile.name).absolute(),
         runs_dir=(runs_dir or home / "runs").absolute(),
@@ -303,6 +308,12 @@ def run(
             "Note: the commands of MCP servers run without asking and act outside the "
             f"workspace and the sandbox, with your rights: {', '.join(settings.mcp)}",
             fg="yellow",
+            err=True,
+        )
+    if model_items:
+        click.secho(
+            f"The model's own rules from the registry: {', '.join(model_items)} "
+            "(--rule NAME=VALUE overrides one)",
             err=True,
         )
     events = ConsoleEvents(profile.name)
