@@ -13,22 +13,18 @@ import pytest
 from click.testing import CliRunner
 from llguidance import LLMatcher
 
-from offline_agent.agent import Agent, AgentConfig
 from offline_agent.cli import cli
 from offline_agent.codeturn import code_text, is_ask
 from offline_agent.errors import FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
-from offline_agent.llm.llama import LlamaModel
-from offline_agent.llm.options import LlamaOptions
 from offline_agent.prompt import replies_and_results, step_starts
-from offline_agent.records import Completion, Profile
+from offline_agent.records import Completion
 from offline_agent.replay import recorded_steps
 from offline_agent.reply import code_schema, parse_reply, reply_schema
 from offline_agent.runs import read_entries
 from offline_agent.state import Rules
-from offline_agent.tools import ToolContext, builtin_tools
+from offline_agent.tools import builtin_tools
 from offline_agent.tools.base import ToolRegistry
-from offline_agent.workspace import Workspace
 from tests.conftest import (
     BYTE_TOKENIZER,
     COMPACT_FINISH,

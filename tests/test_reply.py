@@ -221,7 +221,7 @@ def test_a_run_with_text_blocks_writes_the_block_and_tells_the_model_how(tmp_pat
     assert 'Leave the "text" of write_file' in system and "```" in system
     replies = [m["content"] for m in model.calls[1] if m["role"] == "assistant"]
     assert replies == [write]  # the history keeps the reply as it was written
-    listing = compact("list_files", directory=".")
-    agent, model, _ = make_agent(tmp_path / "off", [listing, COMPACT_FINISH], rules=Rules())
+    plain = compact("write_file", filename="output.txt", text="Washington")
+    agent, model, _ = make_agent(tmp_path / "off", [plain, COMPACT_FINISH], rules=Rules())
     agent.run()
     assert "```" not in model.calls[0][0]["content"]

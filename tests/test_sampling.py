@@ -132,7 +132,7 @@ def test_python_that_does_not_compile_is_doubted() -> None:
 def test_steering_doubts_repeats_invalid_replies_and_bad_python(tmp_path: Path) -> None:
     tools = builtin_tools(memory=False)
     ctx = ToolContext(workspace=Workspace.create(tmp_path / "ws"))
-    steering = Steering(tools, Rules(), ("Write hello.py",))
+    steering = Steering(tools, Rules(shown_looks=False), ("Write hello.py",))  # looks offered
     plan, _ = steering.plan(ctx)
     schema = reply_schema(plan.tools, "compact")
 
@@ -181,7 +181,10 @@ class RepeatingModel(LoopingModel):
 
 def test_the_agent_decodes_a_repeated_command_again_with_retry_repeats(tmp_path: Path) -> None:
     agent, _, record = make_agent(
-        tmp_path, [], config=AgentConfig(max_steps=3), rules=Rules(retry_repeats=True)
+        tmp_path,
+        [],
+        config=AgentConfig(max_steps=3),
+        rules=Rules(retry_repeats=True, shown_looks=False),
     )
     agent.model = model = RepeatingModel()
     result = agent.run()

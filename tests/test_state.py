@@ -24,6 +24,7 @@ from offline_agent.state import (
     Rules,
     Snapshot,
     StateView,
+    Steering,
     StepPlan,
     named_paths,
     plan_step,
@@ -66,7 +67,8 @@ def test_an_empty_workspace_offers_no_reading_and_no_finish(tmp_path: Path) -> N
         assert step.left_out[name].startswith("unusable_commands: no file")
     assert step.left_out["finish"] == "finish_after_success: no command has succeeded yet"
     assert step.left_out["message_agent"] == "unusable_commands: no agent exists"
-    assert {"write_file", "list_files", "execute_python_code"} <= set(step.tools.names)
+    assert step.left_out["list_files"] == "shown_looks: the request lists every file already"
+    assert {"write_file", "execute_python_code"} <= set(step.tools.names)
 
 
 def test_arguments_that_name_existing_things_are_enums_of_them(tmp_path: Path) -> None:
@@ -77,7 +79,8 @@ def test_arguments_that_name_existing_things_are_enums_of_them(tmp_path: Path) -
         "enum": ["notes.txt", "src/run.py"],
     }
     assert args_of(step, "execute_python_file")["filename"]["enum"] == ["src/run.py"]
-    assert args_of(step, "list_files")["directory"]["enum"] == [".", "src"]
+    looks = plan(ctx, Rules(shown_looks=False))  # a listing here shows nothing new
+    assert args_of(looks, "list_files")["directory"]["enum"] == [".", "src"]
     # Switched off, the same arguments are free strings again, as before the rules.
     free = plan(ctx, Rules(existing_names=False))
     assert "enum" not in args_of(free, "read_file")["filename"]
@@ -127,16 +130,38 @@ def test_a_look_in_an_unchanged_workspace_is_not_offered_again(tmp_path: Path) -
     before = Snapshot.take(ctx)
     ran = ((CommandCall("read_file", {"filename": "notes.txt"}), before),
            (CommandCall("list_files", {"directory": "."}), before))  # fmt: skip
-    rules = Rules(no_rereads=True)
+    rules = Rules(no_rereads=True, shown_looks=False)
     step = plan(ctx, rules, Progress(succeeded=True, ran=ran))
     assert args_of(step, "read_file")["filename"]["enum"] == ["other.txt"]
     assert step.left_out["list_files"].startswith("no_rereads:")
-    off = plan(ctx, progress=Progress(succeeded=True, ran=ran))  # the default: off
+    off = plan(ctx, Rules(shown_looks=False), Progress(succeeded=True, ran=ran))  # default
     assert args_of(off, "read_file")["filename"]["enum"] == ["notes.txt", "other.txt"]
     ctx.workspace.write_text("notes.txt", "changed")  # now a read may show something new
     again = plan(ctx, rules, Progress(succeeded=True, ran=ran))
     assert args_of(again, "read_file")["filename"]["enum"] == ["notes.txt", "other.txt"]
     assert "list_files" in again.tools
+
+
+def test_a_look_at_what_the_request_shows_in_full_is_not_offered(tmp_path: Path) -> None:
+    ctx = context(tmp_path, {"notes.txt": "first\nsecond\n", "long.txt": "x" * 700})
+    goals = ("Read notes.txt and long.txt and write a summary to reports/first.txt",)
+    steering = Steering(EVERYTHING, Rules(), goals)  # the default: on
+    step, lines = steering.plan(ctx)
+    assert "Text of notes.txt:\nfirst\nsecond\n" in lines  # shown in full...
+    assert args_of(step, "read_file")["filename"]["enum"] == ["long.txt"]  # ...cut: readable
+    assert step.left_out["list_files"] == "shown_looks: the request lists every file already"
+    assert steering.plan(ctx)[0].left_out["list_files"].startswith("shown_looks:")  # still so
+    ctx.workspace.write_text("long.txt", "short now")
+    step, _ = steering.plan(ctx)
+    assert step.left_out["read_file"].startswith("shown_looks: the full text of every file")
+    off, _ = Steering(EVERYTHING, Rules(shown_looks=False), goals).plan(ctx)
+    assert "read_file" in off.tools and "list_files" in off.tools
+    ctx.workspace.write_text("notes.txt", "changed\n")  # changed and shown again: in view
+    step, lines = steering.plan(ctx)
+    assert "Text of notes.txt:\nchanged\n" in lines and "read_file" in step.left_out
+    ctx.workspace.write_text("reports/first.txt", "first")  # nothing the goals name is missing
+    step, _ = steering.plan(ctx)
+    assert "read_file" in step.tools and "list_files" in step.tools
 
 
 def test_a_step_that_would_offer_nothing_offers_everything(tmp_path: Path) -> None:
@@ -182,6 +207,7 @@ def test_every_step_schema_compiles_in_both_engines(tmp_path: Path, reply_format
         Rules.none(),
         Rules(existing_names=False, goal_targets=False),
         Rules(append_existing=True),
+        Rules(shown_looks=True),
     ):
         for step in (plan(context(tmp_path / "empty")), plan(ctx, rules, progress)):
             schema = reply_schema(step.tools, reply_format)  # type: ignore[arg-type]
@@ -247,7 +273,7 @@ def test_a_models_own_rules_sit_between_the_defaults_and_the_users() -> None:
     assert Rules.for_model("m", own, []) == Rules(code_turn=True, show_state=False)
     assert Rules.for_model("m", own, ["code_turn=off"]) == Rules(show_state=False)
     assert Rules.for_model("m", own, ["none"]) == Rules.none()
-    with pytest.raises(ConfigError, match="^the registry's rules for m: unknown rule 'x=on'"):
+    with pytest.raises(ConfigError, match=r"^the registry's rules for m: unknown rule 'x=on'"):
         Rules.for_model("m", ("x=on",), [])
 
 
