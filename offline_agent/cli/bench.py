@@ -232,10 +232,11 @@ def bench(
     ]
     models = tuple(name for name, _ in named)
     servers = tuple((name, url) for name, url in named if url)
+    served = {name for name, _ in servers}
     own = {  # a model run in-process with rules of its own in the registry
-        model: Rules.for_model(model, registry.rules_of(model), items)
+        model: Rules.for_model(model, model_items, items)
         for model in models
-        if not base_url and model not in dict(servers) and registry.rules_of(model)
+        if not base_url and model not in served and (model_items := registry.rules_of(model))
     }
     settings = BenchSettings(
         suite=suite if suite == "builtin" else str(Path(suite).resolve()),
