@@ -96,8 +96,9 @@ class Rules:
     destroyed an input in 19 of 78 attempts with it, in 3 of 78 without it)."""
     shown_looks: bool = True
     """While a file the goals name is missing, a look whose whole answer the requests already
-    show is not offered: `list_files` while the state lists every file of the workspace, and
-    `read_file` of a file whose full text (at its current size and time) a request showed.
+    show is not offered (an argument's `Names.answer`): `list_files` while the state lists
+    every file of the workspace, and `read_file` of a file whose full text (at its current
+    size and time) a request showed.
     It could only return what is in view; the step goes to making the missing file (needs
     `show_state`). On: SmolLM2 passed one challenge more and one held-out goal more;
     Gemma-3-270M the same, in fewer seconds."""
@@ -368,9 +369,6 @@ def plan_step(
         if tool.name == progress.held_back:
             left_out[tool.name] = "repeat: it just returned what it returned before"
             continue
-        if seen_looks and tool.name == "list_files" and _listed_in_full(snapshot):
-            left_out[tool.name] = "shown_looks: the request lists every file already"
-            continue
         if tool.name == "finish" and (why := _not_done(rules, progress, missing_named)):
             left_out[tool.name] = why
             continue
@@ -382,8 +380,11 @@ def plan_step(
                 if rules.goal_targets and missing_named:
                     narrowed[arg] = missing_named
                 continue
+            if seen_looks and names.answer == "listing" and _listed_in_full(snapshot):
+                missing = "shown_looks: the request lists every file already"
+                break
             values = snapshot.choices(names)
-            if seen_looks and tool.name == "read_file" and names.kind == "file" and values:
+            if seen_looks and names.answer == "text" and values:
                 values = [v for v in values if (v, snapshot.files[v]) not in progress.shown]
                 if not values:
                     missing = "shown_looks: the full text of every file is shown already"

@@ -31,6 +31,7 @@ from offline_agent.state import (
 )
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
+from offline_agent.tools.base import ExistingFile, FileToRead, FolderToList, tool
 from offline_agent.workspace import Workspace
 
 EVERYTHING = builtin_tools(memory=True, agents=True, shell=False, delete=True)
@@ -162,6 +163,44 @@ def test_a_look_at_what_the_request_shows_in_full_is_not_offered(tmp_path: Path)
     ctx.workspace.write_text("reports/first.txt", "first")  # nothing the goals name is missing
     step, _ = steering.plan(ctx)
     assert "read_file" in step.tools and "list_files" in step.tools
+
+
+def test_shown_looks_goes_by_what_an_argument_answers_not_by_command_name(
+    tmp_path: Path,
+) -> None:
+    @tool
+    def show_text(ctx: ToolContext, filename: FileToRead) -> str:
+        """Show a file's text.
+
+        Args:
+            filename: the file
+        """
+        return ""
+
+    @tool
+    def show_names(ctx: ToolContext, directory: FolderToList) -> str:
+        """Show the names of a folder's files.
+
+        Args:
+            directory: the folder
+        """
+        return ""
+
+    @tool
+    def count_lines(ctx: ToolContext, filename: ExistingFile) -> str:
+        """Count a file's lines: not its text.
+
+        Args:
+            filename: the file
+        """
+        return ""
+
+    ctx = context(tmp_path, {"notes.txt": "first\nsecond\n"})
+    tools = ToolRegistry([show_text, show_names, count_lines])
+    step, _ = Steering(tools, Rules(), GOALS).plan(ctx)
+    assert step.left_out["show_text"].startswith("shown_looks: the full text of every file")
+    assert step.left_out["show_names"] == "shown_looks: the request lists every file already"
+    assert step.tools.names == ["count_lines"]
 
 
 def test_a_step_that_would_offer_nothing_offers_everything(tmp_path: Path) -> None:

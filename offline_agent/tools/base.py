@@ -77,6 +77,11 @@ class Names:
     "appended": the file a command adds to, which need not exist (see `AppendedFile`)."""
     suffix: str = ""
     """For files: only names ending so (".py")."""
+    answer: Literal["", "text", "listing"] = ""
+    """What the command returns about what it names, when that is all it returns: "text",
+    the file's whole text (`read_file`); "listing", the names of the files in the folder
+    (`list_files`). The rule `shown_looks` leaves such a look out while the requests already
+    show its whole answer."""
 
 
 WrittenFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("target")]
@@ -89,11 +94,17 @@ that exists."""
 ExistingFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("file")]
 """The path of a file that exists in the workspace."""
 
+FileToRead = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("file", answer="text")]
+"""The path of an existing file whose whole text the command returns."""
+
 PythonFile = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("file", ".py")]
 """The path of a Python file that exists in the workspace."""
 
 Folder = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("folder")]
 """A folder that exists in the workspace ("." is its root)."""
+
+FolderToList = Annotated[str, MaxLength(DEFAULT_MAX_LENGTH), Names("folder", answer="listing")]
+"""An existing folder whose files' names the command returns."""
 
 AgentKey = Annotated[int, Names("agent")]
 """The key of a running sub-agent."""

@@ -6,7 +6,8 @@ from offline_agent.errors import ToolError
 from offline_agent.tools.base import (
     AppendedFile,
     ExistingFile,
-    Folder,
+    FileToRead,
+    FolderToList,
     Text,
     Tool,
     ToolContext,
@@ -25,7 +26,7 @@ def refuse_broken(filename: str, text: str) -> None:
 
 
 @tool
-def read_file(ctx: ToolContext, filename: ExistingFile) -> str:
+def read_file(ctx: ToolContext, filename: FileToRead) -> str:
     """Read a text file from the workspace.
 
     Args:
@@ -72,7 +73,7 @@ def append_file(ctx: ToolContext, filename: AppendedFile, text: Text) -> str:
 
 
 @tool
-def list_files(ctx: ToolContext, directory: Folder) -> str:
+def list_files(ctx: ToolContext, directory: FolderToList) -> str:
     """List the files in a folder of the workspace and its subfolders.
 
     Args:
