@@ -141,6 +141,25 @@ def test_a_models_bad_rule_in_the_registry_is_one_line_before_the_model_loads(
     assert "registry" not in err
 
 
+def test_the_run_names_the_registry_rules_that_its_own_rules_leave_standing(
+    tmp_path: Path, home: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "registry.toml").write_text(
+        '[models.mine]\nfilename = "mine.gguf"\npath = "/nonexistent/mine.gguf"\n'
+        'sha256 = "00"\nsize = 1\ncontext_length = 1\nchat_format = "chatml"\n'
+        'rules = ["code_turn=on", "show_state=off"]\n'
+    )
+    run = ("run", "--goal", "g", "--model", "mine", "--models-dir", str(models))
+    _, _, err = invoke(*run)  # the file is missing: the notice comes before loading it
+    assert "own rules from the registry: code_turn=on, show_state=off (" in err
+    _, _, err = invoke(*run, "--rule", "show_state=on")
+    assert "own rules from the registry: code_turn=on (" in err
+    _, _, err = invoke(*run, "--rule", "show_state=on", "--rule", "code_turn=off")
+    assert "registry" not in err
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -310,9 +310,10 @@ def run(
             fg="yellow",
             err=True,
         )
-    if model_items:
+    # The registry's items that the user's own rules leave standing.
+    if in_effect := [item for item in model_items if Rules.parse([item], rules) == rules]:
         click.secho(
-            f"The model's own rules from the registry: {', '.join(model_items)} "
+            f"The model's own rules from the registry: {', '.join(in_effect)} "
             "(--rule NAME=VALUE overrides one)",
             err=True,
         )
