@@ -197,6 +197,19 @@ def test_a_model_with_rules_of_its_own_runs_with_them_and_its_results_keep_apart
     assert joined.conflicts(saved) == []
 
 
+def test_a_bench_of_served_models_does_not_read_the_registry(tmp_path: Path, suite: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "registry.toml").write_text("[models.mine]\nfilename = 3\n")  # broken
+    result = CliRunner().invoke(cli, [
+        "bench", "--suite", str(suite), "--challenge", "WriteWashington", "--model", "m",
+        "--base-url", "http://127.0.0.1:9/v1", "--models-dir", str(models), "--no-report",
+        "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert result.exit_code == 0 and "registry.toml" not in result.output, result.output
+    assert [a.model for a in read_results(tmp_path / "out")] == ["m"]  # tried, the server down
+
+
 def test_the_default_is_runs_greedy_decoding_once_and_sampling_three_times(
     tmp_path: Path, suite: Path, script: str
 ) -> None:

@@ -223,8 +223,11 @@ def bench(
     items = [*rule_items, *([f"reply_format={reply_format}"] if reply_format else [])]
     rules = Rules.parse(items)  # checked before anything loads
     models_dir = models_dir or default_models_dir()
-    registry = load_registry(user_registry_path(models_dir))
+    # Read for the default model and for the rules of models run in-process; a bench whose
+    # models are all served does not need it (nor stop at a broken one).
+    registry = None if base_url and models else load_registry(user_registry_path(models_dir))
     if not models:
+        assert registry is not None
         models = (registry.default,)
     # NAME=URL: that model is served by its own OpenAI-compatible server.
     named = [
@@ -233,10 +236,11 @@ def bench(
     models = tuple(name for name, _ in named)
     servers = tuple((name, url) for name, url in named if url)
     served = {name for name, _ in servers}
+    in_process = [] if base_url or not registry else [m for m in models if m not in served]
     own = {  # a model run in-process with rules of its own in the registry
         model: Rules.for_model(model, model_items, items)
-        for model in models
-        if not base_url and model not in served and (model_items := registry.rules_of(model))
+        for model in in_process
+        if registry and (model_items := registry.rules_of(model))
     }
     settings = BenchSettings(
         suite=suite if suite == "builtin" else str(Path(suite).resolve()),
