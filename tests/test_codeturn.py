@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from llguidance import LLMatcher
 
 from offline_agent.cli import cli
+from offline_agent.cli.console import ConsoleEvents
 from offline_agent.codeturn import code_text, is_ask
 from offline_agent.errors import FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
@@ -149,6 +150,18 @@ def test_a_run_asks_for_the_code_and_writes_it(tmp_path: Path) -> None:
     # A step starts at its request, not at the code turn's question.
     assert step_starts(agent.history) == [0, 5]
     assert agent.history[5] == model.calls[2][-1]
+
+
+def test_the_console_shows_the_code_turns_tokens_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write = _json("write_file", filename="hello.py")
+    code = "```python\nprint('Hello, World!')\n```"
+    agent, _, _ = make_agent(tmp_path, [write, code, COMPACT_FINISH], rules=RULES)
+    agent.events = ConsoleEvents("Coder")
+    agent.run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "tok/s" in line]
+    assert len(lines) == 3 and lines[1].startswith("(code turn: ")  # reply, code, finish
 
 
 def test_a_cut_off_block_writes_nothing(tmp_path: Path) -> None:

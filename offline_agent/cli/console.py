@@ -84,14 +84,14 @@ class ConsoleEvents:
                 click.style("NEXT ACTION: ", fg="cyan", bold=True)
                 + f"COMMAND = {step.reply.command.name}  ARGUMENTS = {args}"
             )
-        if step.completion is not None:
-            c = step.completion
-            click.secho(
-                f"({c.total_seconds:.1f} s, {c.usage.completion_tokens} tokens at "
-                f"{c.decode_tokens_per_second:.0f} tok/s, prompt {c.usage.prompt_tokens} tokens "
-                f"of which {c.usage.cached_tokens} cached)",
-                dim=True,
-            )
+        for label, c in (("", step.completion), ("code turn: ", step.code)):
+            if c is not None:
+                click.secho(
+                    f"({label}{c.total_seconds:.1f} s, {c.usage.completion_tokens} tokens at "
+                    f"{c.decode_tokens_per_second:.0f} tok/s, prompt {c.usage.prompt_tokens} "
+                    f"tokens of which {c.usage.cached_tokens} cached)",
+                    dim=True,
+                )
 
     def executed(self, step: Step) -> None:
         """Print a short form of the command's result."""
