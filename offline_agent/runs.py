@@ -17,7 +17,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +32,8 @@ STEPS_FILE = "steps.jsonl"
 META_FILE = "run.json"
 HEAD_FILE = "steps.head"
 LOCK_FILE = ".lock"
+ORIGINALS = "originals"
+"""The run folder's copy of each workspace file as it was before the run first changed it."""
 GENESIS = "0" * 64
 """What the first line of a record made before run.json was chained points back to."""
 
@@ -46,10 +50,20 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves the old file or the new one."""
+    _replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Replace `path` with a copy of `source`, so that a crash leaves no half copy."""
+    with source.open("rb") as data:
+        _replace_atomic(path, lambda f: shutil.copyfileobj(data, f))
+
+
+def _replace_atomic(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
+        with tmp.open("wb") as f:
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -173,6 +187,19 @@ class RunRecord:
     def id(self) -> str:
         """The run's id: its folder name."""
         return self.folder.name
+
+    def keep_original(self, name: str, source: Path) -> None:
+        """Keep `source`, the workspace file `name` as it was before the run first changed
+        it, as `originals/<name>` in the run folder; a copy already there (a resumed run's)
+        is kept as it is."""
+        target = self.folder / ORIGINALS / name
+        if target.exists():
+            return
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_atomic(source, target)
+        except OSError as err:
+            raise StorageError(f"cannot keep {name}: {err.strerror or err}") from None
 
     def write_step(self, step: Step) -> None:
         """Append one step, with the digest of what its command returned. Its snapshot is

@@ -198,6 +198,9 @@ def build_agent(
         sandbox=Sandbox.default() if settings.sandbox else None,
         check_syntax=settings.rules.check_syntax,
     )
+    opened = record(model, tools, rules) if record is not None else None
+    if opened is not None:  # the first version of each file the run changes is kept
+        workspace.keep = opened.keep_original
     return Agent(
         settings.profile,
         model,
@@ -207,7 +210,7 @@ def build_agent(
         rules=rules,
         examples=examples,
         memory=memory,
-        record=record(model, tools, rules) if record is not None else None,
+        record=opened,
         events=events,
         approve=None if settings.continuous else approve,
     )

@@ -17,11 +17,11 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from offline_agent.errors import ConfigError, WorkspaceError
+from offline_agent.errors import ConfigError, StorageError, WorkspaceError
 
 MAX_LISTED = 500
 """Default cap on the number of paths `Workspace.list_files` returns."""
@@ -54,8 +54,15 @@ def _os_errors(action: str, shown: str) -> Iterator[None]:
 class Workspace:
     """A folder that the file commands cannot leave."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keep: Callable[[str, Path], None] | None = None) -> None:
         self.root = root.resolve()
+        self.keep = keep
+        """Called with a file's relative path and its real path before the first change this
+        process makes to it (written over, appended to, deleted), so that its first version
+        is kept (`RunRecord.keep_original`); it raises StorageError when it cannot keep it,
+        and then the file is left as it was."""
+        self._changed: set[str] = set()
+        """The files changed, created or deleted so far: their first version is kept."""
 
     @classmethod
     def create(cls, root: Path) -> Workspace:
@@ -187,6 +194,21 @@ class Workspace:
             _one_name(file.fileno(), _show(path))
             return file.read(-1 if max_chars is None else max_chars)
 
+    def _before_change(self, real: Path, shown: str) -> None:
+        """Hand a regular file's first version to `keep` before its first change."""
+        if self.keep is None:
+            return
+        name = self.relative(real)
+        if name not in self._changed:
+            if real.is_file() and not real.is_symlink():
+                try:
+                    self.keep(name, real)
+                except StorageError as err:
+                    raise WorkspaceError(
+                        f"{shown} was left as it was: its first version could not be kept ({err})"
+                    ) from None
+            self._changed.add(name)
+
     def _writable(self, path: str) -> Path:
         """The resolved path of a file that may be written, its parent folders created."""
         real = self.resolve(path)
@@ -203,6 +225,7 @@ class Workspace:
         Characters that cannot be encoded as UTF-8 (lone surrogates) are written as '?'.
         """
         real = self._writable(path)
+        self._before_change(real, _show(path))
         data = text.encode("utf-8", "replace")
         temp = real.with_name(f".{real.name[:100]}.{secrets.token_hex(4)}.tmp")
         with _os_errors("write", _show(path)):
@@ -227,6 +250,7 @@ class Workspace:
     def append_text(self, path: str, text: str) -> int:
         """Add `text` to the end of the file, creating it if missing; returns characters added."""
         real = self._writable(path)
+        self._before_change(real, _show(path))
         with _os_errors("append to", _show(path)), real.open("ab") as file:
             _one_name(file.fileno(), _show(path))
             file.write(text.encode("utf-8", "replace"))
@@ -247,6 +271,7 @@ class Workspace:
                 raise WorkspaceError(f"{shown} is a folder; only files can be deleted")
             elif not link.exists():
                 raise self._missing(shown)
+            self._before_change(link, shown)
             link.unlink()
 
 

@@ -265,6 +265,31 @@ def test_runs_list_show_and_replay_read_what_run_wrote(tmp_path: Path, home: Pat
     assert "replayed 1 commands" in replayed and "every result matches" in replayed
 
 
+def test_a_run_keeps_the_first_version_of_each_file_it_changes(
+    tmp_path: Path, home: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "log.txt").write_text("the user's line\n")
+    writes = [reply("write_file", filename="log.txt", text=t) for t in ("one", "two")]
+    model = script(tmp_path, [*writes, reply("write_file", filename="new.txt", text="x"), FINISH])
+    code, _, _ = invoke("run", "--goal", "g", "--model", model, "--continuous", "--no-memory",
+                        "--rule", "none", "--workspace", str(ws), "--max-steps", "1")  # fmt: skip
+    assert code == 10 and (ws / "log.txt").read_text() == "one"
+    (run,) = (home / "runs").iterdir()
+    code, out, err = invoke("runs", "resume", run.name, "--max-steps", "5")
+    assert code == 0, out + err
+    assert (ws / "log.txt").read_text() == "two"
+    originals = run / "originals"
+    assert sorted(p.name for p in originals.iterdir()) == ["log.txt"]  # not the run's own file
+    assert (originals / "log.txt").read_text() == "the user's line\n"  # the first, kept
+    code, shown, _ = invoke("runs", "show", run.name)
+    assert shown.splitlines()[-1] == (
+        f"first versions of the files it changed, kept in {originals}: log.txt"
+    )
+    assert verify(run).lines > 0  # the copies do not disturb the record
+
+
 def test_a_relative_workspace_is_resumed_where_it_was(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

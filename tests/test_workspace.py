@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offline_agent.errors import ConfigError, WorkspaceError
+from offline_agent.errors import ConfigError, StorageError, WorkspaceError
 from offline_agent.workspace import Workspace
 
 
@@ -360,3 +360,35 @@ def test_no_path_resolves_outside_the_root(ws: Workspace, outside: Path, path: s
         return
     assert real.is_relative_to(ws.root)
     assert Path(os.path.realpath(real)) == real
+
+
+def test_the_first_version_of_a_changed_file_is_handed_over_once(tmp_path: Path) -> None:
+    kept: list[tuple[str, str]] = []
+    ws = Workspace.create(tmp_path / "ws")
+    (ws.root / "notes").mkdir()
+    for name in ("a.txt", "b.txt", "notes/c.txt"):
+        (ws.root / name).write_text(f"first {name}")
+    ws.keep = lambda name, real: kept.append((name, real.read_text()))
+    ws.write_text("a.txt", "second")
+    ws.write_text("a.txt", "third")  # kept once: its first version
+    ws.append_text("notes/c.txt", "+")
+    ws.delete("b.txt")
+    ws.write_text("new.txt", "made by the run")
+    ws.write_text("new.txt", "and changed")  # the run's own file: nothing to keep
+    assert kept == [("a.txt", "first a.txt"), ("notes/c.txt", "first notes/c.txt"),
+                    ("b.txt", "first b.txt")]  # fmt: skip
+
+
+def test_a_file_whose_first_version_cannot_be_kept_is_left_as_it_was(tmp_path: Path) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    (ws.root / "a.txt").write_text("precious")
+
+    def full(name: str, real: Path) -> None:
+        raise StorageError("cannot keep a.txt: No space left on device")
+
+    ws.keep = full
+    for change in (lambda: ws.write_text("a.txt", "x"), lambda: ws.append_text("a.txt", "x"),
+                   lambda: ws.delete("a.txt")):  # fmt: skip
+        with pytest.raises(WorkspaceError, match="^a.txt was left as it was: its first version"):
+            change()
+    assert (ws.root / "a.txt").read_text() == "precious"
