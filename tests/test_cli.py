@@ -120,16 +120,22 @@ def test_ai_settings_switch_rules(tmp_path: Path, home: Path) -> None:
     assert "start_agent" in first["messages"][0]["content"]
 
 
-def test_a_models_bad_rule_in_the_registry_is_one_line_before_the_model_loads(
-    tmp_path: Path, home: Path
-) -> None:
+def registered_mine(tmp_path: Path, rules: str) -> Path:
+    """A models folder whose registry has a model `mine` with `rules` and no file."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "registry.toml").write_text(
         '[models.mine]\nfilename = "mine.gguf"\npath = "/nonexistent/mine.gguf"\n'
         'sha256 = "00"\nsize = 1\ncontext_length = 1\nchat_format = "chatml"\n'
-        'rules = ["code_turn=maybe"]\n'
+        f"rules = {rules}\n"
     )
+    return models
+
+
+def test_a_models_bad_rule_in_the_registry_is_one_line_before_the_model_loads(
+    tmp_path: Path, home: Path
+) -> None:
+    models = registered_mine(tmp_path, '["code_turn=maybe"]')
     code, out, err = invoke("run", "--goal", "g", "--model", "mine", "--models-dir", str(models))
     assert code == 2, out + err
     assert err.strip() == (
@@ -144,13 +150,7 @@ def test_a_models_bad_rule_in_the_registry_is_one_line_before_the_model_loads(
 def test_the_run_names_the_registry_rules_that_its_own_rules_leave_standing(
     tmp_path: Path, home: Path
 ) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "registry.toml").write_text(
-        '[models.mine]\nfilename = "mine.gguf"\npath = "/nonexistent/mine.gguf"\n'
-        'sha256 = "00"\nsize = 1\ncontext_length = 1\nchat_format = "chatml"\n'
-        'rules = ["code_turn=on", "show_state=off"]\n'
-    )
+    models = registered_mine(tmp_path, '["code_turn=on", "show_state=off"]')
     run = ("run", "--goal", "g", "--model", "mine", "--models-dir", str(models))
     _, _, err = invoke(*run)  # the file is missing: the notice comes before loading it
     assert "own rules from the registry: code_turn=on, show_state=off (" in err
