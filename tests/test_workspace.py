@@ -389,6 +389,6 @@ def test_a_file_whose_first_version_cannot_be_kept_is_left_as_it_was(tmp_path: P
     ws.keep = full
     for change in (lambda: ws.write_text("a.txt", "x"), lambda: ws.append_text("a.txt", "x"),
                    lambda: ws.delete("a.txt")):  # fmt: skip
-        with pytest.raises(WorkspaceError, match="^a.txt was left as it was: its first version"):
+        with pytest.raises(WorkspaceError, match=r"^a\.txt was left as it was: its first version"):
             change()
     assert (ws.root / "a.txt").read_text() == "precious"
