@@ -265,9 +265,7 @@ def test_runs_list_show_and_replay_read_what_run_wrote(tmp_path: Path, home: Pat
     assert "replayed 1 commands" in replayed and "every result matches" in replayed
 
 
-def test_a_run_keeps_the_first_version_of_each_file_it_changes(
-    tmp_path: Path, home: Path
-) -> None:
+def test_a_run_keeps_the_first_version_of_each_file_it_changes(tmp_path: Path, home: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "log.txt").write_text("the user's line\n")
