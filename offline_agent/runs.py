@@ -11,6 +11,7 @@ or changed by someone who did not also rewrite the chain.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,6 +33,8 @@ STEPS_FILE = "steps.jsonl"
 META_FILE = "run.json"
 HEAD_FILE = "steps.head"
 LOCK_FILE = ".lock"
+TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+"""The name of a file an atomic write has not yet renamed into place (`_replace_atomic`)."""
 ORIGINALS = "originals"
 """The run folder's copy of each workspace file as it was before the run first changed it."""
 GENESIS = "0" * 64
@@ -54,21 +57,27 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def copy_atomic(source: Path, path: Path) -> None:
-    """Replace `path` with a copy of `source`, so that a crash leaves no half copy."""
+    """Replace `path` with a copy of `source` (its permission bits too), so that a crash
+    leaves no half copy."""
     with source.open("rb") as data:
-        _replace_atomic(path, lambda f: shutil.copyfileobj(data, f))
+        _replace_atomic(path, lambda f: shutil.copyfileobj(data, f), mode_of=source)
 
 
-def _replace_atomic(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def _replace_atomic(
+    path: Path, fill: Callable[[IO[bytes]], object], mode_of: Path | None = None
+) -> None:
+    tmp = path.with_name(f".{path.name[:100]}.{secrets.token_hex(4)}.tmp")  # within NAME_MAX
     try:
         with tmp.open("wb") as f:
             fill(f)
             f.flush()
             os.fsync(f.fileno())
+        if mode_of is not None:
+            shutil.copymode(mode_of, tmp)
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
 
 

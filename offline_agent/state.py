@@ -380,11 +380,12 @@ def plan_step(
                 if rules.goal_targets and missing_named:
                     narrowed[arg] = missing_named
                 continue
-            if seen_looks and names.answer == "listing" and _listed_in_full(snapshot):
+            listing = names.answer == "listing" and names.kind == "folder"
+            if seen_looks and listing and _listed_in_full(snapshot):
                 missing = "shown_looks: the request lists every file already"
                 break
             values = snapshot.choices(names)
-            if seen_looks and names.answer == "text" and values:
+            if seen_looks and names.answer == "text" and names.kind == "file" and values:
                 values = [v for v in values if (v, snapshot.files[v]) not in progress.shown]
                 if not values:
                     missing = "shown_looks: the full text of every file is shown already"

@@ -195,12 +195,13 @@ class Workspace:
             return file.read(-1 if max_chars is None else max_chars)
 
     def _before_change(self, real: Path, shown: str) -> None:
-        """Hand a regular file's first version to `keep` before its first change."""
+        """Hand a regular file's first version to `keep` before its first change (an empty
+        one has nothing to lose)."""
         if self.keep is None:
             return
         name = self.relative(real)
         if name not in self._changed:
-            if real.is_file() and not real.is_symlink():
+            if real.is_file() and not real.is_symlink() and real.stat().st_size:
                 try:
                     self.keep(name, real)
                 except StorageError as err:
@@ -225,10 +226,10 @@ class Workspace:
         Characters that cannot be encoded as UTF-8 (lone surrogates) are written as '?'.
         """
         real = self._writable(path)
-        self._before_change(real, _show(path))
         data = text.encode("utf-8", "replace")
         temp = real.with_name(f".{real.name[:100]}.{secrets.token_hex(4)}.tmp")
         with _os_errors("write", _show(path)):
+            self._before_change(real, _show(path))
             mode = real.stat().st_mode & 0o7777 if real.exists() else None
             # O_EXCL never opens a file someone else placed there; 0o666 lets umask decide.
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -250,9 +251,9 @@ class Workspace:
     def append_text(self, path: str, text: str) -> int:
         """Add `text` to the end of the file, creating it if missing; returns characters added."""
         real = self._writable(path)
-        self._before_change(real, _show(path))
         with _os_errors("append to", _show(path)), real.open("ab") as file:
             _one_name(file.fileno(), _show(path))
+            self._before_change(real, _show(path))  # nothing is written yet
             file.write(text.encode("utf-8", "replace"))
         return len(text)
 

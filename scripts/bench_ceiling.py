@@ -28,6 +28,7 @@ from benchlib import log, machine, write_doc_block
 from offline_agent.bench.challenge import Challenge, load_suite, prepare_workspace
 from offline_agent.bench.judge import judge
 from offline_agent.codeturn import code_text
+from offline_agent.errors import AgentError
 from offline_agent.llm import open_model
 from offline_agent.llm.base import ChatModel
 from offline_agent.llm.options import LlamaOptions
@@ -70,9 +71,14 @@ def attempt(model: ChatModel, challenge: Challenge) -> tuple[bool, str, str]:
         prepare_workspace(challenge, workspace)
         target, message = question(challenge, workspace)
         language = LANGUAGE if target.endswith(CODE_SUFFIX) else ""
-        answer = model.complete(
-            [message], schema=code_schema(language, ANSWER_TOKENS), max_tokens=ANSWER_TOKENS + 16
-        )
+        try:
+            answer = model.complete(
+                [message],
+                schema=code_schema(language, ANSWER_TOKENS),
+                max_tokens=ANSWER_TOKENS + 16,
+            )
+        except AgentError as err:  # a prompt past the context, a backend error: a fail
+            return False, target, f"({err})"
         text = code_text(answer.text, language)
         path = workspace / target
         path.parent.mkdir(parents=True, exist_ok=True)

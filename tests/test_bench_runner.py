@@ -208,6 +208,12 @@ def test_a_bench_of_served_models_does_not_read_the_registry(tmp_path: Path, sui
     ])  # fmt: skip
     assert result.exit_code == 0 and "registry.toml" not in result.output, result.output
     assert [a.model for a in read_results(tmp_path / "out")] == ["m"]  # tried, the server down
+    result = CliRunner().invoke(cli, [
+        "bench", "--suite", str(suite), "--challenge", "WriteWashington", "--no-report",
+        "--model", "m=http://127.0.0.1:9/v1", "--models-dir", str(models),
+        "--out", str(tmp_path / "out2"),
+    ])  # fmt: skip
+    assert result.exit_code == 0 and "registry.toml" not in result.output, result.output
 
 
 def test_the_default_is_runs_greedy_decoding_once_and_sampling_three_times(

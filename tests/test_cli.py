@@ -123,7 +123,7 @@ def test_ai_settings_switch_rules(tmp_path: Path, home: Path) -> None:
 def registered_mine(tmp_path: Path, rules: str) -> Path:
     """A models folder whose registry has a model `mine` with `rules` and no file."""
     models = tmp_path / "models"
-    models.mkdir()
+    models.mkdir(parents=True)
     (models / "registry.toml").write_text(
         '[models.mine]\nfilename = "mine.gguf"\npath = "/nonexistent/mine.gguf"\n'
         'sha256 = "00"\nsize = 1\ncontext_length = 1\nchat_format = "chatml"\n'
@@ -158,6 +158,9 @@ def test_the_run_names_the_registry_rules_that_its_own_rules_leave_standing(
     assert "own rules from the registry: code_turn=on (" in err
     _, _, err = invoke(*run, "--rule", "show_state=on", "--rule", "code_turn=off")
     assert "registry" not in err
+    models = registered_mine(tmp_path / "b", '["none", "code_turn=on"]')
+    _, _, err = invoke("run", "--goal", "g", "--model", "mine", "--models-dir", str(models))
+    assert "own rules from the registry: none, code_turn=on (" in err
 
 
 @pytest.mark.parametrize(
@@ -269,8 +272,11 @@ def test_a_run_keeps_the_first_version_of_each_file_it_changes(tmp_path: Path, h
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "log.txt").write_text("the user's line\n")
+    (ws / ".env").write_text("A=1\n")
     writes = [reply("write_file", filename="log.txt", text=t) for t in ("one", "two")]
-    model = script(tmp_path, [*writes, reply("write_file", filename="new.txt", text="x"), FINISH])
+    more = [reply("write_file", filename="new.txt", text="x"),
+            reply("append_file", filename=".env", text="B=2\n"), FINISH]  # fmt: skip
+    model = script(tmp_path, [*writes, *more])
     code, _, _ = invoke("run", "--goal", "g", "--model", model, "--continuous", "--no-memory",
                         "--rule", "none", "--workspace", str(ws), "--max-steps", "1")  # fmt: skip
     assert code == 10 and (ws / "log.txt").read_text() == "one"
@@ -279,11 +285,11 @@ def test_a_run_keeps_the_first_version_of_each_file_it_changes(tmp_path: Path, h
     assert code == 0, out + err
     assert (ws / "log.txt").read_text() == "two"
     originals = run / "originals"
-    assert sorted(p.name for p in originals.iterdir()) == ["log.txt"]  # not the run's own file
+    assert sorted(p.name for p in originals.iterdir()) == [".env", "log.txt"]  # not new.txt
     assert (originals / "log.txt").read_text() == "the user's line\n"  # the first, kept
     code, shown, _ = invoke("runs", "show", run.name)
     assert shown.splitlines()[-1] == (
-        f"first versions of the files it changed, kept in {originals}: log.txt"
+        f"first versions of the files it changed, kept in {originals}: .env, log.txt"
     )
     assert verify(run).lines > 0  # the copies do not disturb the record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from llguidance import LLMatcher
@@ -31,7 +31,7 @@ from offline_agent.state import (
 )
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
-from offline_agent.tools.base import ExistingFile, FileToRead, FolderToList, tool
+from offline_agent.tools.base import ExistingFile, FileToRead, FolderToList, Names, tool
 from offline_agent.workspace import Workspace
 
 EVERYTHING = builtin_tools(memory=True, agents=True, shell=False, delete=True)
@@ -195,7 +195,20 @@ def test_shown_looks_goes_by_what_an_argument_answers_not_by_command_name(
         """
         return ""
 
+    @tool
+    def misdeclared(
+        ctx: ToolContext, folder: Annotated[str, Names("folder", answer="text")]
+    ) -> str:
+        """A look whose `answer` does not fit what it names: no rule, and no crash.
+
+        Args:
+            folder: a folder
+        """
+        return ""
+
     ctx = context(tmp_path, {"notes.txt": "first\nsecond\n"})
+    step, _ = Steering(ToolRegistry([misdeclared]), Rules(), GOALS).plan(ctx)
+    assert step.tools.names == ["misdeclared"]
     tools = ToolRegistry([show_text, show_names, count_lines])
     step, _ = Steering(tools, Rules(), GOALS).plan(ctx)
     assert step.left_out["show_text"].startswith("shown_looks: the full text of every file")

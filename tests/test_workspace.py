@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offline_agent.errors import ConfigError, StorageError, WorkspaceError
+from offline_agent.runs import ORIGINALS, RunRecord
 from offline_agent.workspace import Workspace
 
 
@@ -392,3 +393,23 @@ def test_a_file_whose_first_version_cannot_be_kept_is_left_as_it_was(tmp_path: P
         with pytest.raises(WorkspaceError, match=r"^a\.txt was left as it was: its first version"):
             change()
     assert (ws.root / "a.txt").read_text() == "precious"
+
+
+def test_a_long_name_a_hard_link_and_the_mode_when_keeping_first_versions(tmp_path: Path) -> None:
+    record = RunRecord.create(tmp_path / "runs", "t", {})
+    ws = Workspace.create(tmp_path / "ws")
+    ws.keep = record.keep_original
+    long = "n" * 240 + ".txt"
+    (ws.root / long).write_text("first")
+    ws.write_text(long, "second")
+    assert (record.folder / ORIGINALS / long).read_text() == "first"
+    script = ws.root / "run.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    ws.append_text("run.sh", "echo again\n")
+    assert (record.folder / ORIGINALS / "run.sh").stat().st_mode & 0o777 == 0o755
+    (ws.root / "linked.txt").write_text("shared")
+    os.link(ws.root / "linked.txt", tmp_path / "elsewhere.txt")
+    with pytest.raises(WorkspaceError, match="other names"):
+        ws.append_text("linked.txt", "x")
+    assert not (record.folder / ORIGINALS / "linked.txt").exists()  # refused: nothing read

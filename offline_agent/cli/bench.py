@@ -225,9 +225,8 @@ def bench(
     models_dir = models_dir or default_models_dir()
     # Read for the default model and for the rules of models run in-process; a bench whose
     # models are all served does not need it (nor stop at a broken one).
-    registry = None if base_url and models else load_registry(user_registry_path(models_dir))
-    if not models:
-        assert registry is not None
+    registry = None if models else load_registry(user_registry_path(models_dir))
+    if registry is not None:
         models = (registry.default,)
     # NAME=URL: that model is served by its own OpenAI-compatible server.
     named = [
@@ -236,7 +235,9 @@ def bench(
     models = tuple(name for name, _ in named)
     servers = tuple((name, url) for name, url in named if url)
     served = {name for name, _ in servers}
-    in_process = [] if base_url or not registry else [m for m in models if m not in served]
+    in_process = [] if base_url else [m for m in models if m not in served]
+    if in_process and registry is None:
+        registry = load_registry(user_registry_path(models_dir))
     own = {  # a model run in-process with rules of its own in the registry
         model: Rules.for_model(model, model_items, items)
         for model in in_process

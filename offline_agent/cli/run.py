@@ -311,7 +311,11 @@ def run(
             err=True,
         )
     # The registry's items that the user's own rules leave standing.
-    if in_effect := [item for item in model_items if Rules.parse([item], rules) == rules]:
+    if in_effect := [
+        item
+        for item in model_items
+        if item.strip().lower() == "none" or Rules.parse([item], rules) == rules
+    ]:
         click.secho(
             f"The model's own rules from the registry: {', '.join(in_effect)} "
             "(--rule NAME=VALUE overrides one)",

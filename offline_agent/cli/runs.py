@@ -14,7 +14,7 @@ from offline_agent.cli.run import drive
 from offline_agent.errors import ReplayDivergedError, StorageError
 from offline_agent.home import home_dir
 from offline_agent.replay import recorded_steps, replay
-from offline_agent.runs import ORIGINALS, RunMeta, read_entries, verify
+from offline_agent.runs import ORIGINALS, TEMP_FILE, RunMeta, read_entries, verify
 from offline_agent.session import Run
 from offline_agent.tools import builtin_tools
 from offline_agent.workspace import Workspace
@@ -88,7 +88,7 @@ def show(run: str, runs_dir: Path | None) -> None:
     click.echo(f"ended: {_ending(folder)}")
     originals = folder / ORIGINALS
     if kept := sorted(p.relative_to(originals).as_posix() for p in originals.rglob("*")
-                      if p.is_file() and not p.name.startswith(".")):  # fmt: skip
+                      if p.is_file() and not TEMP_FILE.match(p.name)):  # fmt: skip
         click.echo(f"first versions of the files it changed, kept in {originals}: "
                    + ", ".join(kept))  # fmt: skip
 
