@@ -43,7 +43,7 @@ from offline_agent.records import (
 )
 from offline_agent.runs import RunMeta, RunRecord, read_entries, recorded_steps_with_snapshots
 from offline_agent.sandbox import Sandbox
-from offline_agent.state import Rules
+from offline_agent.state import Rules, Snapshot
 from offline_agent.subagents import SubAgents
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools
 from offline_agent.tools.base import ShellPolicy
@@ -201,6 +201,7 @@ def build_agent(
     opened = record(model, tools, rules) if record is not None else None
     if opened is not None:  # the first version of each file the run changes is kept
         workspace.keep = opened.keep_original
+        workspace.started_with = _files(Snapshot.take(ctx))  # a resumed run's: `restore`
     return Agent(
         settings.profile,
         model,
@@ -343,6 +344,9 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         record.write_step(step)
         steps.append(step.to_dict())
         used_replies += 1 + (code is not None)
+    if steps:  # the files there were at the start, as its first step saw them
+        first = steps[0].get("snapshot")
+        agent.ctx.workspace.started_with = _files(Snapshot.from_json(first)) if first else None
     snapshots = [step["subagents"] for step in steps if step.get("subagents")]
     if snapshots and agent.ctx.agents is not None:
         agent.ctx.agents.load(snapshots[-1])
@@ -351,6 +355,11 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         # A scripted model replays a fixed transcript: skip the replies already used.
         agent.model.skip(used_replies)
     return len(steps)
+
+
+def _files(snapshot: Snapshot) -> frozenset[str] | None:
+    """The snapshot's files, if it has them all."""
+    return None if snapshot.partial else frozenset(snapshot.files)
 
 
 class Run:

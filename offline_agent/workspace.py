@@ -63,6 +63,9 @@ class Workspace:
         and then the file is left as it was."""
         self._changed: set[str] = set()
         """The files changed, created or deleted so far: their first version is kept."""
+        self.started_with: frozenset[str] | None = None
+        """The files the workspace held when the run started, when known: a file that was not
+        among them is the run's own (made by its code, say), and nothing of it is kept."""
 
     @classmethod
     def create(cls, root: Path) -> Workspace:
@@ -201,7 +204,8 @@ class Workspace:
             return
         name = self.relative(real)
         if name not in self._changed:
-            if real.is_file() and not real.is_symlink() and real.stat().st_size:
+            theirs = self.started_with is None or name in self.started_with
+            if theirs and real.is_file() and not real.is_symlink() and real.stat().st_size:
                 try:
                     self.keep(name, real)
                 except StorageError as err:

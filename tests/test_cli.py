@@ -273,19 +273,23 @@ def test_a_run_keeps_the_first_version_of_each_file_it_changes(tmp_path: Path, h
     ws.mkdir()
     (ws / "log.txt").write_text("the user's line\n")
     (ws / ".env").write_text("A=1\n")
-    writes = [reply("write_file", filename="log.txt", text=t) for t in ("one", "two")]
-    more = [reply("write_file", filename="new.txt", text="x"),
-            reply("append_file", filename=".env", text="B=2\n"), FINISH]  # fmt: skip
-    model = script(tmp_path, [*writes, *more])
+    before = [
+        reply("write_file", filename="log.txt", text="one"),
+        reply("execute_python_code", code="open('made.txt', 'w').write('by code')"),
+    ]
+    after = [reply("write_file", filename="log.txt", text="two"),
+             reply("write_file", filename="made.txt", text="changed"),  # the run's own file
+             reply("append_file", filename=".env", text="B=2\n"), FINISH]  # fmt: skip
+    model = script(tmp_path, [*before, *after])
     code, _, _ = invoke("run", "--goal", "g", "--model", model, "--continuous", "--no-memory",
-                        "--rule", "none", "--workspace", str(ws), "--max-steps", "1")  # fmt: skip
+                        "--rule", "none", "--workspace", str(ws), "--max-steps", "2")  # fmt: skip
     assert code == 10 and (ws / "log.txt").read_text() == "one"
     (run,) = (home / "runs").iterdir()
-    code, out, err = invoke("runs", "resume", run.name, "--max-steps", "5")
+    code, out, err = invoke("runs", "resume", run.name, "--max-steps", "6")
     assert code == 0, out + err
-    assert (ws / "log.txt").read_text() == "two"
+    assert (ws / "log.txt").read_text() == "two" and (ws / "made.txt").read_text() == "changed"
     originals = run / "originals"
-    assert sorted(p.name for p in originals.iterdir()) == [".env", "log.txt"]  # not new.txt
+    assert sorted(p.name for p in originals.iterdir()) == [".env", "log.txt"]  # not made.txt
     assert (originals / "log.txt").read_text() == "the user's line\n"  # the first, kept
     code, shown, _ = invoke("runs", "show", run.name)
     assert shown.splitlines()[-1] == (
