@@ -201,7 +201,6 @@ def build_agent(
     opened = record(model, tools, rules) if record is not None else None
     if opened is not None:  # the first version of each file the run changes is kept
         workspace.keep = opened.keep_original
-        workspace.started_with = _files(Snapshot.take(ctx))  # a resumed run's: `restore`
     return Agent(
         settings.profile,
         model,
@@ -399,6 +398,9 @@ class Run:
 
         with _closed_on_error(servers):
             agent = build_agent(settings, events, approve, model, record=opened, servers=servers)
+        # The files the user's workspace holds as the run starts: the ones it keeps first
+        # versions of (a resumed run learns them from its record, in `restore`).
+        agent.ctx.workspace.started_with = _files(Snapshot.take(agent.ctx))
         return cls(agent, records[0], servers)
 
     @classmethod

@@ -54,9 +54,9 @@ def _os_errors(action: str, shown: str) -> Iterator[None]:
 class Workspace:
     """A folder that the file commands cannot leave."""
 
-    def __init__(self, root: Path, keep: Callable[[str, Path], None] | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self.keep = keep
+        self.keep: Callable[[str, Path], None] | None = None
         """Called with a file's relative path and its real path before the first change this
         process makes to it (written over, appended to, deleted), so that its first version
         is kept (`RunRecord.keep_original`); it raises StorageError when it cannot keep it,
