@@ -252,12 +252,12 @@ class Snapshot:
                 folders.append(here.relative_to(root).as_posix())
             for name in filenames:
                 path = here / name
-                real = Path(os.path.realpath(path))
-                if not real.is_relative_to(root):
-                    continue
-                try:
+                try:  # realpath too: a symlink swapped under it raises EINVAL
+                    real = Path(os.path.realpath(path))
                     info = real.stat()
                 except OSError:
+                    continue
+                if not real.is_relative_to(root):
                     continue
                 files[path.relative_to(root).as_posix()] = (info.st_size, info.st_mtime_ns)
         agents = tuple(key for key, _, _ in ctx.agents.list()) if ctx.agents is not None else ()

@@ -106,14 +106,16 @@ class Workspace:
 
     def _inside(self, candidate: Path, shown: str) -> Path:
         """`candidate` with every symlink resolved now; WorkspaceError when that is outside."""
+        # realpath raises when a symlink changes under it (EINVAL from readlink), stops at a
+        # symlink loop and returns the rest unresolved, or (Python 3.11) normalised without
+        # resolving it: "loop/../out/x" comes back as "out/x" even where out links outside.
+        # A path resolved for good resolves to itself.
         try:
             real = Path(os.path.realpath(candidate))
+            looped = ".." in real.parts or os.path.islink(real) or os.path.realpath(real) != str(real)
         except (OSError, ValueError):
             raise WorkspaceError(f"the path {shown} cannot be resolved") from None
-        # realpath stops at a symlink loop and returns the rest unresolved, or (Python 3.11)
-        # normalised without resolving it: "loop/../out/x" comes back as "out/x" even where
-        # out links outside. A path resolved for good resolves to itself.
-        if ".." in real.parts or os.path.islink(real) or os.path.realpath(real) != str(real):
+        if looped:
             raise WorkspaceError(f"the path {shown} cannot be resolved (a symlink loop)")
         if not real.is_relative_to(self.root):
             raise WorkspaceError(f"{shown} is outside the workspace; use a path inside it")
@@ -160,7 +162,10 @@ class Workspace:
             for dirpath, _dirnames, filenames in os.walk(folder, followlinks=False):
                 for name in filenames:
                     entry = Path(dirpath) / name
-                    real = Path(os.path.realpath(entry))
+                    try:  # a symlink swapped under realpath raises EINVAL: leave it out
+                        real = Path(os.path.realpath(entry))
+                    except OSError:
+                        continue
                     if real.is_relative_to(self.root) and real.is_file():
                         found.append(self.relative(entry))
         return sorted(found)[:limit]

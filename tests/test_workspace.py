@@ -413,3 +413,29 @@ def test_a_long_name_a_hard_link_and_the_mode_when_keeping_first_versions(tmp_pa
     with pytest.raises(WorkspaceError, match="other names"):
         ws.append_text("linked.txt", "x")
     assert not (record.folder / ORIGINALS / "linked.txt").exists()  # refused: nothing read
+
+
+def test_a_symlink_swapped_during_a_look_is_an_error_or_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.path.realpath raises EINVAL when a symlink becomes a file between its lstat and its
+    readlink (code the agent runs can swap one in a loop): that is the command's one-line
+    error, or a name left out of a listing, never an OSError that ends the run."""
+    from offline_agent.state import Snapshot
+    from offline_agent.tools import ToolContext
+
+    workspace = Workspace.create(tmp_path / "ws")
+    workspace.write_text("swap.txt", "plain")
+    workspace.write_text("notes.txt", "kept")
+    realpath = os.path.realpath
+
+    def racing(path: str | os.PathLike[str], **kwargs: bool) -> str:
+        if os.fspath(path).endswith("swap.txt"):
+            raise OSError(22, "Invalid argument", os.fspath(path))
+        return realpath(path, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", racing)
+    with pytest.raises(WorkspaceError, match="swap.txt cannot be resolved"):
+        workspace.read_text("swap.txt")
+    assert workspace.list_files() == ["notes.txt"]
+    assert list(Snapshot.take(ToolContext(workspace=workspace)).files) == ["notes.txt"]
