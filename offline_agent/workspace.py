@@ -112,7 +112,9 @@ class Workspace:
         # A path resolved for good resolves to itself.
         try:
             real = Path(os.path.realpath(candidate))
-            looped = ".." in real.parts or os.path.islink(real) or os.path.realpath(real) != str(real)
+            looped = (
+                ".." in real.parts or os.path.islink(real) or os.path.realpath(real) != str(real)
+            )
         except (OSError, ValueError):
             raise WorkspaceError(f"the path {shown} cannot be resolved") from None
         if looped:

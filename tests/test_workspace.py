@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from offline_agent.errors import ConfigError, StorageError, WorkspaceError
 from offline_agent.runs import ORIGINALS, RunRecord
+from offline_agent.state import Snapshot
+from offline_agent.tools import ToolContext
 from offline_agent.workspace import Workspace
 
 
@@ -421,9 +423,6 @@ def test_a_symlink_swapped_during_a_look_is_an_error_or_left_out(
     """os.path.realpath raises EINVAL when a symlink becomes a file between its lstat and its
     readlink (code the agent runs can swap one in a loop): that is the command's one-line
     error, or a name left out of a listing, never an OSError that ends the run."""
-    from offline_agent.state import Snapshot
-    from offline_agent.tools import ToolContext
-
     workspace = Workspace.create(tmp_path / "ws")
     workspace.write_text("swap.txt", "plain")
     workspace.write_text("notes.txt", "kept")
@@ -435,7 +434,7 @@ def test_a_symlink_swapped_during_a_look_is_an_error_or_left_out(
         return realpath(path, **kwargs)
 
     monkeypatch.setattr(os.path, "realpath", racing)
-    with pytest.raises(WorkspaceError, match="swap.txt cannot be resolved"):
+    with pytest.raises(WorkspaceError, match=r"swap\.txt cannot be resolved"):
         workspace.read_text("swap.txt")
     assert workspace.list_files() == ["notes.txt"]
     assert list(Snapshot.take(ToolContext(workspace=workspace)).files) == ["notes.txt"]
