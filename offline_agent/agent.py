@@ -254,7 +254,8 @@ class Agent:
             step.reply = parse_reply(step.completion, plan.tools, schema, plan.left_out)
             code = (
                 write_code(self.model, step, plan.tools.get(step.reply.command.name), raw,
-                           max_tokens=self.config.reply_tokens)
+                           max_tokens=self.config.reply_tokens, rules=self.rules,
+                           goals=self.profile.goals, files=self.steering.snapshot.files)
                 if self.rules.code_turn
                 else []
             )  # fmt: skip

@@ -26,16 +26,37 @@ that passed nothing and cost time), and the loop rule `break_loops` inside the b
 loop broken in code leaves a slightly different file at every rewrite, which the repeat
 guard never sees as the same; unbroken, a degenerate rewrite is the same file again, and
 the guard ends it (SmolLM2: 1.97 s a step against 2.24).
+
+A base model (Gemma-3-270M) is not tuned for chat: asked in a turn, it copies the question
+into the block. What it was trained on is documents, and it continues one with code. With
+rule `code_document`, the code is decoded as a document of its own, from the beginning of
+sequence alone, and the block opens, forced, with a docstring naming the file and the goals;
+the code after it starts with a statement:
+
+    ```python
+    <3 quotes>hello.py: Write a Python script called hello.py that prints Hello, World!<3 quotes>
+    print("Hello, World!")
+
+The block ends at its closing fence, at its bound, or where a line begins the docstring
+again (`restart`: the model began the file anew). Nothing enters the chat's history but the
+JSON reply, and at temperature 0 the same document asked for again is the one decoded
+before (a rewrite leaves the file as it is, and the repeat guard sees it). The document sees
+no earlier text of the file: a fix is written from the goals alone. With rule `code_trim`,
+code that reached its bound (a small model's code runs on, and stops mid-line) loses its
+last lines until it compiles.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from offline_agent.errors import TruncatedReplyError
-from offline_agent.llm.base import ChatModel
+from offline_agent.llm.base import ChatModel, writes_documents
 from offline_agent.records import Message, Step
 from offline_agent.reply import FENCE, code_arg, code_schema, file_arg, language_of
+from offline_agent.state import Rules
 from offline_agent.tools.base import Tool
 
 CODE_TOKENS = 512
@@ -73,12 +94,44 @@ def is_ask(message: Message) -> bool:
     )
 
 
-def code_text(answer: str, language: str) -> str:
+def header(name: str, goals: Sequence[str]) -> str:
+    """The docstring that opens a new file's code with rule `code_document`: the file's name
+    and the goals, on one line."""
+    said = " ".join(" ".join(text.split()) for text in (f"{name}:", *goals))
+    said = said.replace("\\", "\\\\").replace('"""', "'''")
+    end = " " if said.endswith('"') else ""  # four quotes would close the docstring early
+    return f'"""{said}{end}"""\n'
+
+
+def restart(name: str) -> str:
+    """How a document of `name`'s code begins (its header up to the name's colon), where a
+    line that begins with it means the model began the file anew; "" for a name of other
+    characters than letters, digits and `_./-` (the grammar's pattern then needs none)."""
+    return f'"""{name}:' if re.fullmatch(r"[A-Za-z0-9_./-]+", name) else ""
+
+
+def code_text(answer: str, language: str, again: str = "") -> str:
     """The code in a code turn's answer: the block without its fences (a block that reached
-    `CODE_TOKENS` has no closing one)."""
+    `CODE_TOKENS` has no closing one), cut where a line begins with `again` (`restart`)."""
     opening = f"{FENCE}{language}\n"
     body = answer[len(opening) :] if answer.startswith(opening) else answer
-    return body[: -len(FENCE)] if body.endswith(FENCE) else body
+    body = body[: -len(FENCE)] if body.endswith(FENCE) else body
+    cut = body.find(f"\n{again}") if again else -1
+    return body if cut < 0 else body[: cut + 1]
+
+
+def trimmed(code: str, name: str) -> str:
+    """`code` without the last lines that keep it from compiling (Python cut off mid-line);
+    as it was when no leading lines compile."""
+    lines = code.split("\n")
+    for end in range(len(lines), 0, -1):
+        kept = "\n".join(lines[:end]).rstrip("\n") + "\n"
+        try:
+            compile(kept, name, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            continue
+        return kept if kept.strip() else code
+    return code
 
 
 def write_code(
@@ -88,29 +141,43 @@ def write_code(
     reply_text: str,
     *,
     max_tokens: int,
+    rules: Rules | None = None,
+    goals: Sequence[str] = (),
+    files: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[Message]:
     """Ask for the code of the step's command after its reply (`reply_text`, the answer to
     `step.messages`), and put it into the command's arguments: the turn's messages for the
-    history ([] when the command writes no code). The answer is kept as `step.code`;
-    TruncatedReplyError when its block was cut off."""
+    history ([] when the command writes no code, or writes it as a document of its own:
+    `rules.code_document`, opening with `goals`, unless it adds to a file that `files`, the
+    workspace's sizes and times by path, shows holding text: that file has its opening). The
+    answer is kept as `step.code`; TruncatedReplyError when its block was cut off."""
+    rules = rules or Rules(code_turn=True)
     call = step.reply.command if step.reply is not None else None
     language = language_of(tool, call.args) if call is not None else ""
     if call is None or not language or code_arg(tool) in call.args:
         return []
+    name = str(call.args.get(file_arg(tool)))
+    adds = tool.names[file_arg(tool)].kind == "appended" and (files or {}).get(name, (0, 0))[0]
+    document = rules.code_document and not adds
     question = ask(tool, call.args)
     messages = [*step.messages, Message(role="assistant", content=reply_text), question]
+    opening, again = (header(name, goals), restart(name)) if document else ("", "")
+    forced = FENCE_TOKENS + len(opening.encode())  # a token holds at least a byte
     # The prompt set aside room for one reply; the code may take what is left of the context.
-    room = model.context_length - model.count_tokens(messages) - FENCE_TOKENS
+    room = model.context_length - (0 if document else model.count_tokens(messages)) - forced
     bound = min(CODE_TOKENS, max_tokens - FENCE_TOKENS, room)
     if bound < MIN_CODE_TOKENS:
         raise TruncatedReplyError("No room is left in the context for the code. Keep it short.")
-    step.code = model.complete(
-        messages,
-        schema=code_schema(language, bound),
-        max_tokens=bound + FENCE_TOKENS,
-    )
+    schema = code_schema(language, bound, opening, again)
+    if document and writes_documents(model):
+        step.code = model.complete_document(schema=schema, max_tokens=bound + forced)
+    else:
+        step.code = model.complete(messages, schema=schema, max_tokens=bound + forced)
     if step.code.finish_reason == "length":  # a backend that did not bound the block
         raise TruncatedReplyError("Your code was cut off by the token limit. Keep it short.")
     answer = step.code.answer.strip()
-    call.args[code_arg(tool)] = code_text(answer, language)
-    return [question, Message(role="assistant", content=answer)]
+    code = code_text(answer, language, again)
+    if rules.code_trim and not answer.endswith(FENCE):  # cut off at the bound
+        code = trimmed(code, name)
+    call.args[code_arg(tool)] = code
+    return [] if document else [question, Message(role="assistant", content=answer)]

@@ -161,11 +161,16 @@ def _not_ending(suffix: str, longest: int | None) -> str:
     return f"^(.{{1,{n - 1}}}|{head}({differ}))$"
 
 
-def code_schema(language: str, max_tokens: int) -> dict[str, Any]:
+def code_schema(
+    language: str, max_tokens: int, header: str = "", restart: str = ""
+) -> dict[str, Any]:
     """The schema of the code turn's answer: one fenced block of `language`, its opening
     fence and tag forced, its code at most `max_tokens` tokens (then it ends, unclosed, as a
-    JSON string ends at its `maxLength`); `llm.guidance.reply_grammar` builds its grammar."""
-    return {CODE_KEY: {"language": language, "max_tokens": max_tokens}}
+    JSON string ends at its `maxLength`); `llm.guidance.reply_grammar` builds its grammar.
+    With a `header`, the code begins with it, forced, and then with a statement; it also ends
+    where a line begins with `restart`."""
+    extra = {"header": header, "restart": restart} if header else {}
+    return {CODE_KEY: {"language": language, "max_tokens": max_tokens} | extra}
 
 
 def reply_schema(

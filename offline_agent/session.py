@@ -25,7 +25,7 @@ from offline_agent.llm import (
     ScriptedModel,
     open_model,
 )
-from offline_agent.llm.base import breaks_loops, writes_blocks
+from offline_agent.llm.base import breaks_loops, writes_blocks, writes_documents
 from offline_agent.memory import FastEmbedder, open_memory
 from offline_agent.modelstore import load_registry, resolve, sha256_file, user_registry_path
 from offline_agent.prompt import PromptBuilder
@@ -187,6 +187,9 @@ def build_agent(
         )
         events.notice(f"code_turn is off: {why}")
         rules = replace(rules, code_turn=False)
+    if rules.code_turn and rules.code_document and not writes_documents(model):
+        events.notice("code_document is off: this backend decodes only chat turns")
+        rules = replace(rules, code_document=False)
     if rules.break_loops and not breaks_loops(model):
         rules = replace(rules, break_loops=False)  # a server decodes with its own samplers
     ctx = ToolContext(
@@ -297,6 +300,15 @@ INTERRUPTED = (
 )
 
 
+def _code_turn(agent: Agent, command: dict[str, Any], code: str | None) -> list[Message]:
+    """The code turn an interrupted step's history held: its question and `code`, the answer
+    (none when the reply had no code turn, or wrote its code as a document of its own)."""
+    if code is None or command["name"] not in agent.tools or agent.rules.code_document:
+        return []
+    return [ask(agent.tools.get(command["name"]), command["args"]),
+            Message(role="assistant", content=code.strip())]  # fmt: skip
+
+
 def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
     """Give `agent` the state of the run recorded in `folder`, as if its steps had just run
     in this process; the steps restored.
@@ -319,12 +331,7 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         told = INTERRUPTED.format(name=command["name"])
         request = pending.get("request")  # records made before it was kept have none
         code = pending.get("code")  # the code turn's answer, when the reply had one
-        turn = (
-            [ask(agent.tools.get(command["name"]), command["args"]),
-             Message(role="assistant", content=code.strip())]
-            if code is not None and command["name"] in agent.tools
-            else []
-        )  # fmt: skip
+        turn = _code_turn(agent, command, code)
         step = Step(
             index=len(steps) + 1,
             messages=[request] if request else [],

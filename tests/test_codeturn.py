@@ -15,7 +15,7 @@ from llguidance import LLMatcher
 
 from offline_agent.cli import cli
 from offline_agent.cli.console import ConsoleEvents
-from offline_agent.codeturn import code_text, is_ask
+from offline_agent.codeturn import code_text, header, is_ask, restart, trimmed
 from offline_agent.errors import FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
 from offline_agent.prompt import replies_and_results, step_starts
@@ -29,6 +29,7 @@ from offline_agent.tools.base import ToolRegistry
 from tests.conftest import (
     BYTE_TOKENIZER,
     COMPACT_FINISH,
+    PROFILE,
     accepts,
     byte_tokens,
     compact,
@@ -120,6 +121,76 @@ def test_the_answer_is_one_fenced_block_that_is_not_empty() -> None:
     assert code_text("```python\nprint(1)\n```", "python") == "print(1)\n"
 
 
+def test_a_header_is_forced_and_the_code_after_it_starts_with_a_statement() -> None:
+    top = '"""a-b/hello.py: Write hello.py"""\n'
+    again = restart("a-b/hello.py")
+    schema = code_schema("python", 100, top, again)
+    grammar = LLMatcher.grammar_from_lark(reply_grammar(schema))
+    for good in (
+        f"```python\n{top}print(1)\n```",
+        f"```python\n{top}import os\n\n# x\n```",
+        f"```python\n{top}print(1)\n{again}",  # began anew: the block ends there
+        f'```python\n{top}def f():\n    """a-b/hello.py"""\n```',  # not at a line's start
+        f'```python\n{top}x = 1\n"""a-bXhelloXpy: y"""\n```',  # its dot and slash are literal
+    ):
+        assert accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(good)), good
+    for bad in (
+        f"```python\n{top}print(1)\n{again} more",
+        "```python\nprint(1)\n```",  # the header is forced
+        f"```python\n{top}{top}```",  # the docstring again
+        f"```python\n{top}# print it\nprint(1)\n```",  # a comment first
+        f"```python\n{top}\nprint(1)\n```",  # a blank line first
+        f"```python\n{top}```",  # nothing after the header
+    ):
+        assert not accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(bad)), bad
+
+
+def test_a_header_names_the_file_and_the_goals_and_is_cut_where_it_comes_again() -> None:
+    top = header("a.py", ('Write  a.py, which prints """x"""', "Then\nrun it"))
+    assert top == "\"\"\"a.py: Write a.py, which prints '''x''' Then run it\"\"\"\n"
+    for awkward in ('ends in "quotes"', "a \\x escape", 'x"""y', "\\"):
+        text = header("b.py", (awkward,))
+        assert text.count("\n") == 1 and compile(text, "b.py", "exec"), text
+    again = restart("a.py")
+    assert again == '"""a.py:' and restart("my file.py") == ""
+    answer = f"```python\n{top}print(1)\n{again}"  # the grammar ends it there
+    assert code_text(answer, "python", again) == f"{top}print(1)\n"
+    assert code_text(f"```python\n{top}print(1)\n```", "python", again) == f"{top}print(1)\n"
+
+
+def test_code_cut_off_mid_line_is_trimmed_to_what_compiles() -> None:
+    assert trimmed("x = 1\nprint(x)\nprint(x", "a.py") == "x = 1\nprint(x)\n"
+    assert trimmed("def f():\n    return 1\nprint(f(", "a.py") == "def f():\n    return 1\n"
+    assert trimmed("print(1)\n", "a.py") == "print(1)\n"
+    assert trimmed("(((", "a.py") == "((("  # nothing compiles: left as it was, to fail visibly
+
+
+def test_with_code_document_the_code_is_a_document_of_its_own(tmp_path: Path) -> None:
+    """Rule code_document: the model is asked with no prompt (a document from its beginning
+    of sequence), at every write of a Python file; the chat gets no question; the code opens
+    with its docstring; code cut off at the bound is trimmed to what compiles (code_trim). An
+    append to a file that holds text is asked for in the chat: the file has its opening."""
+    rules = replace(RULES, code_document=True, code_trim=True)
+    top = header("hello.py", PROFILE.goals)
+    write = _json("write_file", filename="hello.py")
+    cut = f"```python\n{top}print('hi')\nprint('hi')\nprint('h"  # reached its bound
+    began_anew = f"```python\n{top}print('bye')\n{restart('hello.py')}"
+    add = _json("append_file", filename="hello.py")  # to a file with text: in the chat
+    more = "```python\nprint('more')\n```"
+    agent, model, record = make_agent(
+        tmp_path, [write, cut, write, began_anew, add, more, COMPACT_FINISH], rules=rules
+    )
+    agent.run()
+    assert is_ask(model.calls[5][-1]) and model.calls[5][-2]["content"] == add
+    assert model.calls[1] == model.calls[3] == []  # the documents: no prompt at all
+    assert not any(is_ask(m) for m in model.calls[4])  # no question in the chat
+    assert model.calls[2][len(model.calls[0]) :][0]["content"] == write
+    steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
+    assert steps[0]["reply"]["command"]["args"]["text"] == f"{top}print('hi')\nprint('hi')\n"
+    assert (tmp_path / "ws" / "hello.py").read_text() == f"{top}print('bye')\nprint('more')\n"
+    assert step_starts(agent.history)[:3] == [0, 3, 6]  # request, reply, result: no code turn
+
+
 def test_code_that_reaches_its_bound_ends_there_as_a_complete_answer() -> None:
     grammar = LLMatcher.grammar_from_lark(reply_grammar(code_schema("python", 8)))
     matcher = LLMatcher(BYTE_TOKENIZER, grammar)
@@ -200,8 +271,8 @@ def test_smollm2_writes_a_script_that_runs_when_asked_for_its_code(
     real_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Greedy SmolLM2 writes `Hello, World!` as hello.py's text inside JSON; asked for the
-    code in a turn of its own, as its registry entry has it by default, it writes a program
-    that prints it."""
+    code apart, as a document of its own, as its registry entry has it by default, it writes
+    a program that prints it."""
     monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(cli, [
         "run", "--name", "Coder", "--role", "an assistant that writes code", "--goal", GOAL,
@@ -209,9 +280,11 @@ def test_smollm2_writes_a_script_that_runs_when_asked_for_its_code(
         "--workspace", str(tmp_path / "ws"), "--continuous", "--max-steps", "2", "--no-memory",
         "--n-ctx", "2048",
     ])  # fmt: skip
-    assert "The model's own rules from the registry: code_turn=on" in result.stderr
+    own = "code_turn=on, code_document=on, code_trim=on"
+    assert f"The model's own rules from the registry: {own}" in result.stderr
     (run,) = (tmp_path / "home" / "runs").iterdir()
-    assert json.loads((run / "run.json").read_text())["settings"]["rules"]["code_turn"] is True
+    rules = json.loads((run / "run.json").read_text())["settings"]["rules"]
+    assert rules["code_turn"] is rules["code_document"] is rules["code_trim"] is True
     script = tmp_path / "ws" / "hello.py"
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
     assert ran.returncode == 0 and "Hello, World!" in ran.stdout, script.read_text()

@@ -10,11 +10,12 @@ import pytest
 
 from offline_agent import session
 from offline_agent.agent import Agent, AgentConfig, SilentEvents
+from offline_agent.codeturn import header
 from offline_agent.cores import usable_cores
 from offline_agent.errors import ModelError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.records import Profile
-from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.reply import code_schema, parse_reply, reply_schema
 from offline_agent.runs import RunRecord, read_entries
 from offline_agent.session import RunSettings
 from offline_agent.tools import ToolContext, builtin_tools
@@ -89,6 +90,27 @@ def test_gemma_keeps_the_system_message_and_replies_validly(
     completion = gemma.complete(messages, schema=schema, max_tokens=512)
     assert completion.constrained
     reply = parse_reply(completion, tools, schema)
+    assert reply.command.name in tools
+
+
+def test_gemma_writes_code_as_a_document_and_then_replies_in_the_chat(
+    real_models: dict[str, Path],
+) -> None:
+    """Rule code_document on the real backend: decoded from the beginning of sequence alone,
+    the block opens as forced and its code starts with a statement; a chat reply after it
+    (its prompt evaluated again) is still valid. At temperature 0 the same document asked
+    for again is the one decoded before."""
+    gemma = LlamaModel(real_models["gemma3-270m"], "gemma", LlamaOptions(n_ctx=2048))
+    top = header("hello.py", ("Write a Python script called hello.py that prints Hello",))
+    code = gemma.complete_document(schema=code_schema("python", 48, top), max_tokens=48 + 64)
+    assert code.constrained and code.usage.prompt_tokens == 1  # <bos> alone
+    assert code.text.startswith(f"```python\n{top}") and code.text[len(top) + 10] not in " #\n"
+    again = gemma.complete_document(schema=code_schema("python", 48, top), max_tokens=48 + 64)
+    assert again.text == code.text and again.usage.completion_tokens == 0  # greedy: kept
+    tools = builtin_tools(memory=False)
+    schema = reply_schema(tools)
+    messages = [{"role": "user", "content": GOAL}]
+    reply = parse_reply(gemma.complete(messages, schema=schema, max_tokens=256), tools, schema)
     assert reply.command.name in tools
 
 

@@ -168,6 +168,12 @@ def test_break_loops_stops_a_copy_where_its_source_ends(real_models: dict[str, P
     )
     assert broken.finished and json.loads(broken.text) == {"chant": chant.decode()}
     assert all(t != loop_token(broken.tokens[:i], prompt) for i, t in enumerate(broken.tokens))
+    stopped = model.guided.decode(  # a document's decode: it ends where the loop begins
+        prompt, model.guided.matcher(schema), max_tokens=300, temperature=0.0, stop_loops=True
+    )
+    assert stopped.finished and len(stopped.tokens) < len(greedy.tokens)
+    assert stopped.tokens == greedy.tokens[: len(stopped.tokens)]
+    assert loop_token(stopped.tokens, prompt) is not None
 
 
 def test_the_llama_engines_loop_breaker_lowers_only_the_looping_token() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from offline_agent.records import Completion, Message
 
@@ -44,3 +44,18 @@ def writes_blocks(model: ChatModel) -> bool:
     """Whether `model` constrains a reply's text block after its JSON (`reply.BLOCKS_KEY`):
     a backend says so with a true `text_blocks` attribute."""
     return bool(getattr(model, "text_blocks", False))
+
+
+class DocumentModel(ChatModel, Protocol):
+    """A backend that can also decode a document of its own, outside the chat."""
+
+    def complete_document(self, *, schema: dict[str, Any], max_tokens: int) -> Completion:
+        """Decode from the beginning of sequence alone, constrained to `schema` (rule
+        `code_document`: the schema forces the document's opening)."""
+        ...
+
+
+def writes_documents(model: ChatModel) -> TypeGuard[DocumentModel]:
+    """Whether `model` decodes documents (`DocumentModel`): a backend says so with a
+    `complete_document` method."""
+    return callable(getattr(model, "complete_document", None))

@@ -21,6 +21,7 @@ Lark one (`reply_grammar`) that bounds the block's tokens and embeds the same JS
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -83,6 +84,16 @@ CODE_TEXT = rf"CODE_TEXT: /[ \t\n]*[^ \t\n](.|\n)*\n{FENCE}/ & ~/(.|\n)*{FENCE}(
 once."""
 
 
+def _statement_text(restart: str) -> str:
+    """The lexeme of code after a forced header: it starts with a statement, not a comment, a
+    string or a blank line (under its docstring, Gemma-3-270M wrote the docstring again, or
+    comments), and ends at its closing fence or, given `restart` (letters, digits and
+    `"_./:-` only), where a line begins with it: the model began the document anew."""
+    ends = [FENCE] + ([re.sub(r'([."/])', r"\\\1", restart)] if restart else [])
+    end = f"({'|'.join(ends)})"
+    return rf"STATEMENT_TEXT: /[^ \t\n#\"'](.|\n)*\n{end}/ & ~/(.|\n)*{end}(.|\n)+/"
+
+
 def reply_grammar(
     schema: dict[str, Any],
     think: ThinkBlock | None = None,
@@ -102,12 +113,13 @@ def reply_grammar(
     lines = ["start: reply"] if think is None else _think_rules(think, special)
     if CODE_KEY in schema:  # a code turn's answer: one fenced block, its opening forced
         code = schema[CODE_KEY]
-        opening = json.dumps(f"{FENCE}{code['language']}\n")
+        opening = json.dumps(f"{FENCE}{code['language']}\n{code.get('header', '')}")
+        text = "STATEMENT_TEXT" if code.get("header") else "CODE_TEXT"
         return "\n".join([
             *lines,
             f"reply: {opening} code",
-            f"code[max_tokens={code['max_tokens']}]: CODE_TEXT",  # ends it there, unclosed
-            CODE_TEXT,
+            f"code[max_tokens={code['max_tokens']}]: {text}",  # ends it there, unclosed
+            _statement_text(code.get("restart", "")) if code.get("header") else CODE_TEXT,
         ]) + "\n"  # fmt: skip
     plain, blocks = split_blocks(schema)
     choices = []
@@ -150,7 +162,8 @@ class Decoded:
     tokens: list[int]
     text: str
     finished: bool
-    """The grammar was complete; False when `max_tokens` cut the reply off."""
+    """The grammar was complete, or the decode stopped in a loop (`stop_loops`); False when
+    `max_tokens` cut the reply off."""
     prompt_tokens: int
     cached_tokens: int
     prompt_seconds: float
@@ -232,11 +245,15 @@ class GuidedDecoder:
         max_tokens: int,
         temperature: float,
         break_loops: bool = False,
+        stop_loops: bool = False,
     ) -> Decoded:
         """Evaluate `prompt` (reusing the KV cache) and decode until the grammar is complete;
-        with `break_loops`, never choosing the token `loop_token` names."""
+        with `break_loops`, never choosing the token `loop_token` names; with `stop_loops`,
+        ending there instead, as complete (a document that went round in a loop)."""
         try:
-            return self._decode(prompt, matcher, max_tokens, temperature, break_loops)
+            return self._decode(
+                prompt, matcher, max_tokens, temperature, break_loops, stop_loops=stop_loops
+            )
         except BackendError:
             raise
         except Exception as err:  # never fall back to unconstrained output
@@ -249,6 +266,8 @@ class GuidedDecoder:
         max_tokens: int,
         temperature: float,
         break_loops: bool,
+        *,
+        stop_loops: bool = False,
     ) -> Decoded:
         llm = self._llm
         cached = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt[:-1])
@@ -261,8 +280,12 @@ class GuidedDecoder:
         params = llm.context_params
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads)
         try:
-            out, forced, masked, logprob = self._generate(
-                matcher, max_tokens, temperature, prompt if break_loops else None
+            out, forced, masked, logprob, looped = self._generate(
+                matcher,
+                max_tokens,
+                temperature,
+                prompt if break_loops or stop_loops else None,
+                stop_loops,
             )
         finally:
             llama_cpp.llama_set_n_threads(llm._ctx.ctx, params.n_threads, params.n_threads_batch)
@@ -273,7 +296,7 @@ class GuidedDecoder:
         return Decoded(
             out,
             text,
-            matcher.is_accepting(),
+            matcher.is_accepting() or looped,
             len(prompt),
             cached,
             prompt_seconds,
@@ -283,11 +306,16 @@ class GuidedDecoder:
         )
 
     def _generate(
-        self, matcher: LLMatcher, max_tokens: int, temperature: float, prompt: list[int] | None
-    ) -> tuple[list[int], int, int, float]:
+        self,
+        matcher: LLMatcher,
+        max_tokens: int,
+        temperature: float,
+        prompt: list[int] | None,
+        stop: bool = False,
+    ) -> tuple[list[int], int, int, float, bool]:
         """Decode until the grammar is complete: (tokens, how many forced, how many masked,
-        the chosen tokens' mean log-probability). Given the `prompt`, loops are broken
-        (`loop_token`)."""
+        the chosen tokens' mean log-probability, whether it stopped in a loop). Given the
+        `prompt`, loops are broken (`loop_token`), or with `stop` end the decode."""
         llm = self._llm
         out: list[int] = []
         forced = masked = 0
@@ -305,6 +333,8 @@ class GuidedDecoder:
             )
             allowed = logits  # the model's own, unless a loop rules a token out
             looping = loop_token(out, prompt) if prompt is not None else None
+            if looping is not None and stop:
+                return out, forced, masked, float(np.mean(logprobs)) if logprobs else 0.0, True
             if looping is not None:
                 allowed = logits.copy()
                 allowed[looping] = LOOP_LOGIT
@@ -323,7 +353,7 @@ class GuidedDecoder:
             if matcher.is_stopped():
                 break
             llm.eval([token])
-        return out, forced, masked, float(np.mean(logprobs)) if logprobs else 0.0
+        return out, forced, masked, float(np.mean(logprobs)) if logprobs else 0.0, False
 
     def _pick(self, logits: np.ndarray[Any, np.dtype[np.float32]], temperature: float) -> int:
         if temperature <= 0:

@@ -105,6 +105,10 @@ class _LoopBreaker:
         return scores
 
 
+KEPT_DOCUMENTS = 32
+"""Greedy documents kept for reuse (a run writes a few files; a bench run, one per goal)."""
+
+
 class LlamaModel:
     """A `ChatModel` running a GGUF file in this process.
 
@@ -170,6 +174,8 @@ class LlamaModel:
         self._grammars: dict[str, LlamaGrammar] = {}
         self._guided: GuidedDecoder | None = None
         self._decodes: list[_Decode] = []
+        self._documents: dict[tuple[str, int], Completion] = {}
+        """Greedy documents by schema and bound: decoded again, one would come out the same."""
         """The replies decoded from the latest prompt (several with `--samples`)."""
         self._pieces: dict[int, bytes] = {}
         self._prefixes = PrefixCache(self._llm, path, state_dir) if state_dir else None
@@ -290,6 +296,29 @@ class LlamaModel:
             total_seconds=completion.total_seconds + warm_seconds,
         )
 
+    def complete_document(self, *, schema: dict[str, Any], max_tokens: int) -> Completion:
+        """Decode a document of its own from the beginning of sequence, under `schema` (with
+        llguidance; the next chat prompt is evaluated again past its saved opening). It ends,
+        as complete, where it goes round in a loop (`loop_token`): a small model's code
+        repeats a line to the bound. At temperature 0 a document asked for again is the one
+        decoded before, at no cost."""
+        if self.options.grammar_engine != "llguidance":
+            raise BackendError("a document is decoded with the llguidance engine only")
+        key = (json.dumps(schema), max_tokens)
+        if key in self._documents:
+            again = self._documents[key]
+            return replace(again, usage=Usage(1, 0, 1), prompt_seconds=0.0, total_seconds=0.0)
+        tokens = list(self._llm.tokenize(b"", add_bos=True, special=False))
+        heat = self.options.temperature
+        completion = self._complete_guided(
+            tokens, schema, max_tokens, heat, False, stop_loops=True
+        )[0]
+        if heat == 0:
+            self._documents[key] = completion
+            if len(self._documents) > KEPT_DOCUMENTS:
+                del self._documents[next(iter(self._documents))]  # the oldest
+        return completion
+
     def _complete_llama(
         self,
         tokens: list[int],
@@ -390,6 +419,8 @@ class LlamaModel:
         max_tokens: int,
         temperature: float,
         break_loops: bool,
+        *,
+        stop_loops: bool = False,
     ) -> tuple[Completion, list[int]]:
         """Decode with llguidance, with the reply's tokens; BackendError rather than ever
         returning unconstrained text."""
@@ -400,6 +431,7 @@ class LlamaModel:
             max_tokens=max_tokens + (self.think.reserve if self.think is not None else 0),
             temperature=temperature,
             break_loops=break_loops,
+            stop_loops=stop_loops,
         )
         return Completion(
             text=decoded.text,

@@ -70,6 +70,10 @@ class ScriptedModel:
         usage = Usage(self.count_tokens(messages), len(text) // CHARS_PER_TOKEN + 1)
         return Completion(text, finish, usage, constrained=False)
 
+    def complete_document(self, *, schema: dict[str, Any], max_tokens: int) -> Completion:
+        """Pop the next canned reply for a document (kept in `calls` as an empty prompt)."""
+        return self.complete([], schema=schema, max_tokens=max_tokens)
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """A rough count: four characters a token plus a few per message."""
         return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages)
