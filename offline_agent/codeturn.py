@@ -95,8 +95,8 @@ def is_ask(message: Message) -> bool:
 
 
 def header(name: str, goals: Sequence[str]) -> str:
-    """The docstring that opens a new file's code with rule `code_document`: the file's name
-    and the goals, on one line."""
+    """The docstring that opens a document of a file's code (rule `code_document`): the
+    file's name and the goals, on one line."""
     said = " ".join(" ".join(text.split()) for text in (f"{name}:", *goals))
     said = said.replace("\\", "\\\\").replace('"""', "'''")
     end = " " if said.endswith('"') else ""  # four quotes would close the docstring early
@@ -158,7 +158,8 @@ def write_code(
         return []
     name = str(call.args.get(file_arg(tool)))
     adds = tool.names[file_arg(tool)].kind == "appended" and (files or {}).get(name, (0, 0))[0]
-    document = rules.code_document and not adds
+    writer = model if rules.code_document and not adds and writes_documents(model) else None
+    document = writer is not None
     question = ask(tool, call.args)
     messages = [*step.messages, Message(role="assistant", content=reply_text), question]
     opening, again = (header(name, goals), restart(name)) if document else ("", "")
@@ -169,8 +170,8 @@ def write_code(
     if bound < MIN_CODE_TOKENS:
         raise TruncatedReplyError("No room is left in the context for the code. Keep it short.")
     schema = code_schema(language, bound, opening, again)
-    if document and writes_documents(model):
-        step.code = model.complete_document(schema=schema, max_tokens=bound + forced)
+    if writer is not None:
+        step.code = writer.complete_document(schema=schema, max_tokens=bound + forced)
     else:
         step.code = model.complete(messages, schema=schema, max_tokens=bound + forced)
     if step.code.finish_reason == "length":  # a backend that did not bound the block
