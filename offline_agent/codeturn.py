@@ -48,7 +48,9 @@ last lines until it compiles.
 
 from __future__ import annotations
 
+import posixpath
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,6 +72,10 @@ MIN_CODE_TOKENS = 32
 
 FENCE_TOKENS = 8
 """Tokens set aside for the block's fences, beyond its code."""
+
+HEADER_CHARS = 600
+"""The most characters of the file's name and goals a document's docstring holds (each is
+forced, and counted as a token in the code's room)."""
 
 ASK_PREFIX = "Write the "
 """How every question of the code turn begins (`is_ask`)."""
@@ -98,6 +104,8 @@ def header(name: str, goals: Sequence[str]) -> str:
     """The docstring that opens a document of a file's code (rule `code_document`): the
     file's name and the goals, on one line."""
     said = " ".join(" ".join(text.split()) for text in (f"{name}:", *goals))
+    if len(said) > HEADER_CHARS:
+        said = said[: HEADER_CHARS - 3].rstrip() + "..."
     said = said.replace("\\", "\\\\").replace('"""', "'''")
     end = " " if said.endswith('"') else ""  # four quotes would close the docstring early
     return f'"""{said}{end}"""\n'
@@ -120,17 +128,21 @@ def code_text(answer: str, language: str, again: str = "") -> str:
     return body if cut < 0 else body[: cut + 1]
 
 
-def trimmed(code: str, name: str) -> str:
+def trimmed(code: str, name: str, opening: str = "") -> str:
     """`code` without the last lines that keep it from compiling (Python cut off mid-line);
-    as it was when no leading lines compile."""
+    as it was when nothing compiles beyond its forced `opening`."""
     lines = code.split("\n")
     for end in range(len(lines), 0, -1):
         kept = "\n".join(lines[:end]).rstrip("\n") + "\n"
+        if not kept.removeprefix(opening).strip():
+            break
         try:
-            compile(kept, name, "exec", dont_inherit=True)
+            with warnings.catch_warnings():  # an invalid escape is a warning, not an error
+                warnings.simplefilter("ignore")
+                compile(kept, name, "exec", dont_inherit=True)
         except (SyntaxError, ValueError):
             continue
-        return kept if kept.strip() else code
+        return kept
     return code
 
 
@@ -157,7 +169,8 @@ def write_code(
     if call is None or not language or code_arg(tool) in call.args:
         return []
     name = str(call.args.get(file_arg(tool)))
-    adds = tool.names[file_arg(tool)].kind == "appended" and (files or {}).get(name, (0, 0))[0]
+    size = (files or {}).get(posixpath.normpath(name), (0, 0))[0]
+    adds = tool.names[file_arg(tool)].kind == "appended" and size > 0
     writer = model if rules.code_document and not adds and writes_documents(model) else None
     document = writer is not None
     question = ask(tool, call.args)
@@ -179,6 +192,6 @@ def write_code(
     answer = step.code.answer.strip()
     code = code_text(answer, language, again)
     if rules.code_trim and not answer.endswith(FENCE):  # cut off at the bound
-        code = trimmed(code, name)
+        code = trimmed(code, name, opening)
     call.args[code_arg(tool)] = code
     return [] if document else [question, Message(role="assistant", content=answer)]

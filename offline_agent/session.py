@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offline_agent.agent import Agent, AgentConfig, Approval, Events
-from offline_agent.codeturn import ask
+from offline_agent.codeturn import ask, header
 from offline_agent.errors import AgentError, ConfigError, StorageError
 from offline_agent.llm import (
     SCRIPTED_PREFIX,
@@ -41,6 +41,7 @@ from offline_agent.records import (
     Thoughts,
     ToolResult,
 )
+from offline_agent.reply import FENCE, LANGUAGE, file_arg
 from offline_agent.runs import RunMeta, RunRecord, read_entries, recorded_steps_with_snapshots
 from offline_agent.sandbox import Sandbox
 from offline_agent.state import Rules, Snapshot
@@ -302,11 +303,15 @@ INTERRUPTED = (
 
 def _code_turn(agent: Agent, command: dict[str, Any], code: str | None) -> list[Message]:
     """The code turn an interrupted step's history held: its question and `code`, the answer
-    (none when the reply had no code turn, or wrote its code as a document of its own)."""
-    if code is None or command["name"] not in agent.tools or agent.rules.code_document:
+    (none when the reply had no code turn, or wrote its code as a document of its own, which
+    opens with its file's `header`)."""
+    if code is None or command["name"] not in agent.tools:
         return []
-    return [ask(agent.tools.get(command["name"]), command["args"]),
-            Message(role="assistant", content=code.strip())]  # fmt: skip
+    tool = agent.tools.get(command["name"])
+    name = str(command["args"].get(file_arg(tool)))
+    if code.startswith(f"{FENCE}{LANGUAGE}\n{header(name, agent.profile.goals)}"):
+        return []
+    return [ask(tool, command["args"]), Message(role="assistant", content=code.strip())]
 
 
 def restore(agent: Agent, folder: Path, record: RunRecord) -> int:

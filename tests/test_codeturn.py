@@ -132,6 +132,8 @@ def test_a_header_is_forced_and_the_code_after_it_starts_with_a_statement() -> N
         f"```python\n{top}print(1)\n{again}",  # began anew: the block ends there
         f'```python\n{top}def f():\n    """a-b/hello.py"""\n```',  # not at a line's start
         f'```python\n{top}x = 1\n"""a-bXhelloXpy: y"""\n```',  # its dot and slash are literal
+        f'```python\n{top}x = """a-b/hello.py: y"""\n```',  # mid-line, the name is text
+        f'```python\n{top}def f():\n    """a-b/hello.py: y"""\n```',  # so is it indented
     ):
         assert accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(good)), good
     for bad in (
@@ -163,6 +165,12 @@ def test_code_cut_off_mid_line_is_trimmed_to_what_compiles() -> None:
     assert trimmed("def f():\n    return 1\nprint(f(", "a.py") == "def f():\n    return 1\n"
     assert trimmed("print(1)\n", "a.py") == "print(1)\n"
     assert trimmed("(((", "a.py") == "((("  # nothing compiles: left as it was, to fail visibly
+    top = '"""a.py: goal"""\n'
+    assert (
+        trimmed(f"{top}print(1", "a.py", top) == f"{top}print(1"
+    )  # the docstring alone: as it was
+    assert trimmed('x = "\\d"\nprint(', "a.py") == 'x = "\\d"\n'  # a warning is not an error
+    assert len(header("a.py", ("word " * 1000,))) < 700  # a long goal is cut short
 
 
 def test_with_code_document_the_code_is_a_document_of_its_own(tmp_path: Path) -> None:
@@ -315,13 +323,24 @@ def test_a_resumed_run_takes_up_the_script_after_its_code_turns(tmp_path: Path) 
         assert mine["messages"] == theirs["messages"] and mine["history"] == theirs["history"]
 
 
-def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("rule", "command", "document"),
+    [("off", "write_file", False), ("on", "write_file", True), ("on", "append_file", False)],
+    ids=["chat", "document", "append-in-the-chat"],
+)
+def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(
+    tmp_path: Path, rule: str, command: str, document: bool
+) -> None:
     """The process dies while the command runs: the record ends at its `command` line,
-    which holds the code turn's answer. The interrupted step keeps that turn in its history,
-    and the script goes on after both of its replies."""
+    which holds the code turn's answer. The interrupted step keeps that turn in its history
+    (a document of its own has none there; with code_document, an append to a file with
+    text is still asked for in the chat), and the script goes on after both replies."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "hello.py").write_text("x = 1\n")
+    opening = header("hello.py", ("Write hello.py",)) if document else ""
     replies = [
-        compact("write_file", filename="hello.py"),
-        "```python\nprint('hi')\n```",
+        compact(command, filename="hello.py"),
+        f"```python\n{opening}print('hi')\n```",
         compact("list_files", directory="."),
         COMPACT_FINISH,
     ]
@@ -329,6 +348,7 @@ def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(tmp_path
         "run", "--goal", "Write hello.py", "--continuous", "--no-memory",
         "--model", script(tmp_path, replies), "--max-steps", "1",
         "--rule", "code_turn=on", "--rule", "goal_targets=off",
+        "--rule", f"code_document={rule}",
         "--workspace", str(tmp_path / "ws"), "--runs-dir", str(tmp_path / "runs"),
     ])  # fmt: skip
     (run,) = (tmp_path / "runs").iterdir()
@@ -342,7 +362,10 @@ def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(tmp_path
     steps = recorded_steps(run)
     assert [s["status"] for s in steps] == ["interrupted", "ok", "finished"]
     history = steps[0]["history"]
-    assert is_ask(history[2]) and history[3]["content"] == replies[1]
+    if document:
+        assert len(history) == 3 and not any(is_ask(m) for m in history)
+    else:
+        assert is_ask(history[2]) and history[3]["content"] == replies[1]
     assert steps[0]["code"]["text"] == replies[1]
     assert steps[1]["reply"]["command"]["name"] == "list_files"
 

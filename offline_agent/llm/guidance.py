@@ -89,9 +89,10 @@ def _statement_text(restart: str) -> str:
     string or a blank line (under its docstring, Gemma-3-270M wrote the docstring again, or
     comments), and ends at its closing fence or, given `restart` (letters, digits and
     `"_./:-` only), where a line begins with it: the model began the document anew."""
-    ends = [FENCE] + ([re.sub(r'([."/])', r"\\\1", restart)] if restart else [])
-    end = f"({'|'.join(ends)})"
-    return rf"STATEMENT_TEXT: /[^ \t\n#\"'](.|\n)*\n{end}/ & ~/(.|\n)*{end}(.|\n)+/"
+    again = re.sub(r'([."/])', r"\\\1", restart) if restart else ""
+    end = f"({FENCE}|{again})" if again else FENCE
+    inner = f"({FENCE}|\\n{again})" if again else FENCE  # mid-line, the name is only text
+    return rf"STATEMENT_TEXT: /[^ \t\n#\"'](.|\n)*\n{end}/ & ~/(.|\n)*{inner}(.|\n)+/"
 
 
 def reply_grammar(

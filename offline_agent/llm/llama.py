@@ -174,9 +174,9 @@ class LlamaModel:
         self._grammars: dict[str, LlamaGrammar] = {}
         self._guided: GuidedDecoder | None = None
         self._decodes: list[_Decode] = []
+        """The replies decoded from the latest prompt (several with `--samples`)."""
         self._documents: dict[tuple[str, int], Completion] = {}
         """Greedy documents by schema and bound: decoded again, one would come out the same."""
-        """The replies decoded from the latest prompt (several with `--samples`)."""
         self._pieces: dict[int, bytes] = {}
         self._prefixes = PrefixCache(self._llm, path, state_dir) if state_dir else None
 
