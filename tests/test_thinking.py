@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from llguidance import LLMatcher
 
 from offline_agent.cli import cli
+from offline_agent.codeturn import header
 from offline_agent.errors import ConfigError, TruncatedReplyError
 from offline_agent.gguf import describe
 from offline_agent.llm.chat_format import Thinking, chat_format_for
@@ -20,7 +21,7 @@ from offline_agent.llm.guidance import ThinkBlock, reply_grammar
 from offline_agent.llm.http import HttpModel, HttpOptions
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
 from offline_agent.records import THINK_CLOSE, THINK_OPEN, Completion, split_thinking
-from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.reply import code_schema, parse_reply, reply_schema
 from offline_agent.runs import RunMeta, read_entries
 from offline_agent.tools import builtin_tools
 from tests.conftest import (
@@ -346,6 +347,20 @@ def test_a_real_step_thinks_within_the_bound_and_its_reply_validates(
     assert THINK_CLOSE in step.completion.text
     assert agent.history[1]["content"] == step.completion.answer.strip()
     assert THINK_CLOSE not in agent.history[1]["content"]
+
+
+@pytest.mark.model
+def test_a_document_has_no_think_block(real_models: dict[str, Path], tmp_path: Path) -> None:
+    """Rule code_document: a reasoning model's document is code from its first token, not a
+    think block (the chat's replies open one)."""
+    path = retemplate_gguf(
+        real_models["smollm2-135m"], tmp_path / "r1.gguf", R1_LIKE, SMOLLM2_THINK_TAGS
+    )
+    model = LlamaModel(path, "template", LlamaOptions(n_ctx=2048, think_tokens=24))
+    top = header("hello.py", ("Write hello.py, which prints hi",))
+    code = model.complete_document(schema=code_schema("python", 32, top), max_tokens=32 + 64)
+    assert code.constrained and code.text.startswith(f"```python\n{top}"), code.text
+    assert THINK_OPEN not in code.text and THINK_CLOSE not in code.text
 
 
 @pytest.mark.model

@@ -310,9 +310,9 @@ class LlamaModel:
             return replace(again, usage=Usage(1, 0, 1), prompt_seconds=0.0, total_seconds=0.0)
         tokens = list(self._llm.tokenize(b"", add_bos=True, special=False))
         heat = self.options.temperature
-        completion = self._complete_guided(
-            tokens, schema, max_tokens, heat, False, stop_loops=True
-        )[0]
+        completion = self._complete_guided(tokens, schema, max_tokens, heat, False, document=True)[
+            0
+        ]
         if heat == 0:
             self._documents[key] = completion
             if len(self._documents) > KEPT_DOCUMENTS:
@@ -420,18 +420,20 @@ class LlamaModel:
         temperature: float,
         break_loops: bool,
         *,
-        stop_loops: bool = False,
+        document: bool = False,
     ) -> tuple[Completion, list[int]]:
         """Decode with llguidance, with the reply's tokens; BackendError rather than ever
-        returning unconstrained text."""
+        returning unconstrained text. A `document` has no think block before it, and ends
+        where it goes round in a loop."""
         start = time.perf_counter()
+        think = None if document else self.think
         decoded = self.guided.decode(
             tokens,
-            self.guided.matcher(schema, self.think),
-            max_tokens=max_tokens + (self.think.reserve if self.think is not None else 0),
+            self.guided.matcher(schema, think),
+            max_tokens=max_tokens + (think.reserve if think is not None else 0),
             temperature=temperature,
             break_loops=break_loops,
-            stop_loops=stop_loops,
+            stop_loops=document,
         )
         return Completion(
             text=decoded.text,
