@@ -27,6 +27,7 @@ from offline_agent.records import CommandCall, Completion
 from offline_agent.reply import ReplyFormat, parse_reply
 from offline_agent.tools.base import Names, Tool, ToolContext, ToolRegistry
 from offline_agent.tools.syntax import python_error
+from offline_agent.workspace import resolved
 
 MAX_CHOICES = 40
 """Past this many existing files (or folders, or sub-agents) an argument is a free string."""
@@ -131,11 +132,12 @@ class Rules:
     with `code_document` and `code_trim` (SmolLM2 passed one challenge more with the turn
     in the chat; Gemma-3-270M, a base model, copied the question into the block)."""
     code_document: bool = False
-    """With `code_turn`: a new Python file's code is written as a document of its own, not as
-    an answer in the chat. The model gets no prompt but its beginning of sequence; the block
-    opens with a docstring naming the file and the goals, forced, and its code starts with a
-    statement (not a comment, a string or a blank line). A base model, not tuned for chat,
-    continues such a document with code, where asked in the chat it copies the question
+    """With `code_turn`: a Python file's code is written as a document of its own, not as an
+    answer in the chat (an append to a file that holds text is still asked for in the chat).
+    The model gets no prompt but its beginning of sequence; the block opens with a docstring
+    naming the file and the goals, forced, and its code starts with a statement (not a
+    comment, a string or a blank line). A base model, not tuned for chat, continues such a
+    document with code, where asked in the chat it copies the question
     (`offline_agent.codeturn`; with the llama backends, whose KV cache then evaluates the
     run's prompt again past its saved opening). On for both built-in models, with
     `code_trim`: held-out code goals passed 5 of 8 for each, against 3 and 0."""
@@ -266,12 +268,12 @@ class Snapshot:
                 folders.append(here.relative_to(root).as_posix())
             for name in filenames:
                 path = here / name
-                try:  # realpath too: a symlink swapped under it raises EINVAL
-                    real = Path(os.path.realpath(path))
+                real = resolved(path)
+                if real is None or not real.is_relative_to(root):
+                    continue
+                try:
                     info = real.stat()
                 except OSError:
-                    continue
-                if not real.is_relative_to(root):
                     continue
                 files[path.relative_to(root).as_posix()] = (info.st_size, info.st_mtime_ns)
         agents = tuple(key for key, _, _ in ctx.agents.list()) if ctx.agents is not None else ()

@@ -164,11 +164,8 @@ class Workspace:
             for dirpath, _dirnames, filenames in os.walk(folder, followlinks=False):
                 for name in filenames:
                     entry = Path(dirpath) / name
-                    try:  # a symlink swapped under realpath raises EINVAL: leave it out
-                        real = Path(os.path.realpath(entry))
-                    except OSError:
-                        continue
-                    if real.is_relative_to(self.root) and real.is_file():
+                    real = resolved(entry)
+                    if real is not None and real.is_relative_to(self.root) and real.is_file():
                         found.append(self.relative(entry))
         return sorted(found)[:limit]
 
@@ -285,6 +282,16 @@ class Workspace:
                 raise self._missing(shown)
             self._before_change(link, shown)
             link.unlink()
+
+
+def resolved(path: Path) -> Path | None:
+    """`path` with every symlink resolved; None when that fails, as it does when a symlink
+    is swapped for a file under `os.path.realpath` (EINVAL from readlink): a listing leaves
+    such a name out."""
+    try:
+        return Path(os.path.realpath(path))
+    except OSError:
+        return None
 
 
 def _one_name(fd: int, shown: str) -> None:

@@ -310,9 +310,9 @@ class LlamaModel:
             return replace(again, usage=Usage(1, 0, 1), prompt_seconds=0.0, total_seconds=0.0)
         tokens = list(self._llm.tokenize(b"", add_bos=True, special=False))
         heat = self.options.temperature
-        completion = self._complete_guided(tokens, schema, max_tokens, heat, False, document=True)[
-            0
-        ]
+        completion, _ = self._complete_guided(
+            tokens, schema, max_tokens, heat, False, document=True
+        )
         if heat == 0:
             self._documents[key] = completion
             if len(self._documents) > KEPT_DOCUMENTS:
