@@ -255,7 +255,8 @@ class Agent:
             code = (
                 write_code(self.model, step, plan.tools.get(step.reply.command.name), raw,
                            max_tokens=self.config.reply_tokens, rules=self.rules,
-                           goals=self.profile.goals, files=self.steering.snapshot.files)
+                           goals=self.profile.goals, files=self.steering.snapshot.files,
+                           read=self.ctx.workspace.read_text)
                 if self.rules.code_turn
                 else []
             )  # fmt: skip

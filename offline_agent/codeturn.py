@@ -40,22 +40,32 @@ the code after it starts with a statement:
 The block ends at its closing fence, at its bound, or where a line begins the docstring
 again (`restart`: the model began the file anew). Nothing enters the chat's history but the
 JSON reply, and at temperature 0 the same document asked for again is the one decoded
-before (a rewrite leaves the file as it is, and the repeat guard sees it). The document sees
-no earlier text of the file: a fix is written from the goals alone. With rule `code_trim`,
-code that reached its bound (a small model's code runs on, and stops mid-line) loses its
-last lines until it compiles.
+before (a rewrite leaves the file as it is, and the repeat guard sees it). A rewrite's
+document sees no earlier text of the file: a fix is written from the goals alone. An append
+to a file that holds text continues that text: the document opens with the docstring (unless
+the file opens with it already) and the file's text, forced, and the file gets what follows
+(a file longer than `CONTINUED_BYTES` is added to in the chat). With rule `code_signature`,
+a write's document also opens with the first line of the function a goal names for the
+file (`def add(a, b):` and the indent of its body), as HumanEval prompts a model.
+
+Two repairs follow, each a rule (`offline_agent.pyrepair`): with `code_trim`, code that
+reached its bound (a small model's code runs on, and stops mid-line) loses its last lines
+until it compiles; with `code_names`, a top-level statement that uses a name nothing binds
+is left out (an append asked for in the chat is left as it is: the file's names are not in
+view there).
 """
 
 from __future__ import annotations
 
+import keyword
 import posixpath
 import re
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from offline_agent.errors import TruncatedReplyError
+from offline_agent.errors import TruncatedReplyError, WorkspaceError
 from offline_agent.llm.base import ChatModel, writes_documents
+from offline_agent.pyrepair import MODULE_NAMES, pruned, trimmed
 from offline_agent.records import Message, Step
 from offline_agent.reply import FENCE, code_arg, code_schema, file_arg, language_of
 from offline_agent.state import Rules
@@ -76,6 +86,10 @@ FENCE_TOKENS = 8
 HEADER_CHARS = 600
 """The most characters of the file's name and goals a document's docstring holds (each is
 forced, and counted as a token in the code's room)."""
+
+CONTINUED_BYTES = 3000
+"""The most bytes of a file's text (with its header) an append's document opens with; past
+that the append is asked for in the chat."""
 
 ASK_PREFIX = "Write the "
 """How every question of the code turn begins (`is_ask`)."""
@@ -128,22 +142,32 @@ def code_text(answer: str, language: str, again: str = "") -> str:
     return body if cut < 0 else body[: cut + 1]
 
 
-def trimmed(code: str, name: str, opening: str = "") -> str:
-    """`code` without the last lines that keep it from compiling (Python cut off mid-line);
-    as it was when nothing compiles beyond its forced `opening`."""
-    lines = code.split("\n")
-    for end in range(len(lines), 0, -1):
-        kept = "\n".join(lines[:end]).rstrip("\n") + "\n"
-        if not kept.removeprefix(opening).strip():
-            break
-        try:
-            with warnings.catch_warnings():  # an invalid escape is a warning, not an error
-                warnings.simplefilter("ignore")
-                compile(kept, name, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError):
+def continued(name: str, goals: Sequence[str], text: str) -> str:
+    """What a document that adds to `name`, which holds `text`, opens with: its header
+    (unless the text opens with it already, as a file written as a document does) and the
+    text."""
+    top = header(name, goals)
+    return ("" if text.startswith(top) else top) + text
+
+
+SIGNATURE = re.compile(r"\b([A-Za-z_]\w*)\(\s*([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)?\s*\)")
+"""A function named with its parameters in a goal: `add(a, b)`, `is_even(n)`, `main()`."""
+
+
+def signature(name: str, goals: Sequence[str]) -> str:
+    """The first line and indent of the function that the first goal naming the file `name`
+    names with its parameters (rule `code_signature`), or "" when it names none (a name
+    Python has already, as `print(x)`, or a keyword, is not one)."""
+    base = posixpath.basename(name)
+    for goal in goals:
+        if base not in goal:
             continue
-        return kept
-    return code
+        for match in SIGNATURE.finditer(goal):
+            function, params = match.group(1), match.group(2) or ""
+            if function not in MODULE_NAMES and not keyword.iskeyword(function):
+                params = ", ".join(p.strip() for p in params.split(",") if p.strip())
+                return f"def {function}({params}):\n    "
+    return ""
 
 
 def write_code(
@@ -156,26 +180,30 @@ def write_code(
     rules: Rules | None = None,
     goals: Sequence[str] = (),
     files: Mapping[str, tuple[int, int]] | None = None,
+    read: Callable[[str], str] | None = None,
 ) -> list[Message]:
     """Ask for the code of the step's command after its reply (`reply_text`, the answer to
     `step.messages`), and put it into the command's arguments: the turn's messages for the
     history ([] when the command writes no code, or writes it as a document of its own:
-    `rules.code_document`, opening with `goals`, unless it adds to a file that `files`, the
-    workspace's sizes and times by path, shows holding text: that file has its opening). The
-    answer is kept as `step.code`; TruncatedReplyError when its block was cut off."""
+    `rules.code_document`, opening with `goals`; an append to a file that `files`, the
+    workspace's sizes and times by path, shows holding text continues the text `read` gives,
+    in the chat when there is no `read` or the text leaves no room). The answer is kept as
+    `step.code`; TruncatedReplyError when its block was cut off."""
     rules = rules or Rules(code_turn=True)
     call = step.reply.command if step.reply is not None else None
     language = language_of(tool, call.args) if call is not None else ""
     if call is None or not language or code_arg(tool) in call.args:
         return []
     name = str(call.args.get(file_arg(tool)))
-    size = (files or {}).get(posixpath.normpath(name), (0, 0))[0]
-    adds = tool.names[file_arg(tool)].kind == "appended" and size > 0
-    writer = model if rules.code_document and not adds and writes_documents(model) else None
+    path = posixpath.normpath(name)
+    adds = tool.names[file_arg(tool)].kind == "appended" and (files or {}).get(path, (0, 0))[0] > 0
+    opened = _document(name, goals, rules, _text(read, path) if adds else "")
+    writer = model if opened is not None and writes_documents(model) else None
+    opening, before = opened if writer is not None and opened is not None else ("", "")
     document = writer is not None
     question = ask(tool, call.args)
     messages = [*step.messages, Message(role="assistant", content=reply_text), question]
-    opening, again = (header(name, goals), restart(name)) if document else ("", "")
+    again = restart(name) if document else ""
     forced = FENCE_TOKENS + len(opening.encode())  # a token holds at least a byte
     # The prompt set aside room for one reply; the code may take what is left of the context.
     room = model.context_length - (0 if document else model.count_tokens(messages)) - forced
@@ -193,5 +221,33 @@ def write_code(
     code = code_text(answer, language, again)
     if rules.code_trim and not answer.endswith(FENCE):  # cut off at the bound
         code = trimmed(code, name, opening)
+    if rules.code_names and (document or not adds):  # an append in the chat: names unknown
+        code = pruned(code, opening)
+    if before:  # an append: the file gets what follows its text (nothing, if nothing did)
+        code = code[len(before) :] if code.startswith(before) else ""
     call.args[code_arg(tool)] = code
     return [] if document else [question, Message(role="assistant", content=answer)]
+
+
+def _document(
+    name: str, goals: Sequence[str], rules: Rules, text: str | None
+) -> tuple[str, str] | None:
+    """How a document of `name`'s code opens, and the part of that which is the file's text
+    already (`text`, "" for a new file or a rewrite); None when the code is asked for in
+    the chat: without `code_document`, or to add to a file whose text could not be read or
+    is too long."""
+    if not rules.code_document or text is None:
+        return None
+    if not text:
+        return header(name, goals) + (signature(name, goals) if rules.code_signature else ""), ""
+    before = continued(name, goals, text)
+    opening = before if before.endswith("\n") else before + "\n"  # its code starts a line
+    return None if len(opening.encode()) > CONTINUED_BYTES else (opening, before)
+
+
+def _text(read: Callable[[str], str] | None, path: str) -> str | None:
+    """The text of the file at `path`, None without `read` or where it fails."""
+    try:
+        return read(path) if read is not None else None
+    except (WorkspaceError, OSError):
+        return None

@@ -133,7 +133,7 @@ class Rules:
     in the chat; Gemma-3-270M, a base model, copied the question into the block)."""
     code_document: bool = False
     """With `code_turn`: a Python file's code is written as a document of its own, not as an
-    answer in the chat (an append to a file that holds text is still asked for in the chat).
+    answer in the chat (an append to a file that holds text continues that text).
     The model gets no prompt but its beginning of sequence; the block opens with a docstring
     naming the file and the goals, forced, and its code starts with a statement (not a
     comment, a string or a blank line). A base model, not tuned for chat, continues such a
@@ -146,6 +146,15 @@ class Rules:
     until it compiles (a small model's code runs on until the bound, and stops mid-line).
     With `code_document`, Gemma-3-270M passed 5 of 8 held-out code goals with it, 1
     without."""
+    code_names: bool = False
+    """With `code_turn`: a top-level statement of the code that uses a name nothing binds
+    (not the file, not Python's builtins) is left out: it could only stop the program, and
+    every import of the file, with a NameError (`offline_agent.pyrepair.pruned`)."""
+    code_signature: bool = False
+    """With `code_document`: a file's document opens, after its docstring, with the first
+    line of the function a goal naming the file names with its parameters (`def add(a, b):`
+    for "calc.py with a function add(a, b)"), as HumanEval prompts a model: its code starts
+    with that function's body."""
     check_syntax: bool = False
     """A write that would leave a `.py` file that does not compile, or a `.json` file that
     does not parse, fails with the error and leaves the file as it was (SWE-agent's edit

@@ -15,13 +15,24 @@ from llguidance import LLMatcher
 
 from offline_agent.cli import cli
 from offline_agent.cli.console import ConsoleEvents
-from offline_agent.codeturn import code_text, header, is_ask, restart, trimmed
+from offline_agent.codeturn import (
+    CONTINUED_BYTES,
+    code_text,
+    continued,
+    header,
+    is_ask,
+    restart,
+    signature,
+    write_code,
+)
 from offline_agent.errors import FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
+from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.prompt import replies_and_results, step_starts
-from offline_agent.records import Completion
+from offline_agent.pyrepair import pruned, trimmed
+from offline_agent.records import CommandCall, Completion, Reply, Step, Thoughts
 from offline_agent.replay import recorded_steps
-from offline_agent.reply import code_schema, parse_reply, reply_schema
+from offline_agent.reply import CODE_KEY, code_schema, parse_reply, reply_schema
 from offline_agent.runs import read_entries
 from offline_agent.state import Rules
 from offline_agent.tools import builtin_tools
@@ -177,26 +188,101 @@ def test_with_code_document_the_code_is_a_document_of_its_own(tmp_path: Path) ->
     """Rule code_document: the model is asked with no prompt (a document from its beginning
     of sequence), at every write of a Python file; the chat gets no question; the code opens
     with its docstring; code cut off at the bound is trimmed to what compiles (code_trim). An
-    append to a file that holds text is asked for in the chat: the file has its opening."""
+    append to a file that holds text continues that text in the document: the file gets
+    what follows it."""
     rules = replace(RULES, code_document=True, code_trim=True)
     top = header("hello.py", PROFILE.goals)
     write = _json("write_file", filename="hello.py")
     cut = f"```python\n{top}print('hi')\nprint('hi')\nprint('h"  # reached its bound
     began_anew = f"```python\n{top}print('bye')\n{restart('hello.py')}"
-    add = _json("append_file", filename="hello.py")  # to a file with text: in the chat
-    more = "```python\nprint('more')\n```"
+    add = _json("append_file", filename="hello.py")  # to a file with text: it goes on
+    more = f"```python\n{top}print('bye')\nprint('more')\n```"
     agent, model, record = make_agent(
         tmp_path, [write, cut, write, began_anew, add, more, COMPACT_FINISH], rules=rules
     )
     agent.run()
-    assert is_ask(model.calls[5][-1]) and model.calls[5][-2]["content"] == add
-    assert model.calls[1] == model.calls[3] == []  # the documents: no prompt at all
-    assert not any(is_ask(m) for m in model.calls[4])  # no question in the chat
+    assert model.calls[1] == model.calls[3] == model.calls[5] == []  # no prompt at all
+    assert model.schemas[5][CODE_KEY]["header"] == f"{top}print('bye')\n"  # the file's text
+    assert not any(is_ask(m) for m in model.calls[4] + model.calls[6])  # no question in the chat
     assert model.calls[2][len(model.calls[0]) :][0]["content"] == write
     steps = [e["step"] for e in read_entries(record.folder) if e["type"] == "step"]
     assert steps[0]["reply"]["command"]["args"]["text"] == f"{top}print('hi')\nprint('hi')\n"
+    assert steps[2]["reply"]["command"]["args"]["text"] == "print('more')\n"
     assert (tmp_path / "ws" / "hello.py").read_text() == f"{top}print('bye')\nprint('more')\n"
-    assert step_starts(agent.history)[:3] == [0, 3, 6]  # request, reply, result: no code turn
+    assert step_starts(agent.history) == [0, 3, 6]  # request, reply, result: no code turn
+
+
+def test_an_append_continues_a_file_of_others_after_the_header_and_a_long_one_in_the_chat(
+    tmp_path: Path,
+) -> None:
+    """A file that does not open with the document's header gets it before its text (the
+    goals), and its text a last newline where it had none; a document that adds nothing
+    (it stopped at once, in a loop: its answer is the opening, stripped of its newline), or
+    only statements code_names leaves out, adds nothing; a file too long to open a document
+    with is added to in the chat, as is one that cannot be read."""
+    rules = replace(RULES, code_document=True, code_names=True)
+    top = header("calc.py", PROFILE.goals)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "calc.py").write_text("def add(a, b):\n    return a + b")
+    (tmp_path / "ws" / "big.py").write_text("x = 1\n" * (CONTINUED_BYTES // 6 + 1))
+    add = _json("append_file", filename="calc.py")
+    text = "def add(a, b):\n    return a + b\nprint(add(2, 3))\n"
+    more = f"```python\n{top}{text}```"
+    nothing = f"```python\n{top}{text}".strip()
+    unbound = f"```python\n{top}{text}print(add(a, b))\n```"
+    add_big = _json("append_file", filename="big.py")
+    chat = "```python\nprint(x)\n```"
+    replies = [add, more, add, nothing, add_big, chat, add, unbound, COMPACT_FINISH]
+    agent, model, _ = make_agent(tmp_path, replies, rules=rules)
+    agent.run()
+    assert model.calls[1] == model.calls[3] == model.calls[7] == [] and is_ask(model.calls[5][-1])
+    assert (tmp_path / "ws" / "calc.py").read_text() == text
+    assert (tmp_path / "ws" / "big.py").read_text().endswith("x = 1\nprint(x)\n")
+    assert continued("a.py", (), "x = 1") == f"{header('a.py', ())}x = 1"
+
+
+def test_code_names_leaves_out_statements_that_use_a_name_nothing_binds() -> None:
+    top = '"""calc.py: add(a, b)"""\n'
+    assert pruned(f"{top}def add(a, b):\n    return a + b\nprint(add(a, b))\n") == (
+        f"{top}def add(a, b):\n    return a + b\n"
+    )  # a and b are the function's own
+    chained = "def f(m):\n    print(m)\n\nm = Morning(t=1)\nm.show()\nprint('ok')\n"
+    assert pruned(chained) == "def f(m):\n    print(m)\n\nprint('ok')\n"  # m went with Morning
+    kept = [
+        "import os.path\nprint(os.path.sep, __name__, len([i for i in range(3)]))\n",
+        "def g():\n    global z\n    z = 1\ng()\nprint(z)\n",
+        "try:\n    foo()\nexcept NameError:\n    pass\n",  # it may catch its own
+        "x = 1; print(y)\n",  # one line with a statement that stays
+        "class A:\n    b = 1\n    c = b\nprint(A.c)\n",
+        "from m import *\nprint(q)\n",
+        "def f():\n    return q\nwith open('f') as fh:\n    pass\nprint(fh, f)\n",
+        "print(",
+    ]
+    for code in kept:
+        assert pruned(code) == code, code
+    assert pruned("x = q\nprint(1)\nprint(q)\n", "x = q\n") == "x = q\nprint(1)\n"
+    assert pruned("@deco\ndef f():\n    pass\nprint(1)\n") == "print(1)\n"
+    assert pruned("if __name__ == '__main__':\n    main()\n") == ""  # nothing is left
+    again = "def add(a, b):\n    return a + b\ndef sub(a, b):\n    return a - b\n"
+    more = "def add(a, b):\n    return a - b\nclass sub:\n    pass\nprint(add(1, 2))\n"
+    assert pruned(again + more) == again + "print(add(1, 2))\n"  # the first ones stay
+    assert pruned(again + more, again) == again + "print(add(1, 2))\n"
+
+
+def test_code_names_prunes_a_written_file_but_not_an_append_asked_in_the_chat(
+    tmp_path: Path,
+) -> None:
+    rules = replace(RULES, code_names=True)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "old.py").write_text("a = 1\n")
+    write = _json("write_file", filename="new.py")
+    code = "```python\ndef add(a, b):\n    return a + b\nprint(add(a, b))\n```"
+    add = _json("append_file", filename="old.py")
+    more = "```python\nprint(a)\n```"  # `a` is the file's: the chat does not know it
+    agent, _, _ = make_agent(tmp_path, [write, code, add, more, COMPACT_FINISH], rules=rules)
+    agent.run()
+    assert (tmp_path / "ws" / "new.py").read_text() == "def add(a, b):\n    return a + b\n"
+    assert (tmp_path / "ws" / "old.py").read_text() == "a = 1\nprint(a)\n"
 
 
 def test_code_that_reaches_its_bound_ends_there_as_a_complete_answer() -> None:
@@ -288,11 +374,12 @@ def test_smollm2_writes_a_script_that_runs_when_asked_for_its_code(
         "--workspace", str(tmp_path / "ws"), "--continuous", "--max-steps", "2", "--no-memory",
         "--n-ctx", "2048",
     ])  # fmt: skip
-    own = "code_turn=on, code_document=on, code_trim=on"
+    own = "code_turn=on, code_document=on, code_trim=on, code_names=on"
     assert f"The model's own rules from the registry: {own}" in result.stderr
     (run,) = (tmp_path / "home" / "runs").iterdir()
     rules = json.loads((run / "run.json").read_text())["settings"]["rules"]
-    assert rules["code_turn"] is rules["code_document"] is rules["code_trim"] is True
+    assert all(rules[name] is True for name in ("code_turn", "code_document", "code_trim"))
+    assert rules["code_names"] is True
     script = tmp_path / "ws" / "hello.py"
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
     assert ran.returncode == 0 and "Hello, World!" in ran.stdout, script.read_text()
@@ -325,8 +412,8 @@ def test_a_resumed_run_takes_up_the_script_after_its_code_turns(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("rule", "command", "document"),
-    [("off", "write_file", False), ("on", "write_file", True), ("on", "append_file", False)],
-    ids=["chat", "document", "append-in-the-chat"],
+    [("off", "write_file", False), ("on", "write_file", True), ("on", "append_file", True)],
+    ids=["chat", "document", "append-as-a-document"],
 )
 def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(
     tmp_path: Path, rule: str, command: str, document: bool
@@ -334,10 +421,11 @@ def test_a_command_killed_after_its_code_turn_is_resumed_with_that_turn(
     """The process dies while the command runs: the record ends at its `command` line,
     which holds the code turn's answer. The interrupted step keeps that turn in its history
     (a document of its own has none there; with code_document, an append to a file with
-    text is still asked for in the chat), and the script goes on after both replies."""
+    text is one too, opening with that text), and the script goes on after both replies."""
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "hello.py").write_text("x = 1\n")
     opening = header("hello.py", ("Write hello.py",)) if document else ""
+    opening += "x = 1\n" if command == "append_file" else ""
     replies = [
         compact(command, filename="hello.py"),
         f"```python\n{opening}print('hi')\n```",
@@ -383,3 +471,33 @@ def test_memory_sees_a_reply_with_a_code_turn_as_one_exchange() -> None:
         {"role": "user", "content": "Command list_files returned: a.py"},
     ]
     assert replies_and_results(history) == [(reply, history[4]), (history[6], history[7])]
+
+
+def test_code_signature_opens_the_document_with_the_function_the_goal_names(
+    tmp_path: Path,
+) -> None:
+    """Rule code_signature: the first function a goal naming the file names with its
+    parameters opens the document after the docstring; a name Python has (print), or a
+    goal that does not name the file, gives none."""
+    assert signature("calc.py", ["Write calc.py with a function add(a, b)"]) == (
+        "def add(a, b):\n    "
+    )
+    assert signature("src/calc.py", ["Make calc.py define main()", "Call add(a, b)"]) == (
+        "def main():\n    "
+    )
+    assert signature("hello.py", ["Write hello.py that calls print(x) and len(y)"]) == ""
+    assert signature("hello.py", ["Write add(a, b) into other.py"]) == ""
+    assert signature("a.py", ["a.py: f(1, 2) and g(x,y)"]) == "def g(x, y):\n    "
+    goals = ["Write calc.py with a function add(a, b)"]
+    top = header("calc.py", goals) + "def add(a, b):\n    "
+    model = ScriptedModel([f"```python\n{top}return a + b\n```"])
+    call = CommandCall("write_file", {"filename": "calc.py"})
+    step = Step(index=1, reply=Reply(Thoughts(text="add"), call))
+    rules = replace(RULES, code_document=True, code_signature=True)
+    write_code(model, step, TOOLS.get("write_file"), "{}", max_tokens=256, rules=rules, goals=goals)
+    assert model.schemas[0] == code_schema("python", 248, top, restart("calc.py"))
+    assert call.args["text"] == f"{top}return a + b\n"
+    grammar = LLMatcher.grammar_from_lark(reply_grammar(model.schemas[0] or {}))
+    good, bad = f"```python\n{top}return a\n```", f"```python\n{top}# a comment\n```"
+    assert accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(good))
+    assert not accepts(LLMatcher(BYTE_TOKENIZER, grammar), byte_tokens(bad))

@@ -10,14 +10,15 @@ import pytest
 
 from offline_agent import session
 from offline_agent.agent import Agent, AgentConfig, SilentEvents
-from offline_agent.codeturn import header
+from offline_agent.codeturn import header, write_code
 from offline_agent.cores import usable_cores
 from offline_agent.errors import ModelError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.records import Profile
+from offline_agent.records import CommandCall, Profile, Reply, Step, Thoughts
 from offline_agent.reply import code_schema, parse_reply, reply_schema
 from offline_agent.runs import RunRecord, read_entries
 from offline_agent.session import RunSettings
+from offline_agent.state import Rules
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
 
@@ -112,6 +113,33 @@ def test_gemma_writes_code_as_a_document_and_then_replies_in_the_chat(
     messages = [{"role": "user", "content": GOAL}]
     reply = parse_reply(gemma.complete(messages, schema=schema, max_tokens=256), tools, schema)
     assert reply.command.name in tools
+
+
+def test_gemma_adds_to_a_python_file_by_continuing_its_text(
+    real_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """An append to a Python file that holds text, with code_document: the real backend's
+    document opens with the docstring and the file's text, forced, and the file gets only
+    what the model wrote after it."""
+    gemma = LlamaModel(real_models["gemma3-270m"], "gemma", LlamaOptions(n_ctx=2048))
+    workspace = Workspace.create(tmp_path / "ws")
+    old = "def add(a, b):\n    return a + b\n"
+    workspace.write_text("calc.py", old)
+    tools = builtin_tools(memory=False)
+    goals = ("Add a function sub(a, b) to calc.py that returns a minus b",)
+    call = CommandCall("append_file", {"filename": "calc.py"})
+    step = Step(index=1, reply=Reply(Thoughts(text="sub"), call))
+    rules = Rules(code_turn=True, code_document=True, code_trim=True, code_names=True)
+    turn = write_code(
+        gemma, step, tools.get("append_file"), "{}", max_tokens=256, rules=rules,
+        goals=goals, files={"calc.py": (len(old), 0)}, read=workspace.read_text,
+    )  # fmt: skip
+    assert turn == [] and step.code is not None and step.code.usage.prompt_tokens == 1
+    assert step.code.text.startswith(f"```python\n{header('calc.py', goals)}{old}")
+    added = call.args["text"]
+    assert added.strip() and step.code.text.removeprefix("```python\n").startswith(
+        f"{header('calc.py', goals)}{old}{added.rstrip()}"
+    )
 
 
 def test_a_context_larger_than_the_model_supports_is_refused(real_models: dict[str, Path]) -> None:

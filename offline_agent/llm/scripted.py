@@ -18,7 +18,8 @@ class ScriptedModel:
     """Returns the queued replies in order; a reply may be a dict (dumped as JSON) or raw text.
 
     A raw-text reply ending in the marker `<<LENGTH>>` is returned as cut off by the token
-    limit, so tests can exercise the truncated-reply path. Every call is kept in `calls`.
+    limit, so tests can exercise the truncated-reply path. Every call is kept in `calls`, and
+    its schema in `schemas`.
     """
 
     name = "scripted"
@@ -30,6 +31,7 @@ class ScriptedModel:
         self.text_blocks = True
         """Its replies are scripted text: a text block is whatever the script holds."""
         self.calls: list[list[Message]] = []
+        self.schemas: list[dict[str, Any] | None] = []
 
     @classmethod
     def from_file(cls, path: Path, context_length: int = 4096) -> ScriptedModel:
@@ -60,6 +62,7 @@ class ScriptedModel:
     ) -> Completion:
         """Pop the next canned reply (at any temperature; a loop in it stays)."""
         self.calls.append(list(messages))
+        self.schemas.append(schema)
         if not self._replies:
             raise BackendError("the scripted model has no replies left")
         reply = self._replies.popleft()

@@ -1,0 +1,149 @@
+"""Python text a small model wrote, cut back to what can run; no model, no execution.
+
+Two repairs of code from a code turn (`offline_agent.codeturn`), each a rule:
+
+- `trimmed` (rule `code_trim`): code cut off at its token bound stops mid-line; its last
+  lines go until the rest compiles.
+- `pruned` (rule `code_names`): a top-level statement that uses a name nothing binds (not
+  the file, not Python's builtins) can only stop the program with a NameError when it runs,
+  and with it every statement after it, and every import of the file. Gemma-3-270M's
+  `calc.py` held `def add(a, b): return a + b` and then `print(add(a, b))`, so the module
+  that defined `add` could not be imported. Such statements are left out, and so is a
+  top-level function or class defined a second time: the model going round with
+  variations (Gemma added `sub(a, b)` to `calc.py`, then `def add(a, b): return a - b`,
+  which replaced the file's `add`). The first definition stays (an append adds to a file;
+  it does not replace what is there).
+
+`pruned` reads names the way Python binds them at module level (assignments, imports, `def`
+and `class`, `for`/`with`/`except` targets, `global` declarations in functions), and looks
+only at what runs when the module does: not into function or lambda bodies (they run when
+called, if ever) nor class bodies (their names are their own). Where it cannot be sure (a
+`*` import, a `try` statement, which may catch the NameError) it leaves the code as it is.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import warnings
+from collections.abc import Iterator
+
+MODULE_NAMES = frozenset(dir(builtins)) | {
+    "__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__",
+    "__builtins__", "__annotations__", "__path__", "__cached__",
+}  # fmt: skip
+"""Names every module has without binding them."""
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_GUARDED = (ast.Try, getattr(ast, "TryStar", ast.Try))
+"""Statements that may catch the NameError their own code raises: left as they are."""
+
+
+def trimmed(code: str, name: str, opening: str = "") -> str:
+    """`code` without the last lines that keep it from compiling (Python cut off mid-line);
+    as it was when nothing compiles beyond its forced `opening`."""
+    lines = code.split("\n")
+    for end in range(len(lines), 0, -1):
+        kept = "\n".join(lines[:end]).rstrip("\n") + "\n"
+        if not kept.removeprefix(opening).strip():
+            break
+        try:
+            with warnings.catch_warnings():  # an invalid escape is a warning, not an error
+                warnings.simplefilter("ignore")
+                compile(kept, name, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            continue
+        return kept
+    return code
+
+
+def pruned(code: str, opening: str = "") -> str:
+    """`code` without the top-level functions and classes it defines a second time, and
+    without its top-level statements that use a name nothing binds, looking only past its
+    `opening` (a prefix of whole lines, which stays as it is, and whose names count as
+    bound); as it is when it does not parse, or where a statement shares a line with
+    another."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    if any(
+        isinstance(node, ast.ImportFrom) and node.names[0].name == "*" for node in ast.walk(module)
+    ):
+        return code  # binds names no one can see here
+    first = opening.count("\n") + 1  # the first line that may go
+    body: list[ast.stmt] = []
+    defined: set[str] = set()
+    for node in module.body:
+        if isinstance(node, _DEFINITIONS):
+            if node.name in defined and node.lineno >= first:
+                continue  # defined again: the model going round with variations
+            defined.add(node.name)
+        body.append(node)
+    while True:
+        bound = MODULE_NAMES.union(*(_binds(node) for node in body))
+        gone = [
+            node for node in body
+            if node.lineno >= first and not isinstance(node, _GUARDED) and _loads(node) - bound
+        ]  # fmt: skip
+        if not gone:
+            break
+        body = [node for node in body if node not in gone]
+    if len(body) == len(module.body):
+        return code
+    kept = {n for node in body for n in _lines(node)}
+    drop = {n for node in module.body if node not in body for n in _lines(node)}
+    if kept & drop:
+        return code  # a statement shares a line with one that stays
+    return "".join(line for n, line in enumerate(code.splitlines(keepends=True)) if n not in drop)
+
+
+def _lines(node: ast.stmt) -> range:
+    """The lines of the statement, counted from 0, its decorators' included."""
+    decorators: list[ast.expr] = getattr(node, "decorator_list", [])
+    start = min([node.lineno, *(d.lineno for d in decorators)]) - 1
+    return range(start, node.end_lineno or node.lineno)
+
+
+def _runs(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of `node` that run when it does: not the bodies of functions, lambdas and
+    classes inside it (their decorators, defaults and bases do run)."""
+    yield node
+    if isinstance(node, _SCOPES):
+        parts: list[ast.AST] = list(getattr(node, "decorator_list", []))
+        if isinstance(node, ast.ClassDef):
+            parts += [*node.bases, *node.keywords]
+        else:
+            parts += [d for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None]
+        for part in parts:
+            yield from _runs(part)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _runs(child)
+
+
+def _binds(node: ast.stmt) -> set[str]:
+    """The module-level names `node` binds, and those a function in it declares global."""
+    names = {name for sub in ast.walk(node) if isinstance(sub, ast.Global) for name in sub.names}
+    for sub in _runs(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(sub.name)
+        elif isinstance(sub, ast.Name) and not isinstance(sub.ctx, ast.Load):
+            names.add(sub.id)  # a comprehension's own names too: counted as bound, to be safe
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in sub.names}
+        elif isinstance(sub, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and sub.name:
+            names.add(sub.name)
+        elif isinstance(sub, ast.MatchMapping) and sub.rest:
+            names.add(sub.rest)
+    return names
+
+
+def _loads(node: ast.stmt) -> set[str]:
+    """The names `node` reads when it runs."""
+    return {
+        sub.id for sub in _runs(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load)
+    }
