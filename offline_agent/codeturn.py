@@ -132,13 +132,14 @@ def restart(name: str) -> str:
     return f'"""{name}:' if re.fullmatch(r"[A-Za-z0-9_./-]+", name) else ""
 
 
-def code_text(answer: str, language: str, again: str = "") -> str:
+def code_text(answer: str, language: str, again: str = "", forced: str = "") -> str:
     """The code in a code turn's answer: the block without its fences (a block that reached
-    `CODE_TOKENS` has no closing one), cut where a line begins with `again` (`restart`)."""
+    `CODE_TOKENS` has no closing one), cut where a line after its `forced` opening begins
+    with `again` (`restart`)."""
     opening = f"{FENCE}{language}\n"
     body = answer[len(opening) :] if answer.startswith(opening) else answer
     body = body[: -len(FENCE)] if body.endswith(FENCE) else body
-    cut = body.find(f"\n{again}") if again else -1
+    cut = body.find(f"\n{again}", max(len(forced) - 1, 0)) if again else -1
     return body if cut < 0 else body[: cut + 1]
 
 
@@ -150,17 +151,18 @@ def continued(name: str, goals: Sequence[str], text: str) -> str:
     return ("" if text.startswith(top) else top) + text
 
 
-SIGNATURE = re.compile(r"\b([A-Za-z_]\w*)\(\s*([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)?\s*\)")
-"""A function named with its parameters in a goal: `add(a, b)`, `is_even(n)`, `main()`."""
+SIGNATURE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(\s*([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)?\s*\)")
+"""A function named with its parameters in a goal: `add(a, b)`, `is_even(n)`, `main()`;
+not a method (`calc.add(a, b)`)."""
 
 
 def signature(name: str, goals: Sequence[str]) -> str:
     """The first line and indent of the function that the first goal naming the file `name`
     names with its parameters (rule `code_signature`), or "" when it names none (a name
     Python has already, as `print(x)`, or a keyword, is not one)."""
-    base = posixpath.basename(name)
+    named = re.compile(rf"(?<![\w.-]){re.escape(posixpath.basename(name))}(?![\w-])")
     for goal in goals:
-        if base not in goal:
+        if not named.search(goal):
             continue
         for match in SIGNATURE.finditer(goal):
             function, params = match.group(1), match.group(2) or ""
@@ -185,9 +187,10 @@ def write_code(
     """Ask for the code of the step's command after its reply (`reply_text`, the answer to
     `step.messages`), and put it into the command's arguments: the turn's messages for the
     history ([] when the command writes no code, or writes it as a document of its own:
-    `rules.code_document`, opening with `goals`; an append to a file that `files`, the
-    workspace's sizes and times by path, shows holding text continues the text `read` gives,
-    in the chat when there is no `read` or the text leaves no room). The answer is kept as
+    `rules.code_document`, opening with `goals`; an append to a file that holds text
+    continues the text `read` gives, and is asked for in the chat when that text is not
+    known, or leaves no room: `files`, the workspace's sizes and times by path, tells a
+    file that holds text from a missing one when `read` fails). The answer is kept as
     `step.code`; TruncatedReplyError when its block was cut off."""
     rules = rules or Rules(code_turn=True)
     call = step.reply.command if step.reply is not None else None
@@ -196,8 +199,8 @@ def write_code(
         return []
     name = str(call.args.get(file_arg(tool)))
     path = posixpath.normpath(name)
-    adds = tool.names[file_arg(tool)].kind == "appended" and (files or {}).get(path, (0, 0))[0] > 0
-    opened = _document(name, goals, rules, _text(read, path) if adds else "")
+    text = _before(tool, path, files, read)
+    opened = _document(name, goals, rules, text)
     writer = model if opened is not None and writes_documents(model) else None
     opening, before = opened if writer is not None and opened is not None else ("", "")
     document = writer is not None
@@ -218,10 +221,10 @@ def write_code(
     if step.code.finish_reason == "length":  # a backend that did not bound the block
         raise TruncatedReplyError("Your code was cut off by the token limit. Keep it short.")
     answer = step.code.answer.strip()
-    code = code_text(answer, language, again)
+    code = code_text(answer, language, again, opening)
     if rules.code_trim and not answer.endswith(FENCE):  # cut off at the bound
         code = trimmed(code, name, opening)
-    if rules.code_names and (document or not adds):  # an append in the chat: names unknown
+    if rules.code_names and (document or text == ""):  # an append in the chat: names unknown
         code = pruned(code, opening)
     if before:  # an append: the file gets what follows its text (nothing, if nothing did)
         code = code[len(before) :] if code.startswith(before) else ""
@@ -245,9 +248,20 @@ def _document(
     return None if len(opening.encode()) > CONTINUED_BYTES else (opening, before)
 
 
-def _text(read: Callable[[str], str] | None, path: str) -> str | None:
-    """The text of the file at `path`, None without `read` or where it fails."""
+def _before(
+    tool: Tool,
+    path: str,
+    files: Mapping[str, tuple[int, int]] | None,
+    read: Callable[[str], str] | None,
+) -> str | None:
+    """The text the command's code comes after: the file's for an append ("" for a file
+    that is missing or empty), "" for a write; None for an append to a file whose text is
+    not known (no `read`, or it failed, while `files` shows the file holding text)."""
+    if tool.names[file_arg(tool)].kind != "appended":
+        return ""
     try:
-        return read(path) if read is not None else None
+        if read is not None:
+            return read(path)
     except (WorkspaceError, OSError):
-        return None
+        pass  # missing, or not a file it may read
+    return "" if (files or {}).get(path, (0, 0))[0] == 0 else None

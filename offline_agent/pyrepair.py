@@ -17,14 +17,19 @@ Two repairs of code from a code turn (`offline_agent.codeturn`), each a rule:
 `pruned` reads names the way Python binds them at module level (assignments, imports, `def`
 and `class`, `for`/`with`/`except` targets, `global` declarations in functions), and looks
 only at what runs when the module does: not into function or lambda bodies (they run when
-called, if ever) nor class bodies (their names are their own). Where it cannot be sure (a
-`*` import, a `try` statement, which may catch the NameError) it leaves the code as it is.
+called, if ever), class bodies (their names are their own), or annotations of variables
+(evaluated lazily, or not at all, depending on the Python version). Where it cannot be sure
+it leaves the code as it is: a `*` import, a `try` statement (it may catch the NameError), a
+decorated definition or one named `_` defined again (`@overload`, `@f.register`), a
+statement that shares a line with another. Lines are counted as Python's parser counts
+them, so a form feed in a file does not shift them.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -36,6 +41,8 @@ MODULE_NAMES = frozenset(dir(builtins)) | {
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_LAZY = tuple(getattr(ast, name) for name in ("TypeAlias",) if hasattr(ast, name))
+"""Statements whose value Python evaluates only when it is asked for."""
 _GUARDED = (ast.Try, getattr(ast, "TryStar", ast.Try))
 """Statements that may catch the NameError their own code raises: left as they are."""
 
@@ -46,8 +53,8 @@ def trimmed(code: str, name: str, opening: str = "") -> str:
     lines = code.split("\n")
     for end in range(len(lines), 0, -1):
         kept = "\n".join(lines[:end]).rstrip("\n") + "\n"
-        if not kept.removeprefix(opening).strip():
-            break
+        if not kept.startswith(opening) or not kept[len(opening) :].strip():
+            break  # nothing of the model's is left
         try:
             with warnings.catch_warnings():  # an invalid escape is a warning, not an error
                 warnings.simplefilter("ignore")
@@ -74,11 +81,11 @@ def pruned(code: str, opening: str = "") -> str:
         isinstance(node, ast.ImportFrom) and node.names[0].name == "*" for node in ast.walk(module)
     ):
         return code  # binds names no one can see here
-    first = opening.count("\n") + 1  # the first line that may go
+    first = len(_split(opening)) + 1  # the first line that may go
     body: list[ast.stmt] = []
     defined: set[str] = set()
     for node in module.body:
-        if isinstance(node, _DEFINITIONS):
+        if isinstance(node, _DEFINITIONS) and not node.decorator_list and node.name != "_":
             if node.name in defined and node.lineno >= first:
                 continue  # defined again: the model going round with variations
             defined.add(node.name)
@@ -98,7 +105,13 @@ def pruned(code: str, opening: str = "") -> str:
     drop = {n for node in module.body if node not in body for n in _lines(node)}
     if kept & drop:
         return code  # a statement shares a line with one that stays
-    return "".join(line for n, line in enumerate(code.splitlines(keepends=True)) if n not in drop)
+    return "".join(line for n, line in enumerate(_split(code)) if n not in drop)
+
+
+def _split(code: str) -> list[str]:
+    """The lines of `code` with their ends, as Python's parser counts them (only `\n`,
+    `\r\n` and `\r` end a line; `str.splitlines` also ends one at a form feed)."""
+    return re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", code)
 
 
 def _lines(node: ast.stmt) -> range:
@@ -110,19 +123,26 @@ def _lines(node: ast.stmt) -> range:
 
 def _runs(node: ast.AST) -> Iterator[ast.AST]:
     """The nodes of `node` that run when it does: not the bodies of functions, lambdas and
-    classes inside it (their decorators, defaults and bases do run)."""
-    yield node
-    if isinstance(node, _SCOPES):
-        parts: list[ast.AST] = list(getattr(node, "decorator_list", []))
-        if isinstance(node, ast.ClassDef):
-            parts += [*node.bases, *node.keywords]
-        else:
-            parts += [d for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None]
-        for part in parts:
-            yield from _runs(part)
-        return
-    for child in ast.iter_child_nodes(node):
-        yield from _runs(child)
+    classes inside it (their decorators, defaults and bases do run), nor a variable's
+    annotation or a `type` alias's value (evaluated lazily, or not at all, depending on the
+    Python version and `from __future__ import annotations`: not counted, to be safe).
+    Iterative: a long expression nests deeper than Python's recursion limit."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        if isinstance(current, _SCOPES):
+            parts: list[ast.AST] = list(getattr(current, "decorator_list", []))
+            if isinstance(current, ast.ClassDef):
+                parts += [*current.bases, *current.keywords]
+            else:
+                args = current.args
+                parts += [d for d in (*args.defaults, *args.kw_defaults) if d is not None]
+            stack.extend(parts)
+        elif isinstance(current, ast.AnnAssign):
+            stack.extend(part for part in (current.target, current.value) if part is not None)
+        elif not isinstance(current, _LAZY):
+            stack.extend(ast.iter_child_nodes(current))
 
 
 def _binds(node: ast.stmt) -> set[str]:
@@ -139,6 +159,9 @@ def _binds(node: ast.stmt) -> set[str]:
             names.add(sub.name)
         elif isinstance(sub, ast.MatchMapping) and sub.rest:
             names.add(sub.rest)
+        if isinstance(sub, _LAZY):  # `type Pair = ...` (Python 3.12) binds Pair
+            names.add(sub.name.id)
+        names |= {getattr(p, "name", "") for p in getattr(sub, "type_params", [])}
     return names
 
 

@@ -37,6 +37,7 @@ from offline_agent.runs import read_entries
 from offline_agent.state import Rules
 from offline_agent.tools import builtin_tools
 from offline_agent.tools.base import ToolRegistry
+from offline_agent.workspace import Workspace
 from tests.conftest import (
     BYTE_TOKENIZER,
     COMPACT_FINISH,
@@ -176,6 +177,8 @@ def test_code_cut_off_mid_line_is_trimmed_to_what_compiles() -> None:
     assert trimmed("def f():\n    return 1\nprint(f(", "a.py") == "def f():\n    return 1\n"
     assert trimmed("print(1)\n", "a.py") == "print(1)\n"
     assert trimmed("(((", "a.py") == "((("  # nothing compiles: left as it was, to fail visibly
+    forced = '"""a.py: f"""\ndef f():\n    '  # its docstring alone compiles
+    assert trimmed(f"{forced}x = (\n", "a.py", forced) == f"{forced}x = (\n"  # the opening stays
     top = '"""a.py: goal"""\n'
     assert (
         trimmed(f"{top}print(1", "a.py", top) == f"{top}print(1"
@@ -238,6 +241,28 @@ def test_an_append_continues_a_file_of_others_after_the_header_and_a_long_one_in
     assert model.calls[1] == model.calls[3] == model.calls[7] == [] and is_ask(model.calls[5][-1])
     assert (tmp_path / "ws" / "calc.py").read_text() == text
     assert (tmp_path / "ws" / "big.py").read_text().endswith("x = 1\nprint(x)\n")
+
+
+def test_an_append_reads_the_file_and_is_not_cut_at_a_restart_in_its_own_text(
+    tmp_path: Path,
+) -> None:
+    """A file that opens with a docstring naming it (as another run's document does) is
+    not cut there: only the model's lines may begin the document anew. An append to a file
+    the step's snapshot does not show still continues its text, read from the workspace."""
+    rules = replace(RULES, code_document=True, code_names=True)
+    workspace = Workspace.create(tmp_path / "ws")
+    old = '"""calc.py: a calculator"""\ndef add(a, b):\n    return a + b\n'
+    workspace.write_text("calc.py", old)
+    top = header("calc.py", PROFILE.goals)
+    model = ScriptedModel([f"```python\n{top}{old}print(add(1, 2))\n```"])
+    call = CommandCall("append_file", {"filename": "calc.py"})
+    step = Step(index=1, reply=Reply(Thoughts(text="add"), call))
+    write_code(
+        model, step, TOOLS.get("append_file"), "{}", max_tokens=256, rules=rules,
+        goals=PROFILE.goals, files={}, read=workspace.read_text,
+    )  # fmt: skip
+    assert model.schemas[0] == code_schema("python", 248, top + old, restart("calc.py"))
+    assert call.args["text"] == "print(add(1, 2))\n"
     assert continued("a.py", (), "x = 1") == f"{header('a.py', ())}x = 1"
 
 
@@ -267,6 +292,17 @@ def test_code_names_leaves_out_statements_that_use_a_name_nothing_binds() -> Non
     more = "def add(a, b):\n    return a - b\nclass sub:\n    pass\nprint(add(1, 2))\n"
     assert pruned(again + more) == again + "print(add(1, 2))\n"  # the first ones stay
     assert pruned(again + more, again) == again + "print(add(1, 2))\n"
+    overloads = "@overload\ndef f(x: int) -> int: ...\n@overload\ndef f(x: str) -> str: ...\n"
+    decorated = f"{overloads}def f(x):\n    return x\ndef _(x):\n    pass\ndef _(y):\n    pass\n"
+    assert pruned(f"from typing import overload\n{decorated}") == (
+        f"from typing import overload\n{decorated}"
+    )  # a decorated definition, or `_`, is meant to be defined again
+    assert pruned("x: Later = 1\nprint(x)\n") == "x: Later = 1\nprint(x)\n"  # not evaluated
+    deep = "x = " + "+".join(["a"] * 1500) + "\nprint(1)\n"
+    assert pruned(deep) == "print(1)\n"  # deeper than the recursion limit
+    assert pruned("a = 1\n\x0c\nprint(undefined)\nb = 2\n") == "a = 1\n\x0c\nb = 2\n"
+    assert pruned('x = "a\u2028b"\nprint(undefined)\n') == 'x = "a\u2028b"\n'
+    assert pruned("a = 1\rprint(undefined)\rb = a\r", "a = 1\r") == "a = 1\rb = a\r"
 
 
 def test_code_names_prunes_a_written_file_but_not_an_append_asked_in_the_chat(
@@ -488,6 +524,7 @@ def test_code_signature_opens_the_document_with_the_function_the_goal_names(
     assert signature("hello.py", ["Write hello.py that calls print(x) and len(y)"]) == ""
     assert signature("hello.py", ["Write add(a, b) into other.py"]) == ""
     assert signature("a.py", ["a.py: f(1, 2) and g(x,y)"]) == "def g(x, y):\n    "
+    assert signature("a.py", ["Write data.py with load(path)", "a.py calls calc.add(a, b)"]) == ""
     goals = ["Write calc.py with a function add(a, b)"]
     top = header("calc.py", goals) + "def add(a, b):\n    "
     model = ScriptedModel([f"```python\n{top}return a + b\n```"])
