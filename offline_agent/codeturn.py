@@ -182,7 +182,7 @@ def write_code(
     rules: Rules | None = None,
     goals: Sequence[str] = (),
     files: Mapping[str, tuple[int, int]] | None = None,
-    read: Callable[[str], str] | None = None,
+    read: Callable[[str, int], str] | None = None,
 ) -> list[Message]:
     """Ask for the code of the step's command after its reply (`reply_text`, the answer to
     `step.messages`), and put it into the command's arguments: the turn's messages for the
@@ -252,7 +252,7 @@ def _before(
     tool: Tool,
     path: str,
     files: Mapping[str, tuple[int, int]] | None,
-    read: Callable[[str], str] | None,
+    read: Callable[[str, int], str] | None,
 ) -> str | None:
     """The text the command's code comes after: the file's for an append ("" for a file
     that is missing or empty), "" for a write; None for an append to a file whose text is
@@ -261,7 +261,7 @@ def _before(
         return ""
     try:
         if read is not None:
-            return read(path)
+            return read(path, CONTINUED_BYTES + 1)  # more could not open a document
     except (WorkspaceError, OSError):
         pass  # missing, or not a file it may read
     return "" if (files or {}).get(path, (0, 0))[0] == 0 else None

@@ -30,8 +30,9 @@ from __future__ import annotations
 import ast
 import builtins
 import re
-import warnings
 from collections.abc import Iterator
+
+from offline_agent.tools.syntax import compiles, parse_python
 
 MODULE_NAMES = frozenset(dir(builtins)) | {
     "__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__",
@@ -55,13 +56,8 @@ def trimmed(code: str, name: str, opening: str = "") -> str:
         kept = "\n".join(lines[:end]).rstrip("\n") + "\n"
         if not kept.startswith(opening) or not kept[len(opening) :].strip():
             break  # nothing of the model's is left
-        try:
-            with warnings.catch_warnings():  # an invalid escape is a warning, not an error
-                warnings.simplefilter("ignore")
-                compile(kept, name, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError):
-            continue
-        return kept
+        if compiles(kept, name):
+            return kept
     return code
 
 
@@ -72,9 +68,7 @@ def pruned(code: str, opening: str = "") -> str:
     bound); as it is when it does not parse, or where a statement shares a line with
     another."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = ast.parse(code)
+        module = parse_python(code)
     except (SyntaxError, ValueError):
         return code
     if any(

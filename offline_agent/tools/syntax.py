@@ -1,7 +1,8 @@
 """Whether a text parses as what its file name says it is: Python or JSON.
 
-One owner for "does this compile", asked by the `check_syntax` rule before a write and by
-the checks of `--samples` on a candidate reply.
+One owner for "does this compile", asked by the `check_syntax` rule before a write, by
+the checks of `--samples` on a candidate reply, and by the repairs of a code turn's code
+(`offline_agent.pyrepair`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,31 @@ import warnings
 from pathlib import PurePosixPath
 
 
+def parse_python(source: str) -> ast.Module:
+    """`source` parsed; SyntaxError, or ValueError for null bytes. A warning (an invalid
+    escape sequence: the program still runs) is not an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(source)
+
+
+def compiles(source: str, name: str) -> bool:
+    """Whether `source` compiles, as the file `name`: it parses, and the compiler accepts it
+    too (a `return` outside a function parses, and does not compile). Warnings as in
+    `parse_python`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(source, name, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def python_error(source: str) -> str | None:
     """Why `source` is not valid Python, or None when it is."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. invalid escape sequences: still runs
-            ast.parse(source)
+        parse_python(source)
     except SyntaxError as err:
         return f"{type(err).__name__}: {err.msg} (line {err.lineno})"
     except ValueError as err:  # null bytes
