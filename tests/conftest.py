@@ -26,7 +26,15 @@ from offline_agent import modelstore
 from offline_agent.agent import Agent, AgentConfig, SilentEvents
 from offline_agent.llm.base import ChatModel
 from offline_agent.llm.scripted import ScriptedModel
-from offline_agent.records import THINK_CLOSE, THINK_OPEN, Profile, Step
+from offline_agent.records import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    CommandCall,
+    Profile,
+    Reply,
+    Step,
+    Thoughts,
+)
 from offline_agent.runs import RunRecord
 from offline_agent.state import Rules
 from offline_agent.tools import ToolContext, ToolRegistry, builtin_tools, tool
@@ -72,6 +80,13 @@ def reply(name: str, **args: Any) -> dict[str, Any]:
 def compact(name: str, **args: Any) -> dict[str, Any]:
     """A well-formed reply calling `name`, in the compact format (the default rules)."""
     return {"thought": "t", "command": {"name": name, "args": args}}
+
+
+def replied_step(name: str, **args: Any) -> tuple[Step, CommandCall]:
+    """A first step whose reply calls `name` with `args`, as the loop has it after parsing
+    (what `codeturn.write_code` takes), and that call."""
+    call = CommandCall(name, args)
+    return Step(index=1, reply=Reply(Thoughts(text="t"), call)), call
 
 
 FINISH = reply("finish", reason="done")

@@ -30,7 +30,7 @@ from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.prompt import replies_and_results, step_starts
 from offline_agent.pyrepair import pruned, trimmed
-from offline_agent.records import CommandCall, Completion, Reply, Step, Thoughts
+from offline_agent.records import Completion
 from offline_agent.replay import recorded_steps
 from offline_agent.reply import CODE_KEY, code_schema, parse_reply, reply_schema
 from offline_agent.runs import read_entries
@@ -46,6 +46,7 @@ from tests.conftest import (
     byte_tokens,
     compact,
     make_agent,
+    replied_step,
     script,
 )
 
@@ -255,8 +256,7 @@ def test_an_append_reads_the_file_and_is_not_cut_at_a_restart_in_its_own_text(
     workspace.write_text("calc.py", old)
     top = header("calc.py", PROFILE.goals)
     model = ScriptedModel([f"```python\n{top}{old}print(add(1, 2))\n```"])
-    call = CommandCall("append_file", {"filename": "calc.py"})
-    step = Step(index=1, reply=Reply(Thoughts(text="add"), call))
+    step, call = replied_step("append_file", filename="calc.py")
     write_code(
         model, step, TOOLS.get("append_file"), "{}", max_tokens=256, rules=rules,
         goals=PROFILE.goals, files={}, read=workspace.read_text,
@@ -528,8 +528,7 @@ def test_code_signature_opens_the_document_with_the_function_the_goal_names(
     goals = ["Write calc.py with a function add(a, b)"]
     top = header("calc.py", goals) + "def add(a, b):\n    "
     model = ScriptedModel([f"```python\n{top}return a + b\n```"])
-    call = CommandCall("write_file", {"filename": "calc.py"})
-    step = Step(index=1, reply=Reply(Thoughts(text="add"), call))
+    step, call = replied_step("write_file", filename="calc.py")
     rules = replace(RULES, code_document=True, code_signature=True)
     write_code(model, step, TOOLS.get("write_file"), "{}", max_tokens=256, rules=rules, goals=goals)
     assert model.schemas[0] == code_schema("python", 248, top, restart("calc.py"))

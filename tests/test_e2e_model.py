@@ -14,13 +14,14 @@ from offline_agent.codeturn import header, write_code
 from offline_agent.cores import usable_cores
 from offline_agent.errors import ModelError
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
-from offline_agent.records import CommandCall, Profile, Reply, Step, Thoughts
+from offline_agent.records import Profile
 from offline_agent.reply import code_schema, parse_reply, reply_schema
 from offline_agent.runs import RunRecord, read_entries
 from offline_agent.session import RunSettings
 from offline_agent.state import Rules
 from offline_agent.tools import ToolContext, builtin_tools
 from offline_agent.workspace import Workspace
+from tests.conftest import replied_step
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -127,8 +128,7 @@ def test_gemma_adds_to_a_python_file_by_continuing_its_text(
     workspace.write_text("calc.py", old)
     tools = builtin_tools(memory=False)
     goals = ("Add a function sub(a, b) to calc.py that returns a minus b",)
-    call = CommandCall("append_file", {"filename": "calc.py"})
-    step = Step(index=1, reply=Reply(Thoughts(text="sub"), call))
+    step, call = replied_step("append_file", filename="calc.py")
     rules = Rules(code_turn=True, code_document=True, code_trim=True, code_names=True)
     turn = write_code(
         gemma, step, tools.get("append_file"), "{}", max_tokens=256, rules=rules,
