@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from offline_agent import gguf, stores
+from offline_agent import atomic, gguf, stores
 from offline_agent.errors import AgentError, ChecksumError, ConfigError, ModelError
 from offline_agent.home import home_dir
 
@@ -282,20 +282,10 @@ def sha256_file(path: Path) -> str:
 
 @contextlib.contextmanager
 def _atomic_file(target: Path) -> Iterator[IO[bytes]]:
-    """Yield a temp file beside target; rename it over target on success, delete it on error."""
+    """`atomic.replacing` for a file of the store: its folder made first, readable by all."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(0o644)
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic.replacing(target, mode=0o644) as file:
+        yield file
 
 
 def _has_right_size(spec: ModelSpec, path: Path) -> bool:

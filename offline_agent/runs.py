@@ -11,7 +11,6 @@ or changed by someone who did not also rewrite the chain.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from offline_agent import atomic
 from offline_agent.errors import StorageError
 from offline_agent.interrupts import interrupts_held
 from offline_agent.records import RunResult, Step
@@ -33,8 +33,8 @@ STEPS_FILE = "steps.jsonl"
 META_FILE = "run.json"
 HEAD_FILE = "steps.head"
 LOCK_FILE = ".lock"
-TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
-"""The name of a file an atomic write has not yet renamed into place (`_replace_atomic`)."""
+TEMP_FILE = atomic.TEMP_FILE
+"""The name of a file an atomic write has not yet renamed into place."""
 ORIGINALS = "originals"
 """The run folder's copy of each workspace file as it was before the run first changed it."""
 GENESIS = "0" * 64
@@ -66,18 +66,11 @@ def copy_atomic(source: Path, path: Path) -> None:
 def _replace_atomic(
     path: Path, fill: Callable[[IO[bytes]], object], mode_of: Path | None = None
 ) -> None:
-    tmp = path.with_name(f".{path.name[:100]}.{secrets.token_hex(4)}.tmp")  # within NAME_MAX
     try:
-        with tmp.open("wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode_of is not None:
-            shutil.copymode(mode_of, tmp)
-        os.replace(tmp, path)
+        mode = mode_of.stat().st_mode & 0o7777 if mode_of is not None else None
+        with atomic.replacing(path, mode=mode) as file:
+            fill(file)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
 
 

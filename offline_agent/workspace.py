@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from offline_agent import atomic
 from offline_agent.errors import ConfigError, StorageError, WorkspaceError
 
 MAX_LISTED = 500
@@ -235,25 +235,11 @@ class Workspace:
         """
         real = self._writable(path)
         data = text.encode("utf-8", "replace")
-        temp = real.with_name(f".{real.name[:100]}.{secrets.token_hex(4)}.tmp")
         with _os_errors("write", _show(path)):
             self._before_change(real, _show(path))
             mode = real.stat().st_mode & 0o7777 if real.exists() else None
-            # O_EXCL never opens a file someone else placed there; 0o666 lets umask decide.
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                if mode is not None:
-                    temp.chmod(mode)
-                # rename() replaces a symlink at `real` itself, never the file it points to.
-                os.replace(temp, real)
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
-        _fsync_folder(real.parent)
+            atomic.write_bytes(real, data, mode=mode)
+        atomic.fsync_folder(real.parent)
         return len(text)
 
     def append_text(self, path: str, text: str) -> int:
@@ -304,17 +290,3 @@ def _one_name(fd: int, shown: str) -> None:
             f"{shown} has other names (hard links), which may lie outside the workspace; "
             "it cannot be read or appended to. write_file replaces it with a file of its own"
         )
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable; best effort, as some filesystems refuse."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

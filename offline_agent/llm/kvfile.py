@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offline_agent import atomic
 from offline_agent.home import home_dir
 
 MAGIC = b"OAKV0001"
@@ -117,14 +116,9 @@ def write(
     """Write a state file atomically into `folder`; its path. OSError on failure."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / file_name(state_identity, tokens)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(encode_header(state_identity, tokens, payload))
-            out.write(payload)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic.replacing(target, durable=False) as out:  # a cache: losing it costs time only
+        out.write(encode_header(state_identity, tokens, payload))
+        out.write(payload)
     return target
 
 

@@ -18,13 +18,12 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
 
+from offline_agent import atomic
 from offline_agent.errors import MemoryStoreError
 
 if sys.platform != "win32":
@@ -161,32 +160,6 @@ def locked(memory_dir: Path, *, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make renames in `path` durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write under a temporary name, fsync, then rename over `path`."""
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def read_info(memory_dir: Path) -> StoreInfo | None:
     """Facts about the memory in `memory_dir` from its manifest alone; None if there is none."""
     manifest = read_manifest(memory_dir)
@@ -246,9 +219,9 @@ def clear_store(memory_dir: Path) -> int:
 
 def commit(memory_dir: Path, manifest: Manifest) -> None:
     """Make `manifest` the current state, then delete files it does not name (lock held)."""
-    fsync_dir(memory_dir)
-    write_file(memory_dir / MANIFEST, lambda f: f.write(manifest.to_json().encode()))
-    fsync_dir(memory_dir)
+    atomic.fsync_folder(memory_dir)
+    atomic.write_bytes(memory_dir / MANIFEST, manifest.to_json().encode())
+    atomic.fsync_folder(memory_dir)
     live = manifest.files()
     for path in memory_dir.iterdir():
         if path.name not in live and _OWN_FILE.match(path.name):

@@ -32,9 +32,10 @@ from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
+from offline_agent import atomic
 from offline_agent.errors import MemoryStoreError
 from offline_agent.home import home_dir
-from offline_agent.memory.disk import fsync_dir, locked, write_file
+from offline_agent.memory.disk import locked
 from offline_agent.memory.embedder import sentence_transformer_class
 from offline_agent.memory.onnxrt import OnnxEmbedder
 
@@ -240,10 +241,10 @@ def build_export(
         versions=_versions(),
         source_sha256=hashes,
     )
-    write_file(folder / info.onnx_file, lambda f: f.write(data))
-    fsync_dir(folder)
-    write_file(folder / INFO, lambda f: f.write(info.to_json().encode()))
-    fsync_dir(folder)
+    atomic.write_bytes(folder / info.onnx_file, data)
+    atomic.fsync_folder(folder)
+    atomic.write_bytes(folder / INFO, info.to_json().encode())
+    atomic.fsync_folder(folder)
     for path in folder.glob("model-*.onnx"):
         if path.name != info.onnx_file:
             path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
+from offline_agent import atomic
 from offline_agent.errors import ConfigError, MemoryStoreError
 from offline_agent.memory.disk import (
     Manifest,
@@ -31,7 +32,6 @@ from offline_agent.memory.disk import (
     locked,
     read_info,
     read_manifest,
-    write_file,
 )
 from offline_agent.memory.embedder import Vectors
 
@@ -369,10 +369,9 @@ class MemoryStore:
             raise damaged(self.memory_dir, "segment sizes changed while merging")
         new = Segment(secrets.token_hex(8), tail)
         base = self.memory_dir / f"seg-{new.id}"
-        write_file(base.with_suffix(".npy"), lambda f: np.save(f, stacked, allow_pickle=False))
-        write_file(
-            base.with_suffix(".jsonl"), lambda f: f.write(b"".join(x + b"\n" for x in lines))
-        )
+        with atomic.replacing(base.with_suffix(".npy")) as file:
+            np.save(file, stacked, allow_pickle=False)
+        atomic.write_bytes(base.with_suffix(".jsonl"), b"".join(x + b"\n" for x in lines))
         return [*segments[:first], new]
 
     def _write_snapshot(self) -> Snapshot:
@@ -380,7 +379,7 @@ class MemoryStore:
             secrets.token_hex(8), "hnsw", len(self), self.hnsw.m, self.hnsw.ef_construction
         )
         data = _faiss().serialize_index(self._index)
-        write_file(self.memory_dir / f"index-{snap.id}.faiss", lambda f: f.write(data.tobytes()))
+        atomic.write_bytes(self.memory_dir / f"index-{snap.id}.faiss", data.tobytes())
         return snap
 
     def clear(self) -> int:
