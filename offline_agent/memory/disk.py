@@ -1,4 +1,4 @@
-"""The files of a memory folder: the manifest, atomic writes, the lock and clean-up.
+"""The files of a memory folder: the manifest, the lock and clean-up.
 
     manifest.json       the commit point: model, dimension, the live segments, the snapshot
     seg-<id>.npy        float32 vectors of one segment, never changed once written
