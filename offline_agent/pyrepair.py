@@ -4,21 +4,24 @@ Two repairs of code from a code turn (`offline_agent.codeturn`), each a rule:
 
 - `trimmed` (rule `code_trim`): code cut off at its token bound stops mid-line; its last
   lines go until the rest compiles.
-- `pruned` (rule `code_names`): a top-level statement that uses a name nothing binds (not
-  the file, not Python's builtins) can only stop the program with a NameError when it runs,
-  and with it every statement after it, and every import of the file. Gemma-3-270M's
-  `calc.py` held `def add(a, b): return a + b` and then `print(add(a, b))`, so the module
-  that defined `add` could not be imported. Such statements are left out, and so is a
+- `pruned` (rule `code_names`): a top-level statement that reads a name nothing has bound
+  when it runs (not a statement before it, not Python's builtins) can only stop the program
+  with a NameError, and with it every statement after it, and every import of the file.
+  Gemma-3-270M's `calc.py` held `def add(a, b): return a + b` and then `print(add(a, b))`,
+  so the module that defined `add` could not be imported; SmolLM2's `area.py` ended with
+  `area_width_height = area_width_height()`. Such statements are left out, and so is a
   top-level function or class defined a second time: the model going round with
   variations (Gemma added `sub(a, b)` to `calc.py`, then `def add(a, b): return a - b`,
   which replaced the file's `add`). The first definition stays (an append adds to a file;
   it does not replace what is there).
 
-`pruned` reads names the way Python binds them at module level (assignments, imports, `def`
-and `class`, `for`/`with`/`except` targets, `global` declarations in functions), and looks
-only at what runs when the module does: not into function or lambda bodies (they run when
-called, if ever), class bodies (their names are their own), or annotations of variables
-(evaluated lazily, or not at all, depending on the Python version). Where it cannot be sure
+`pruned` reads names the way Python binds them at module level, in order (assignments,
+imports, `def` and `class`, `for`/`with`/`except` targets; a name declared `global` in a
+function counts as bound from the start, and a compound statement's own names as bound in
+all of it, to be safe), and looks only at what runs when the module does: not into
+function or lambda bodies (they run when called, if ever), class bodies (their names are
+their own), or annotations of variables (evaluated lazily, or not at all, depending on the
+Python version). Where it cannot be sure
 it leaves the code as it is: a `*` import, a `try` statement (it may catch the NameError), a
 decorated definition or one named `_` defined again (`@overload`, `@f.register`), a
 statement that shares a line with another. Lines are counted as Python's parser counts
@@ -46,6 +49,11 @@ _LAZY = tuple(getattr(ast, name) for name in ("TypeAlias",) if hasattr(ast, name
 """Statements whose value Python evaluates only when it is asked for."""
 _GUARDED = (ast.Try, getattr(ast, "TryStar", ast.Try))
 """Statements that may catch the NameError their own code raises: left as they are."""
+_COMPOUND = (
+    ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Match, *_SCOPES
+)  # fmt: skip
+"""Statements whose parts run in turn: a name they bind counts as bound for all their code
+(`for x in xs: print(x)`), to be safe. A simple statement reads before it binds (`a = a()`)."""
 
 
 def trimmed(code: str, name: str, opening: str = "") -> str:
@@ -63,8 +71,8 @@ def trimmed(code: str, name: str, opening: str = "") -> str:
 
 def pruned(code: str, opening: str = "") -> str:
     """`code` without the top-level functions and classes it defines a second time, and
-    without its top-level statements that use a name nothing binds, looking only past its
-    `opening` (a prefix of whole lines, which stays as it is, and whose names count as
+    without its top-level statements that read a name nothing bound before them, looking only
+    past its `opening` (a prefix of whole lines, which stays as it is, and whose names count as
     bound); as it is when it does not parse, or where a statement shares a line with
     another."""
     try:
@@ -84,15 +92,21 @@ def pruned(code: str, opening: str = "") -> str:
                 continue  # defined again: the model going round with variations
             defined.add(node.name)
         body.append(node)
-    while True:
-        bound = MODULE_NAMES.union(*(_binds(node) for node in body))
-        gone = [
-            node for node in body
-            if node.lineno >= first and not isinstance(node, _GUARDED) and _loads(node) - bound
-        ]  # fmt: skip
-        if not gone:
-            break
-        body = [node for node in body if node not in gone]
+    declared = {n for node in body for sub in ast.walk(node) if isinstance(sub, ast.Global)
+                for n in sub.names}  # fmt: skip
+    bound = MODULE_NAMES | declared  # what the statements so far have bound
+    kept_body: list[ast.stmt] = []
+    for node in body:
+        own = _binds(node)
+        if (
+            node.lineno >= first
+            and not isinstance(node, _GUARDED)
+            and _loads(node) - bound - (own if isinstance(node, _COMPOUND) else _inner(node))
+        ):
+            continue  # a NameError when it runs; what it would have bound is not bound
+        kept_body.append(node)
+        bound |= own
+    body = kept_body
     if len(body) == len(module.body):
         return code
     kept = {n for node in body for n in _lines(node)}
@@ -159,8 +173,23 @@ def _binds(node: ast.stmt) -> set[str]:
     return names
 
 
+def _inner(node: ast.stmt) -> set[str]:
+    """The names a simple statement binds before it is done reading: a comprehension's own
+    and `:=` targets (counted as bound for the whole statement, to be safe)."""
+    names: set[str] = set()
+    for sub in _runs(node):
+        targets = [g.target for g in getattr(sub, "generators", [])]
+        if isinstance(sub, ast.NamedExpr):
+            targets.append(sub.target)
+        names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
 def _loads(node: ast.stmt) -> set[str]:
-    """The names `node` reads when it runs."""
-    return {
+    """The names `node` reads when it runs (`x += 1` reads x)."""
+    names = {
         sub.id for sub in _runs(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load)
     }
+    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+        names.add(node.target.id)
+    return names

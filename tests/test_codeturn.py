@@ -305,6 +305,24 @@ def test_code_names_leaves_out_statements_that_use_a_name_nothing_binds() -> Non
     assert pruned("a = 1\rprint(undefined)\rb = a\r", "a = 1\r") == "a = 1\rb = a\r"
 
 
+def test_code_names_leaves_out_statements_that_read_a_name_before_anything_binds_it() -> None:
+    area = "def area(w, h):\n    return w * h\n"
+    assert pruned(f"{area}\narea_w_h = area_w_h()\nprint(area_w_h)\n") == f"{area}\n"
+    assert pruned(f"print(area(2, 3))\n{area}") == area  # called before its definition
+    assert pruned("total += 1\nprint(2)\n") == "print(2)\n"
+    assert pruned("a = b\nb = 1\nprint(a)\n") == "b = 1\n"  # a went with `a = b`
+    kept = [
+        "x = [x for x in range(3)]\nprint(x)\n",  # the comprehension's own x
+        "for i in range(2):\n    print(i)\n",
+        "print(y := 5, y)\n",
+        "def main():\n    helper()\ndef helper():\n    pass\nmain()\n",  # read when called
+        "import os\nos = os.path\n",
+        "def init():\n    global K\n    K = 1\nprint(K)\n",  # a global: bound, to be safe
+    ]
+    for code in kept:
+        assert pruned(code) == code, code
+
+
 def test_code_names_prunes_a_written_file_but_not_an_append_asked_in_the_chat(
     tmp_path: Path,
 ) -> None:

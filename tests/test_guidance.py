@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from llguidance import LLMatcher
 
+from offline_agent.codeturn import code_text, header, restart
 from offline_agent.errors import BackendError, TruncatedReplyError
 from offline_agent.llm.guidance import (
     JSON_OPTIONS,
@@ -20,7 +21,7 @@ from offline_agent.llm.guidance import (
 from offline_agent.llm.llama import LlamaModel, LlamaOptions, _LoopBreaker
 from offline_agent.prompt import PromptBuilder
 from offline_agent.records import Message, Profile
-from offline_agent.reply import parse_reply, reply_schema
+from offline_agent.reply import code_schema, parse_reply, reply_schema
 from offline_agent.tools import ToolRegistry, builtin_tools
 
 GOAL = "Write the word Washington to a file named output.txt"
@@ -174,6 +175,21 @@ def test_break_loops_stops_a_copy_where_its_source_ends(real_models: dict[str, P
     assert stopped.finished and len(stopped.tokens) < len(greedy.tokens)
     assert stopped.tokens == greedy.tokens[: len(stopped.tokens)]
     assert loop_token(stopped.tokens, prompt) is not None
+
+
+@pytest.mark.model
+def test_a_documents_forced_opening_of_repeated_lines_is_a_copy_not_a_loop(
+    real_models: dict[str, Path],
+) -> None:
+    """An append's document opens with the file's text, forced: where that text ends in
+    many equal lines, the model still writes (it stopped at once, as in a loop, before)."""
+    model = LlamaModel(real_models["smollm2-135m"], "template", LlamaOptions(n_ctx=2048))
+    opening = header("log.py", ["Add a line"]) + 'print("tick")\n' * 12
+    assert len(model._tokenize(opening.encode())) > 2 * LOOP_SPAN
+    schema = code_schema("python", 48, opening, restart("log.py"))
+    done = model.complete_document(schema=schema, max_tokens=48 + len(opening))
+    code = code_text(done.answer.strip(), "python", restart("log.py"), opening)
+    assert code.startswith(opening) and code[len(opening) :].strip()
 
 
 def test_the_llama_engines_loop_breaker_lowers_only_the_looping_token() -> None:

@@ -321,6 +321,9 @@ class GuidedDecoder:
         out: list[int] = []
         forced = masked = 0
         logprobs: list[float] = []
+        # The tokens forced before the model chose one are given, like the prompt: a loop is
+        # the model's own, and a file's repeated lines in a document's opening are a copy.
+        opening, seen = 0, prompt
         while len(out) < max_tokens and not matcher.is_stopped():
             ff = matcher.compute_ff_tokens()[: max_tokens - len(out)]
             if ff:
@@ -328,12 +331,14 @@ class GuidedDecoder:
                 llm.eval(ff)
                 out += ff
                 forced += len(ff)
+                if opening == len(out) - len(ff) and prompt is not None:
+                    opening, seen = len(out), [*prompt, *out]
                 continue
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(self.n_vocab,)
             )
             allowed = logits  # the model's own, unless a loop rules a token out
-            looping = loop_token(out, prompt) if prompt is not None else None
+            looping = loop_token(out[opening:], seen) if seen is not None else None
             if looping is not None and stop:
                 return out, forced, masked, float(np.mean(logprobs)) if logprobs else 0.0, True
             if looping is not None:
