@@ -103,6 +103,9 @@ class Rules:
     It could only return what is in view; the step goes to making the missing file (needs
     `show_state`). On: SmolLM2 passed one challenge more and one held-out goal more;
     Gemma-3-270M the same, in fewer seconds."""
+    shown_looks_always: bool = False
+    """With `shown_looks`: such looks are left out also once every file the goals name
+    exists (a goal that changes a file it names: add a function to calc.py)."""
     show_state: bool = True
     """Each request shows the workspace's files, what the last command changed, and the text
     of the files the goals name."""
@@ -147,8 +150,8 @@ class Rules:
     With `code_document`, Gemma-3-270M passed 5 of 8 held-out code goals with it, 1
     without."""
     code_names: bool = False
-    """With `code_turn`: a top-level statement of the code that uses a name nothing binds
-    (not the file, not Python's builtins) is left out: it could only stop the program, and
+    """With `code_turn`: a top-level statement of the code that reads a name nothing bound
+    before it (not the file, not Python's builtins) is left out: it could only stop the program, and
     every import of the file, with a NameError; so is a top-level function or class defined
     a second time, the model going round with variations: the first stays
     (`offline_agent.pyrepair.pruned`). On for both built-in models: Gemma-3-270M passed one
@@ -392,7 +395,9 @@ def plan_step(
     left_out: dict[str, str] = {}
     done = _done_here(progress, snapshot) if rules.no_rereads else set()
     missing_named = _missing(goals, snapshot)  # once a step: a regex over goals and files
-    seen_looks = rules.shown_looks and rules.show_state and bool(missing_named)
+    seen_looks = (
+        rules.shown_looks and rules.show_state and (bool(missing_named) or rules.shown_looks_always)
+    )
     for tool in tools:
         if tool.name == progress.held_back:
             left_out[tool.name] = "repeat: it just returned what it returned before"

@@ -163,6 +163,9 @@ def test_a_look_at_what_the_request_shows_in_full_is_not_offered(tmp_path: Path)
     ctx.workspace.write_text("reports/first.txt", "first")  # nothing the goals name is missing
     step, _ = steering.plan(ctx)
     assert "read_file" in step.tools and "list_files" in step.tools
+    always = Steering(EVERYTHING, Rules(shown_looks_always=True), goals)
+    step, _ = always.plan(ctx)  # shown_looks_always: out even with nothing missing
+    assert step.left_out["list_files"].startswith("shown_looks:")
 
 
 def test_shown_looks_goes_by_what_an_argument_answers_not_by_command_name(
