@@ -192,16 +192,19 @@ class RunRecord:
 
     def keep_original(self, name: str, source: Path) -> None:
         """Keep `source`, the workspace file `name` as it was before the run first changed
-        it, as `originals/<name>` in the run folder; a copy already there (a resumed run's)
-        is kept as it is."""
+        it, as `originals/<name>` in the run folder, and its sha256 in the hash chain (an
+        `original` line, which `verify` checks the copy against); a copy already there (a
+        resumed run's) is kept as it is."""
         target = self.folder / ORIGINALS / name
         if target.exists():
             return
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             copy_atomic(source, target)
+            digest = _file_sha256(target)
         except OSError as err:
             raise StorageError(f"cannot keep {name}: {err.strerror or err}") from None
+        self._append({"type": "original", "name": name, "sha256": digest})
 
     def write_step(self, step: Step) -> None:
         """Append one step, with the digest of what its command returned. Its snapshot is
@@ -322,7 +325,8 @@ class Verified:
 
 
 def verify(folder: Path) -> Verified:
-    """Check run.json, the hash chain and the count of lines; StorageError at the first break."""
+    """Check run.json, the hash chain, the count of lines and the kept originals the chain
+    names; StorageError at the first break."""
     meta = _meta_hash(folder)
     entries = read_entries(folder)
     previous = meta
@@ -338,6 +342,8 @@ def verify(folder: Path) -> Verified:
             raise StorageError(f"line {number}: chain broken (a line was dropped or reordered)")
         if entry.get("hash") != _line_hash(entry):
             raise StorageError(f"line {number}: content does not match its hash (edited)")
+        if entry.get("type") == "original":
+            _check_original(folder, number, entry)
         previous = entry["hash"]
     head = _read_head(folder)
     if head is not None:
@@ -351,6 +357,28 @@ def verify(folder: Path) -> Verified:
             raise StorageError(f"line {lines}: does not match the head (edited)")
     ended = bool(entries) and entries[-1].get("type") == "end"
     return Verified(len(entries), covers_meta, head is not None, ended)
+
+
+def _check_original(folder: Path, number: int, entry: dict[str, Any]) -> None:
+    """The kept copy a line of the chain names is there, with the sha256 it records."""
+    shown = f"{ORIGINALS}/{entry['name']}"
+    try:
+        digest = _file_sha256(folder / ORIGINALS / entry["name"])
+    except OSError as err:
+        raise StorageError(f"line {number}: {shown} cannot be read: {err.strerror}") from None
+    if digest != entry["sha256"]:
+        raise StorageError(f"line {number}: {shown} does not match its sha256 (edited)")
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def last_event(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The record's last line that says what the run did (a command, a step, the end): not
+    an `original` line, which a command writes while it runs."""
+    return next((e for e in reversed(entries) if e.get("type") != "original"), None)
 
 
 def _read_head(folder: Path) -> tuple[int, str] | None:

@@ -42,7 +42,13 @@ from offline_agent.records import (
     ToolResult,
 )
 from offline_agent.reply import FENCE, LANGUAGE, file_arg
-from offline_agent.runs import RunMeta, RunRecord, read_entries, recorded_steps_with_snapshots
+from offline_agent.runs import (
+    RunMeta,
+    RunRecord,
+    last_event,
+    read_entries,
+    recorded_steps_with_snapshots,
+)
 from offline_agent.sandbox import Sandbox
 from offline_agent.state import Rules, Snapshot
 from offline_agent.subagents import SubAgents
@@ -330,8 +336,8 @@ def restore(agent: Agent, folder: Path, record: RunRecord) -> int:
         (s["completion"] is not None or s["reply"] is not None) + (s.get("code") is not None)
         for s in steps
     )
-    if entries and entries[-1]["type"] == "command":
-        pending = entries[-1]
+    pending = last_event(entries)
+    if pending is not None and pending["type"] == "command":
         command = pending["reply"]["command"]
         told = INTERRUPTED.format(name=command["name"])
         request = pending.get("request")  # records made before it was kept have none

@@ -40,6 +40,7 @@ from tests.conftest import (
     PROFILE,
     compact,
     make_agent,
+    replied_step,
     reply,
 )
 
@@ -284,6 +285,40 @@ def test_sub_agents_come_back_on_resume(tmp_path: Path) -> None:
     assert second.run().status == "finished"
     conversation = [m["content"] for m in agents.snapshot()["agents"]["1"]["messages"]]
     assert conversation[1:] == ["Count to two.", "one, two", "And to three?", "one, two, three"]
+
+
+def test_a_kept_original_is_in_the_hash_chain_and_verify_checks_it(tmp_path: Path) -> None:
+    record = RunRecord.create(tmp_path / "runs", "t", {})
+    source = tmp_path / "notes.txt"
+    source.write_text("mine")
+    record.keep_original("notes.txt", source)
+    record.keep_original("notes.txt", source)  # the first version only, once
+    (line,) = [e for e in read_entries(record.folder) if e["type"] == "original"]
+    assert line["name"] == "notes.txt"
+    assert line["sha256"] == hashlib.sha256(b"mine").hexdigest()
+    assert verify(record.folder).lines == 1
+    kept = record.folder / "originals" / "notes.txt"
+    kept.write_text("edited")
+    with pytest.raises(StorageError, match=r"line 1: originals/notes.txt does not match"):
+        verify(record.folder)
+    kept.unlink()
+    with pytest.raises(StorageError, match=r"line 1: originals/notes.txt cannot be read"):
+        verify(record.folder)
+
+
+def test_a_command_killed_after_keeping_an_original_resumes_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    agent, _, record = make_agent(tmp_path, [FINISH])
+    notes = agent.ctx.workspace.root / "notes.txt"
+    notes.write_text("mine")
+    step, _ = replied_step("write_file", filename="notes.txt", text="new")
+    record.write_command(step)
+    record.keep_original("notes.txt", notes)  # then the process died
+    assert restore(agent, record.folder, record) == 1
+    (interrupted,) = recorded_steps(record.folder)
+    assert interrupted["status"] == "interrupted"
+    assert interrupted["reply"]["command"]["name"] == "write_file"
 
 
 def test_records_carry_the_digests_of_model_grammar_and_results(tmp_path: Path) -> None:
