@@ -50,9 +50,10 @@ file (`def add(a, b):` and the indent of its body), as HumanEval prompts a model
 
 Two repairs follow, each a rule (`offline_agent.pyrepair`): with `code_trim`, code that
 reached its bound (a small model's code runs on, and stops mid-line) loses its last lines
-until it compiles; with `code_names`, a top-level statement that uses a name nothing binds
-is left out (an append asked for in the chat is left as it is: the file's names are not in
-view there).
+until it compiles, and an append to a file that compiles is cut back until the file still
+does (to nothing if need be); with `code_names`, a top-level statement that reads a name
+nothing bound before it is left out (an append asked for in the chat is left as it is: the
+file's names are not in view there).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from typing import Any
 
 from offline_agent.errors import TruncatedReplyError, WorkspaceError
 from offline_agent.llm.base import ChatModel, writes_documents
-from offline_agent.pyrepair import MODULE_NAMES, pruned, trimmed
+from offline_agent.pyrepair import MODULE_NAMES, kept_compiling, pruned, trimmed
 from offline_agent.records import Message, Step
 from offline_agent.reply import FENCE, code_arg, code_schema, file_arg, language_of
 from offline_agent.state import Rules
@@ -224,6 +225,8 @@ def write_code(
     code = code_text(answer, language, again, opening)
     if rules.code_trim and not answer.endswith(FENCE):  # cut off at the bound
         code = trimmed(code, name, opening)
+    if rules.code_trim and before:  # an append does not break a file that compiles
+        code = kept_compiling(code, name, opening)
     if rules.code_names and (document or text == ""):  # an append in the chat: names unknown
         code = pruned(code, opening)
     if before:  # an append: the file gets what follows its text (nothing, if nothing did)

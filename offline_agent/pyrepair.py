@@ -3,7 +3,10 @@
 Two repairs of code from a code turn (`offline_agent.codeturn`), each a rule:
 
 - `trimmed` (rule `code_trim`): code cut off at its token bound stops mid-line; its last
-  lines go until the rest compiles.
+  lines go until the rest compiles. `kept_compiling` (the same rule): an append to a file
+  that compiles never leaves it not compiling; what it adds is cut back, to nothing if need
+  be (SmolLM2 added a correct `sub` to a `calc.py`, then a second append of stray
+  triple quotes broke the file).
 - `pruned` (rule `code_names`): a top-level statement that reads a name nothing has bound
   when it runs (not a statement before it, not Python's builtins) can only stop the program
   with a NameError, and with it every statement after it, and every import of the file.
@@ -67,6 +70,16 @@ def trimmed(code: str, name: str, opening: str = "") -> str:
         if compiles(kept, name):
             return kept
     return code
+
+
+def kept_compiling(code: str, name: str, opening: str) -> str:
+    """An append's document (`opening`, the file's text, then what the model added) cut
+    back so that a file that compiled still compiles: the added lines go from the end until
+    it does, all of them if need be. As it is when the opening does not compile."""
+    if compiles(code, name) or not compiles(opening, name):
+        return code
+    cut = trimmed(code, name, opening)
+    return cut if compiles(cut, name) else opening
 
 
 def pruned(code: str, opening: str = "") -> str:

@@ -29,7 +29,7 @@ from offline_agent.errors import FormatError
 from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.prompt import replies_and_results, step_starts
-from offline_agent.pyrepair import pruned, trimmed
+from offline_agent.pyrepair import kept_compiling, pruned, trimmed
 from offline_agent.records import Completion
 from offline_agent.replay import recorded_steps
 from offline_agent.reply import CODE_KEY, code_schema, parse_reply, reply_schema
@@ -264,6 +264,29 @@ def test_an_append_reads_the_file_and_is_not_cut_at_a_restart_in_its_own_text(
     assert model.schemas[0] == code_schema("python", 248, top + old, restart("calc.py"))
     assert call.args["text"] == "print(add(1, 2))\n"
     assert continued("a.py", (), "x = 1") == f"{header('a.py', ())}x = 1"
+
+
+def test_code_trim_keeps_a_file_that_compiled_compiling_after_an_append(tmp_path: Path) -> None:
+    """An append whose added lines break a file that compiled loses them from the end until
+    the file compiles, all of them if need be, even when the model closed its block."""
+    old = "def add(a, b):\n    return a + b\n"
+    sub = "def sub(a, b):\n    return a - b\n"
+    assert kept_compiling(old + sub + '"""\n', "calc.py", old) == old + sub
+    assert kept_compiling(old + '"""\n**\n', "calc.py", old) == old  # nothing is added
+    assert kept_compiling(old + sub, "calc.py", old) == old + sub
+    assert kept_compiling("def (\n" + sub, "x.py", "def (\n") == "def (\n" + sub  # broken before
+    workspace = Workspace.create(tmp_path / "ws")
+    workspace.write_text("calc.py", old)
+    top = header("calc.py", PROFILE.goals)
+    trim = replace(RULES, code_document=True, code_trim=True)
+    for rules, added in ((trim, sub), (replace(trim, code_trim=False), sub + '"""\n')):
+        model = ScriptedModel([f'```python\n{top}{old}{sub}"""\n```'])
+        step, call = replied_step("append_file", filename="calc.py")
+        write_code(
+            model, step, TOOLS.get("append_file"), "{}", max_tokens=256, rules=rules,
+            goals=PROFILE.goals, files={}, read=workspace.read_text,
+        )  # fmt: skip
+        assert call.args["text"] == added
 
 
 def test_code_names_leaves_out_statements_that_use_a_name_nothing_binds() -> None:
