@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -362,8 +363,16 @@ def test_time_limit_ends_a_run_between_steps(tmp_path: Path) -> None:
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_real_model_benchmark_through_the_cli(tmp_path: Path, real_models: dict[str, Path]) -> None:
-    """SmolLM2 on two built-in challenges: every reply constrained and valid, all recorded."""
+def test_real_model_benchmark_through_the_cli(
+    tmp_path: Path, real_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SmolLM2 on two built-in challenges: every reply constrained and valid, all recorded.
+    The model keeps its KV states in a folder of its own, not the home folder's: a greedy
+    result must not depend on what other runs saved there."""
+    monkeypatch.setenv("OFFLINE_AGENT_MODELS", str(real_models["smollm2-135m"].parent))
+    monkeypatch.setenv("OFFLINE_AGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
     out = tmp_path / "out"
     args = ["bench", "--model", "smollm2-135m", "--repeats", "1", "--max-steps", "3"]
     args += ["--challenge", "WriteFile", "--challenge", "ReadFile", "--out", str(out)]
@@ -377,6 +386,8 @@ def test_real_model_benchmark_through_the_cli(tmp_path: Path, real_models: dict[
         assert a.completion_tokens > 0 and a.decode_seconds > 0 and a.peak_rss_mb > 100
         assert verify(out / "runs" / a.run_id).lines > 0
     assert (out / "report.html").exists() and (out / "charts" / "success_by_model.png").exists()
+    assert not (tmp_path / "home" / "kv-cache").exists()
+    assert list((tmp_path / "temp").iterdir()) == []  # its own folder is gone again
 
 
 def test_llm_evals_are_scored_by_the_judge_model(tmp_path: Path, script: str) -> None:

@@ -22,6 +22,7 @@ import platform
 import re
 import resource
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -345,6 +346,8 @@ class Runner:
         self._memory = PeakMemory()
         self._judge_model: ChatModel | None = None
         self._held: tuple[tuple[str, int], ChatModel] | None = None
+        self._states: tempfile.TemporaryDirectory[str] | None = None
+        """The held model's own folder of saved KV states, empty when it was loaded."""
 
     def plan(self) -> tuple[list[Planned], int]:
         """The attempts still to run, model by model and repeat by repeat; and the total."""
@@ -373,7 +376,12 @@ class Runner:
                 ran.append(attempt)
                 self.progress.finished(total - len(todo) + len(ran), total, attempt)
 
-            self.execute(todo, save, total)
+            try:
+                self.execute(todo, save, total)
+            finally:
+                self._held = None
+                if self._states is not None:
+                    self._states.cleanup()
         return ran
 
     def execute(self, todo: list[Planned], save: Callable[[Attempt], None], total: int) -> None:
@@ -443,12 +451,19 @@ class Runner:
         key = (planned.model, planned.repeat)
         if self._held is None or self._held[0] != key:
             self._held = None  # let the previous model go before the next one loads
-            self._held = (key, self._open(planned.model, seed))
+            if self._states is not None:
+                self._states.cleanup()
+            # Greedy replies depend on which KV states a model restores: states other runs
+            # saved would make an attempt's result depend on what ran before it.
+            self._states = tempfile.TemporaryDirectory(prefix="offline-agent-kv-")
+            self._held = (key, self._open(planned.model, seed, Path(self._states.name)))
         return self._held[1]
 
-    def _open(self, name: str, seed: int) -> ChatModel:
+    def _open(self, name: str, seed: int, state_dir: Path | None = None) -> ChatModel:
         http = self._http(name)
-        return open_model(name, self._options(seed), self.settings.models_dir, http=http)
+        return open_model(
+            name, self._options(seed), self.settings.models_dir, http=http, state_dir=state_dir
+        )
 
     def _judge(self, challenge: Challenge) -> ChatModel | None:
         """The judge model for an `llm` eval, loaded on first use."""

@@ -27,8 +27,12 @@ def open_model(
     models_dir: Path,
     chat_format: str | None = None,
     http: HttpOptions | None = None,
+    *,
+    state_dir: Path | None = None,
 ) -> ChatModel:
-    """Load the backend that `model` names, or connect to the server `http` points at."""
+    """Load the backend that `model` names, or connect to the server `http` points at. A
+    GGUF model reads and writes its prompt openings' KV states in `state_dir` (default:
+    the home folder's `kv-cache`)."""
     if http is not None:
         return HttpModel(
             http,
@@ -50,7 +54,7 @@ def open_model(
         chat_format or resolved.chat_format or "template",
         options,
         name=resolved.name,
-        state_dir=default_state_dir(),
+        state_dir=state_dir or default_state_dir(),
     )
 
 
