@@ -30,7 +30,7 @@ from offline_agent.llm.guidance import JSON_OPTIONS, reply_grammar
 from offline_agent.llm.scripted import ScriptedModel
 from offline_agent.prompt import replies_and_results, step_starts
 from offline_agent.pyrepair import kept_compiling, pruned, trimmed
-from offline_agent.records import Completion
+from offline_agent.records import CommandCall, Completion
 from offline_agent.replay import recorded_steps
 from offline_agent.reply import CODE_KEY, code_schema, parse_reply, reply_schema
 from offline_agent.runs import read_entries
@@ -244,6 +244,18 @@ def test_an_append_continues_a_file_of_others_after_the_header_and_a_long_one_in
     assert (tmp_path / "ws" / "big.py").read_text().endswith("x = 1\nprint(x)\n")
 
 
+def appended(workspace: Workspace, answer: str, rules: Rules) -> tuple[ScriptedModel, CommandCall]:
+    """An append to the workspace's calc.py, its code turn answered with `answer`: the model
+    and the command, its text filled in by `write_code`."""
+    model = ScriptedModel([answer])
+    step, call = replied_step("append_file", filename="calc.py")
+    write_code(
+        model, step, TOOLS.get("append_file"), "{}", max_tokens=256, rules=rules,
+        goals=PROFILE.goals, files={}, read=workspace.read_text,
+    )  # fmt: skip
+    return model, call
+
+
 def test_an_append_reads_the_file_and_is_not_cut_at_a_restart_in_its_own_text(
     tmp_path: Path,
 ) -> None:
@@ -255,12 +267,7 @@ def test_an_append_reads_the_file_and_is_not_cut_at_a_restart_in_its_own_text(
     old = '"""calc.py: a calculator"""\ndef add(a, b):\n    return a + b\n'
     workspace.write_text("calc.py", old)
     top = header("calc.py", PROFILE.goals)
-    model = ScriptedModel([f"```python\n{top}{old}print(add(1, 2))\n```"])
-    step, call = replied_step("append_file", filename="calc.py")
-    write_code(
-        model, step, TOOLS.get("append_file"), "{}", max_tokens=256, rules=rules,
-        goals=PROFILE.goals, files={}, read=workspace.read_text,
-    )  # fmt: skip
+    model, call = appended(workspace, f"```python\n{top}{old}print(add(1, 2))\n```", rules)
     assert model.schemas[0] == code_schema("python", 248, top + old, restart("calc.py"))
     assert call.args["text"] == "print(add(1, 2))\n"
     assert continued("a.py", (), "x = 1") == f"{header('a.py', ())}x = 1"
@@ -280,12 +287,7 @@ def test_code_trim_keeps_a_file_that_compiled_compiling_after_an_append(tmp_path
     top = header("calc.py", PROFILE.goals)
     trim = replace(RULES, code_document=True, code_trim=True)
     for rules, added in ((trim, sub), (replace(trim, code_trim=False), sub + '"""\n')):
-        model = ScriptedModel([f'```python\n{top}{old}{sub}"""\n```'])
-        step, call = replied_step("append_file", filename="calc.py")
-        write_code(
-            model, step, TOOLS.get("append_file"), "{}", max_tokens=256, rules=rules,
-            goals=PROFILE.goals, files={}, read=workspace.read_text,
-        )  # fmt: skip
+        _, call = appended(workspace, f'```python\n{top}{old}{sub}"""\n```', rules)
         assert call.args["text"] == added
 
 
