@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from offline_agent.agent import SilentEvents
+from offline_agent.errors import StorageError
 from offline_agent.llm.guidance import common_prefix
 from offline_agent.llm.kvcache import PrefixCache
 from offline_agent.llm.llama import LlamaModel, LlamaOptions
@@ -59,6 +60,31 @@ def test_a_saved_opening_is_restored_by_a_new_process_with_the_same_reply(
     assert warm.usage.prompt_tokens == cold.usage.prompt_tokens > 512
     # Restored or evaluated, the opening holds the same floats: the same reply.
     assert uncached.text == cold.text == warm.text
+
+
+def test_a_model_with_a_sliding_window_saves_no_state(
+    real_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Gemma-3-270M attends within a 512-token window: llama.cpp restores its saved states
+    with other floats than the process that saved them held (a greedy reply then differed),
+    so none is saved, and `models warm` says so in one line."""
+    gemma = real_models["gemma3-270m"]
+
+    def gemma_ask(state_dir: Path | None) -> Completion:
+        model = LlamaModel(gemma, "gemma", LlamaOptions(n_ctx=2048), state_dir=state_dir)
+        messages = first_prompt(model, WASHINGTON + " Keep every line short." * 60)
+        assert model.count_tokens(messages) > 1100  # past two batches of 512
+        return model.complete(messages, schema=SCHEMA, max_tokens=24)
+
+    uncached = gemma_ask(None)
+    cold = gemma_ask(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    again = gemma_ask(tmp_path)
+    assert again.usage.cached_tokens == 0
+    assert uncached.text == cold.text == again.text
+    model = LlamaModel(gemma, "gemma", LlamaOptions(n_ctx=2048), state_dir=tmp_path)
+    with pytest.raises(StorageError, match="sliding window of 512 tokens"):
+        model.save_opening(first_prompt(model, WASHINGTON))
 
 
 def test_the_opening_is_shared_by_runs_with_other_goals(smollm2: Path, tmp_path: Path) -> None:

@@ -5,10 +5,9 @@ commands and reply format, the same for every run. Evaluating it costs seconds o
 CPU; restoring its saved state costs milliseconds. What is saved is always a whole number
 of llama.cpp batches (`n_batch` tokens) evaluated from position 0, which is exactly how a
 cold evaluation splits the prompt too: a restored state holds the same floats a cold start
-computes, so a first reply at temperature 0 does not depend on whether the cache was hit.
-Later replies of a process may: a state restored at one step where the process that saved
-it had evaluated that batch itself changed greedy results (docs/performance.md), which is
-why a benchmark gives each model it loads an empty folder of its own.
+computes, so temperature-0 replies do not depend on whether the cache was hit. Not so for a
+model with a sliding attention window (Gemma 3), whose restored states hold other floats:
+`LlamaModel` saves none for such a model (docs/performance.md).
 
 A file is named by the hash of what it depends on (the model file's path, size and mtime,
 the context and batch sizes, the llama-cpp-python version) and of its tokens. It holds a
