@@ -24,11 +24,10 @@ function counts as bound from the start, and a compound statement's own names as
 all of it, to be safe), and looks only at what runs when the module does: not into
 function or lambda bodies (they run when called, if ever), class bodies (their names are
 their own), or annotations of variables (evaluated lazily, or not at all, depending on the
-Python version). Where it cannot be sure
-it leaves the code as it is: a `*` import, a `try` statement (it may catch the NameError), a
-decorated definition or one named `_` defined again (`@overload`, `@f.register`), a
-statement that shares a line with another. Lines are counted as Python's parser counts
-them, so a form feed in a file does not shift them.
+Python version). Where it cannot be sure it leaves the code as it is: a `*` import, a `try`
+statement (it may catch the NameError), a decorated definition or one named `_` defined
+again (`@overload`, `@f.register`), a statement that shares a line with another. Lines are
+counted as Python's parser counts them, so a form feed in a file does not shift them.
 """
 
 from __future__ import annotations
@@ -167,8 +166,9 @@ def _runs(node: ast.AST) -> Iterator[ast.AST]:
 
 
 def _binds(node: ast.stmt) -> set[str]:
-    """The module-level names `node` binds, and those a function in it declares global."""
-    names = {name for sub in ast.walk(node) if isinstance(sub, ast.Global) for name in sub.names}
+    """The module-level names `node` binds when it runs (names a function declares global
+    are bound from the start: `pruned` counts them apart)."""
+    names: set[str] = set()
     for sub in _runs(node):
         if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(sub.name)
