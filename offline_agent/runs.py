@@ -27,6 +27,7 @@ from typing import IO, Any
 from offline_agent import atomic
 from offline_agent.errors import StorageError
 from offline_agent.interrupts import interrupts_held
+from offline_agent.modelstore import sha256_file
 from offline_agent.records import RunResult, Step
 
 STEPS_FILE = "steps.jsonl"
@@ -201,7 +202,7 @@ class RunRecord:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             copy_atomic(source, target)
-            digest = _file_sha256(target)
+            digest = sha256_file(target)
         except OSError as err:
             raise StorageError(f"cannot keep {name}: {err.strerror or err}") from None
         self._append({"type": "original", "name": name, "sha256": digest})
@@ -363,16 +364,11 @@ def _check_original(folder: Path, number: int, entry: dict[str, Any]) -> None:
     """The kept copy a line of the chain names is there, with the sha256 it records."""
     shown = f"{ORIGINALS}/{entry['name']}"
     try:
-        digest = _file_sha256(folder / ORIGINALS / entry["name"])
+        digest = sha256_file(folder / ORIGINALS / entry["name"])
     except OSError as err:
         raise StorageError(f"line {number}: {shown} cannot be read: {err.strerror}") from None
     if digest != entry["sha256"]:
         raise StorageError(f"line {number}: {shown} does not match its sha256 (edited)")
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def last_event(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
