@@ -379,9 +379,7 @@ class Runner:
             try:
                 self.execute(todo, save, total)
             finally:
-                self._held = None
-                if self._states is not None:
-                    self._states.cleanup()
+                self._release()
         return ran
 
     def execute(self, todo: list[Planned], save: Callable[[Attempt], None], total: int) -> None:
@@ -450,14 +448,19 @@ class Runner:
             return self._open(planned.model, seed)
         key = (planned.model, planned.repeat)
         if self._held is None or self._held[0] != key:
-            self._held = None  # let the previous model go before the next one loads
-            if self._states is not None:
-                self._states.cleanup()
-            # Greedy replies depend on which KV states a model restores: states other runs
-            # saved would make an attempt's result depend on what ran before it.
+            self._release()  # let the previous model go before the next one loads
+            # An attempt must not depend on what other runs saved: Gemma 3's restored states
+            # changed its greedy replies (such models now save none; docs/performance.md).
             self._states = tempfile.TemporaryDirectory(prefix="offline-agent-kv-")
             self._held = (key, self._open(planned.model, seed, Path(self._states.name)))
         return self._held[1]
+
+    def _release(self) -> None:
+        """Let the held model go, and delete its folder of KV states."""
+        self._held = None
+        if self._states is not None:
+            self._states.cleanup()
+            self._states = None
 
     def _open(self, name: str, seed: int, state_dir: Path | None = None) -> ChatModel:
         http = self._http(name)

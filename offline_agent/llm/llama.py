@@ -184,8 +184,11 @@ class LlamaModel:
         # logits after a restored state and more tokens differed by up to 0.8 from those of
         # the process that saved it, and its greedy replies went otherwise. Such a model's
         # states are not saved.
-        saved = state_dir is not None and not self._window
-        self._prefixes = PrefixCache(self._llm, path, state_dir) if saved and state_dir else None
+        self._prefixes = (
+            PrefixCache(self._llm, path, state_dir)
+            if state_dir is not None and not self._window
+            else None
+        )
 
     def _token_text(self, token: int) -> str:
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
